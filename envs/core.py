@@ -1,0 +1,250 @@
+"""Batched-environment machinery shared by every environment family.
+
+A family implements one `BatchedGame` subclass per environment id: the state of `num_envs`
+games held in arrays shaped `(num_envs, ...)`, advanced by one array program per step. Two thin
+faces turn a game into the Gymnasium API:
+
+* `NativeEnv`: a `gymnasium.Env`, the batch of one. It never resets by itself, so stepping
+  after termination runs the game logic on, as the reference environments do.
+* `NativeVectorEnv`: a `gymnasium.vector.VectorEnv` with same-step autoreset: the observation
+  returned with `terminated` is the first one of the next episode; the last one and the
+  episode's info are in `info["final_obs"]` / `info["final_info"]`.
+
+Randomness comes only from one `numpy.random.Generator` per env: sub-env `i` of a vector env
+reset with seed `s` uses the generator a single env reset with seed `s + i` gets.
+Reset parameters are taken as constructor keywords (they become the env's standing
+parameters) and as `reset(options=...)` (for that reset only); unknown names and invalid
+values raise `ValueError` naming them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+RENDER_MODES = ["rgb_array", "debug_rgb_array"]
+
+
+class BatchedGame:
+    """State and rules of `num_envs` independent games of one environment id.
+
+    Subclasses set the class attributes and implement `reset_envs`, `step` and `observe`;
+    the rest has sensible defaults. All per-step work must be array code over the batch;
+    per-env Python loops belong only in `reset_envs` (e.g. level generation) and in
+    `episode_info` (called for ending envs only).
+    """
+
+    env_id: ClassVar[str]
+    observation_space: ClassVar[gym.Space]
+    action_space: ClassVar[gym.Space]
+    defaults: ClassVar[dict[str, Any]] = {}
+    """Every reset parameter and its default value."""
+    ground_truth_space: ClassVar[gym.Space | None] = None
+    render_fps: ClassVar[int] = 25
+
+    def __init__(self, num_envs: int):
+        self.num_envs = num_envs
+        # One generator per env; created from OS entropy on the first reset without a seed.
+        self.rngs: list[np.random.Generator | None] = [None] * num_envs
+
+    # ---- to implement --------------------------------------------------------------------
+    def check_params(self, params: dict[str, Any]) -> None:
+        """Raise `ValueError` naming the parameter if a value is invalid (names are checked already)."""
+
+    def reset_envs(self, idx: np.ndarray, params: dict[str, Any]) -> None:
+        """Start a new episode in the envs `idx`, drawing from `self.rngs[i]`."""
+        raise NotImplementedError
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Advance every env by one step; return rewards (float64) and terminated flags (bool)."""
+        raise NotImplementedError
+
+    def observe(self) -> Any:
+        """The current observation of every env, batched like `batch_space(observation_space)`."""
+        raise NotImplementedError
+
+    def step_info(self) -> dict[str, np.ndarray]:
+        """Info keys that every env reports after every reset and step, as batched arrays."""
+        return {}
+
+    def episode_info(self, i: int) -> dict[str, Any]:
+        """The end-of-episode info of env `i` (called only in a step where it terminated)."""
+        return {}
+
+    def render_rgb(self, i: int) -> np.ndarray:
+        """What the agent of env `i` sees, as a normal (row-major) image."""
+        obs = self.observe()
+        obs = obs["visual_observation"] if isinstance(obs, dict) else obs
+        return np.ascontiguousarray(obs[i].transpose(1, 0, 2))
+
+    def render_debug(self, i: int) -> np.ndarray:
+        """The ground-truth picture of env `i` (normal image)."""
+        return self.render_rgb(i)
+
+    # ---- shared machinery ----------------------------------------------------------------
+    @classmethod
+    def resolve_params(cls, *layers: dict[str, Any] | None) -> dict[str, Any]:
+        """Defaults overridden by each non-empty layer in turn; unknown names raise."""
+        params = dict(cls.defaults)
+        for layer in layers:
+            for name, value in (layer or {}).items():
+                if name not in cls.defaults:
+                    known = ", ".join(sorted(cls.defaults)) or "none"
+                    raise ValueError(
+                        f"{cls.env_id}: unknown reset parameter {name!r}; known parameters: {known}"
+                    )
+                params[name] = value
+        return params
+
+    def seed(self, seed: int | list[int | None] | None) -> None:
+        """`int`: env i gets seed + i; list: one seed per env; `None`: keep the current generators."""
+        if isinstance(seed, (list, tuple, np.ndarray)):
+            if len(seed) != self.num_envs:
+                raise ValueError(f"got {len(seed)} seeds for {self.num_envs} envs")
+            seeds = list(seed)
+        else:
+            seeds = [None if seed is None else int(seed) + i for i in range(self.num_envs)]
+        for i, s in enumerate(seeds):
+            if s is not None or self.rngs[i] is None:
+                self.rngs[i], _ = seeding.np_random(s)
+
+
+def _first(value: Any) -> Any:
+    """Element 0 of a batched info value, as a plain Python number where it is a scalar."""
+    item = value[0]
+    return item.item() if isinstance(item, np.generic) else item
+
+
+class NativeEnv(gym.Env):
+    """The single-env face of a `BatchedGame` (a batch of one, no autoreset)."""
+
+    game_cls: type[BatchedGame]
+
+    def __init__(self, render_mode: str | None = None, **params: Any):
+        if render_mode not in (None, *RENDER_MODES):
+            raise ValueError(f"unknown render_mode {render_mode!r}; choose from {RENDER_MODES}")
+        self.render_mode = render_mode
+        self.params = self.game_cls.resolve_params(params)
+        self.game = self.game_cls(1)
+        self.game.check_params(self.params)
+        self.observation_space = self.game_cls.observation_space
+        self.action_space = self.game_cls.action_space
+        self.has_ground_truth_info = self.game_cls.ground_truth_space is not None
+        if self.has_ground_truth_info:
+            self.ground_truth_space = self.game_cls.ground_truth_space
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        params = self.game.resolve_params(self.params, options)
+        self.game.check_params(params)
+        self.game.seed(seed)
+        self._np_random = self.game.rngs[0]
+        self.game.reset_envs(np.array([0]), params)
+        return self._observation(), self._info(terminated=False)
+
+    def step(self, action):
+        rewards, terminated = self.game.step(np.asarray(action)[None])
+        done = bool(terminated[0])
+        return self._observation(), float(rewards[0]), done, False, self._info(terminated=done)
+
+    def render(self):
+        if self.render_mode == "rgb_array":
+            return self.game.render_rgb(0)
+        if self.render_mode == "debug_rgb_array":
+            return self.game.render_debug(0)
+        return None
+
+    def _observation(self):
+        obs = self.game.observe()
+        if isinstance(obs, dict):
+            return {key: value[0].copy() for key, value in obs.items()}
+        return obs[0].copy()
+
+    def _info(self, terminated: bool) -> dict[str, Any]:
+        info = {key: _first(value) for key, value in self.game.step_info().items()}
+        if terminated:
+            info.update(self.game.episode_info(0))
+        return info
+
+
+class NativeVectorEnv(VectorEnv):
+    """The vector face of a `BatchedGame`, with same-step autoreset."""
+
+    game_cls: type[BatchedGame]
+
+    def __init__(self, num_envs: int = 1, render_mode: str | None = None, **params: Any):
+        if render_mode not in (None, *RENDER_MODES):
+            raise ValueError(f"unknown render_mode {render_mode!r}; choose from {RENDER_MODES}")
+        self.num_envs = num_envs
+        self.render_mode = render_mode
+        self.params = self.game_cls.resolve_params(params)
+        self.game = self.game_cls(num_envs)
+        self.game.check_params(self.params)
+        self.single_observation_space = self.game_cls.observation_space
+        self.single_action_space = self.game_cls.action_space
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self._all = np.arange(num_envs)
+
+    def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
+        params = self.game.resolve_params(self.params, options)
+        self.game.check_params(params)
+        self.game.seed(seed)
+        self.game.reset_envs(self._all, params)
+        return self._observation(), self._every_step_info()
+
+    def step(self, actions):
+        rewards, terminated = self.game.step(np.asarray(actions))
+        truncated = np.zeros(self.num_envs, dtype=bool)
+        infos: dict[str, Any] = {}
+        ended = np.flatnonzero(terminated)
+        if len(ended):
+            final_obs = self._observation()
+            for i in ended:
+                episode = {key: _index(value, i) for key, value in self.game.step_info().items()}
+                episode.update(self.game.episode_info(int(i)))
+                infos = self._add_info(infos, {"final_obs": _index(final_obs, i), "final_info": episode}, int(i))
+            self.game.reset_envs(ended, self.params)
+        infos.update(self._every_step_info())
+        return self._observation(), rewards.astype(np.float64), terminated.astype(bool), truncated, infos
+
+    def render(self):
+        if self.render_mode == "rgb_array":
+            return tuple(self.game.render_rgb(i) for i in range(self.num_envs))
+        if self.render_mode == "debug_rgb_array":
+            return tuple(self.game.render_debug(i) for i in range(self.num_envs))
+        return None
+
+    def _observation(self):
+        obs = self.game.observe()
+        if isinstance(obs, dict):
+            return {key: value.copy() for key, value in obs.items()}
+        return obs.copy()
+
+    def _every_step_info(self) -> dict[str, Any]:
+        infos: dict[str, Any] = {}
+        for key, value in self.game.step_info().items():
+            infos[key] = np.array(value, copy=True)
+            infos[f"_{key}"] = np.ones(self.num_envs, dtype=bool)
+        return infos
+
+
+def _index(batched: Any, i: int) -> Any:
+    if isinstance(batched, dict):
+        return {key: value[i].copy() for key, value in batched.items()}
+    return batched[i].copy()
+
+
+def register_game(game_cls: type[BatchedGame]) -> None:
+    """Register `game_cls.env_id` with gymnasium: the single env and the native vector env."""
+    name = game_cls.__name__.removesuffix("Game")
+    metadata = {"render_modes": RENDER_MODES, "render_fps": game_cls.render_fps}
+    attributes = {"game_cls": game_cls, "__module__": game_cls.__module__, "metadata": metadata}
+    single = type(f"{name}Env", (NativeEnv,), attributes)
+    vector_metadata = {**metadata, "autoreset_mode": AutoresetMode.SAME_STEP}
+    vector = type(f"{name}VectorEnv", (NativeVectorEnv,), {**attributes, "metadata": vector_metadata})
+    gym.register(id=game_cls.env_id, entry_point=single, vector_entry_point=vector)
