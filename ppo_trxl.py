@@ -1,0 +1,788 @@
+"""PPO with a Transformer-XL episodic memory (TrXL), in one file.
+
+The agent embeds each observation, then a stack of pre-LayerNorm transformer layers lets the
+current step (the query) attend over the hidden states that each layer received at the previous
+`W - 1` steps of the same episode (W = `--trxl-memory-length`). Those hidden states are computed
+once, when the step is taken, and cached; they receive no gradient later (the "episodic memory").
+
+Memory layout. Each env keeps a timeline of `W - 1 + num_steps` slots: the W - 1 steps that
+precede the rollout followed by the rollout's own steps. Slot `k = W - 1 + s` belongs to rollout
+step s, and its window is slots `[k - W + 1, k)`, masked to the current episode. The memory
+therefore costs `num_envs x (num_steps + W - 1) x layers x dim` whatever the episode length, and
+episodes of any length run and train.
+
+Update. Minibatches are stratified: every env contributes the same number of randomly chosen
+steps. Keys and values are projected once per stored state and each query attends over its
+env's whole timeline through a banded mask, so windows are never gathered or materialised.
+
+Run `python ppo_trxl.py --help` for every flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+import tomllib
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+import envs  # noqa: F401  (registers the environment ids with gymnasium)
+
+
+@dataclass
+class Args:
+    # Experiment
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment (part of the run name)"""
+    config: str | None = None
+    """a TOML preset (e.g. configs/ppo_trxl/MortarMayhem-v0.toml); flags on the command line override it"""
+    seed: int = 1
+    """seed of the experiment (python, numpy, torch and the environments)"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, use CUDA when it is available"""
+    track: bool = False
+    """if toggled, mirror the TensorBoard logs to Weights and Biases"""
+    wandb_project_name: str = "memory-gym-baselines"
+    """the W&B project name"""
+    wandb_entity: str | None = None
+    """the W&B entity (team)"""
+    save_model: bool = False
+    """if toggled, save the model and its args to `runs/{run_name}/{exp_name}.cleanrl_model`"""
+
+    # Environment
+    env_id: str = "MortarMayhem-Grid-v0"
+    """the id of the environment (ours, or any gymnasium id with image/vector obs and discrete actions)"""
+    env_kwargs: str = "{}"
+    """reset parameters of the environment as a JSON object, e.g. '{"max_steps": 2560}'"""
+    total_timesteps: int = 200_000_000
+    """total environment steps of the experiment"""
+    num_envs: int = 32
+    """the number of parallel environments"""
+    num_steps: int = 512
+    """the number of steps per environment in each rollout"""
+
+    # PPO
+    init_lr: float = 2.75e-4
+    """the initial learning rate"""
+    final_lr: float = 1.0e-5
+    """the learning rate reached after `anneal_steps` environment steps"""
+    anneal_steps: int = 32 * 512 * 10_000
+    """environment steps over which learning rate and entropy coefficient decay linearly"""
+    gamma: float = 0.995
+    """the discount factor"""
+    gae_lambda: float = 0.95
+    """the lambda of generalised advantage estimation"""
+    num_minibatches: int = 8
+    """the number of minibatches per epoch (must divide num_steps: each env gives num_steps / num_minibatches steps)"""
+    update_epochs: int = 3
+    """the number of epochs over each rollout"""
+    norm_adv: bool = False
+    """if toggled, normalise advantages per minibatch"""
+    clip_coef: float = 0.1
+    """the surrogate clipping coefficient (also clips the value)"""
+    clip_vloss: bool = True
+    """if toggled, use the clipped value loss"""
+    init_ent_coef: float = 1e-4
+    """the initial entropy coefficient"""
+    final_ent_coef: float = 1e-6
+    """the entropy coefficient reached after `anneal_steps` environment steps"""
+    vf_coef: float = 0.5
+    """the value loss coefficient"""
+    max_grad_norm: float = 0.25
+    """the maximum global gradient norm"""
+    target_kl: float | None = None
+    """stop the update early once an epoch ends above this approximate KL"""
+    reconstruction_coef: float = 0.0
+    """weight of the observation-reconstruction loss (0 disables the decoder; image observations only)"""
+
+    # Transformer-XL
+    trxl_num_layers: int = 3
+    """the number of transformer layers"""
+    trxl_num_heads: int = 4
+    """the number of attention heads"""
+    trxl_dim: int = 384
+    """the width of the embedding and of every layer"""
+    trxl_memory_length: int = 119
+    """W: each step attends over the hidden states of the previous W - 1 steps of its episode (1 = no memory)"""
+    trxl_positional_encoding: Literal["absolute", "learned", "none"] = "absolute"
+    """absolute: sinusoidal encoding of each memory slot's episode step (any step);
+    learned: a learned attention bias per head and distance within the window; none"""
+
+    # Filled in at runtime
+    batch_size: int = 0
+    """the rollout size (num_envs * num_steps)"""
+    minibatch_size: int = 0
+    """the minibatch size (batch_size // num_minibatches)"""
+    num_iterations: int = 0
+    """the number of iterations (total_timesteps // batch_size)"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line and presets
+# ---------------------------------------------------------------------------------------------
+def fail(message: str) -> None:
+    """Stop with a message that names the problem (non-zero exit, no traceback)."""
+    raise SystemExit(f"error: {message}")
+
+
+def load_preset(path: str) -> dict:
+    """Read a TOML preset and check every key and value type against `Args`."""
+    try:
+        with open(path, "rb") as f:
+            preset = tomllib.load(f)
+    except FileNotFoundError:
+        fail(f"config file {path!r} does not exist")
+    except tomllib.TOMLDecodeError as e:
+        fail(f"config file {path!r} is not valid TOML: {e}")
+    fields = {f.name: f for f in dataclasses.fields(Args)}
+    values = {}
+    for key, value in preset.items():
+        name = key.replace("-", "_")
+        if name not in fields or name in ("config", "batch_size", "minibatch_size", "num_iterations"):
+            fail(f"config file {path!r}: unknown key {key!r}")
+        default = getattr(Args, name)
+        if isinstance(default, bool) and not isinstance(value, bool):
+            fail(f"config file {path!r}: {key} must be true or false, got {value!r}")
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                fail(f"config file {path!r}: {key} must be a number, got {value!r}")
+            if isinstance(default, int) and not isinstance(value, int):
+                fail(f"config file {path!r}: {key} must be an integer, got {value!r}")
+        if isinstance(default, str) and not isinstance(value, str):
+            fail(f"config file {path!r}: {key} must be a string, got {value!r}")
+        values[name] = value
+    return values
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    """tyro CLI on top of an optional `--config` preset (command-line flags win)."""
+    argv = sys.argv[1:] if argv is None else argv
+    defaults = Args()
+    for i, arg in enumerate(argv):
+        path = arg.split("=", 1)[1] if arg.startswith("--config=") else None
+        if arg == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+        if path is not None:
+            defaults = dataclasses.replace(defaults, config=path, **load_preset(path))
+    return tyro.cli(Args, default=defaults, args=argv)
+
+
+# ---------------------------------------------------------------------------------------------
+# Environments
+# ---------------------------------------------------------------------------------------------
+def make_envs(args: Args) -> gym.vector.VectorEnv:
+    """Our ids get their native vector env; any other gymnasium id a sync vector env (same-step autoreset)."""
+    try:
+        env_kwargs = json.loads(args.env_kwargs)
+    except json.JSONDecodeError as e:
+        fail(f"--env-kwargs is not valid JSON: {e}")
+    if not isinstance(env_kwargs, dict):
+        fail("--env-kwargs must be a JSON object")
+    try:
+        spec = gym.spec(args.env_id)
+    except gym.error.Error as e:
+        fail(f"unknown environment id {args.env_id!r} ({e})")
+    try:
+        if spec.vector_entry_point is not None:
+            envs = gym.make_vec(args.env_id, num_envs=args.num_envs, **env_kwargs)
+        else:
+            envs = gym.make_vec(
+                args.env_id,
+                num_envs=args.num_envs,
+                vectorization_mode="sync",
+                vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+                **env_kwargs,
+            )
+    except ValueError as e:
+        fail(f"{args.env_id}: {e}")
+    observation_layout(envs.single_observation_space, args.env_id)
+    action_branches(envs.single_action_space, args.env_id)
+    return envs
+
+
+def observation_layout(space: gym.Space, env_id: str) -> tuple[tuple[int, ...] | None, int]:
+    """(image shape (H, W, C) or None, vector size) of a supported observation space.
+
+    Supported: a uint8 image Box (H, W, C), a 1-D Box, or a Dict of one of each (as MortarMayhemB).
+    """
+    boxes = list(space.spaces.values()) if isinstance(space, gym.spaces.Dict) else [space]
+    image, vector = None, 0
+    for box in boxes:
+        if isinstance(box, gym.spaces.Box) and len(box.shape) == 3 and box.dtype == np.uint8 and image is None:
+            image = box.shape
+        elif isinstance(box, gym.spaces.Box) and len(box.shape) == 1 and vector == 0:
+            vector = box.shape[0]
+        else:
+            fail(
+                f"{env_id}: incompatible observation space {space}; supported are a uint8 image Box (H, W, C), "
+                "a 1-D Box, or a Dict holding one of each"
+            )
+    return image, vector
+
+
+def action_branches(space: gym.Space, env_id: str) -> list[int]:
+    """The number of choices of each discrete action branch."""
+    if isinstance(space, gym.spaces.Discrete):
+        return [int(space.n)]
+    if isinstance(space, gym.spaces.MultiDiscrete) and space.nvec.ndim == 1:
+        return [int(n) for n in space.nvec]
+    fail(f"{env_id}: incompatible action space {space}; supported are Discrete and MultiDiscrete")
+
+
+def split_observation(obs, space: gym.Space) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Batched observation -> (images uint8 or None, vectors float32 or None)."""
+    parts = list(obs.values()) if isinstance(space, gym.spaces.Dict) else [obs]
+    image = next((p for p in parts if p.ndim == 4), None)
+    vector = next((p for p in parts if p.ndim == 2), None)
+    return image, None if vector is None else vector.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Agent
+# ---------------------------------------------------------------------------------------------
+def layer_init(layer: nn.Module, std: float = math.sqrt(2)) -> nn.Module:
+    nn.init.orthogonal_(layer.weight, std)
+    return layer
+
+
+class Encoder(nn.Module):
+    """Image (Nature CNN) and/or vector observation -> embedding of size dim."""
+
+    def __init__(self, image_shape: tuple[int, ...] | None, vector_size: int, dim: int):
+        super().__init__()
+        self.cnn = None
+        features = vector_size
+        if image_shape is not None:
+            self.cnn = nn.Sequential(
+                layer_init(nn.Conv2d(image_shape[2], 32, 8, stride=4)),
+                nn.ReLU(),
+                layer_init(nn.Conv2d(32, 64, 4, stride=2)),
+                nn.ReLU(),
+                layer_init(nn.Conv2d(64, 64, 3, stride=1)),
+                nn.ReLU(),
+                nn.Flatten(),
+            )
+            with torch.no_grad():
+                features += self.cnn(torch.zeros(1, image_shape[2], *image_shape[:2])).shape[1]
+        self.embed = nn.Sequential(layer_init(nn.Linear(features, dim)), nn.ReLU())
+
+    def forward(self, image: torch.Tensor | None, vector: torch.Tensor | None) -> torch.Tensor:
+        parts = []
+        if self.cnn is not None:
+            # uint8 (N, H, W, C) -> float (N, C, H, W) in [0, 1]
+            parts.append(self.cnn(image.permute(0, 3, 1, 2).float() / 255.0))
+        if vector is not None:
+            parts.append(vector)
+        return self.embed(torch.cat(parts, dim=1))
+
+
+class Decoder(nn.Module):
+    """Embedding -> reconstructed 84x84 image (N, H, W, C) in [0, 1], the inverse of the Nature CNN."""
+
+    def __init__(self, dim: int, channels: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            layer_init(nn.Linear(dim, 64 * 7 * 7)),
+            nn.ReLU(),
+            nn.Unflatten(1, (64, 7, 7)),
+            layer_init(nn.ConvTranspose2d(64, 64, 3, stride=1)),
+            nn.ReLU(),
+            layer_init(nn.ConvTranspose2d(64, 32, 4, stride=2)),
+            nn.ReLU(),
+            layer_init(nn.ConvTranspose2d(32, channels, 8, stride=4)),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features).permute(0, 2, 3, 1)
+
+
+def sinusoidal_encoding(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal encoding of integer positions of any size: (...,) -> (..., dim)."""
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim))
+    angles = positions.float().clamp(min=0)[..., None] * inv_freq
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class TransformerLayer(nn.Module):
+    """Pre-LayerNorm attention of queries over cached memory, then a position-wise layer."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm_query = nn.LayerNorm(dim)
+        self.norm_memory = nn.LayerNorm(dim)
+        self.norm_ff = nn.LayerNorm(dim)
+        self.query = nn.Linear(dim, dim, bias=False)
+        self.key_value = nn.Linear(dim, 2 * dim, bias=False)
+        self.out = nn.Linear(dim, dim)
+        self.ff = nn.Linear(dim, dim)
+
+    def keys_values(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, dim) memory -> keys and values (B, heads, T, head_dim)."""
+        kv = self.key_value(self.norm_memory(memory)).unflatten(-1, (2, self.num_heads, -1))
+        return kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+
+    def forward(self, x, keys, values, attn_mask, has_memory) -> torch.Tensor:
+        """x (B, Q, dim); keys/values (B, heads, T, head_dim); attn_mask (B, 1 or heads, Q, T);
+        has_memory (B, Q, 1): queries without any visible slot get no attention contribution."""
+        q = self.query(self.norm_query(x)).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+        attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask)
+        x = x + has_memory * self.out(attended.transpose(1, 2).flatten(2))
+        return x + F.relu(self.ff(self.norm_ff(x)))
+
+
+def window_mask(query_slots: torch.Tensor, query_steps: torch.Tensor, num_keys: int, memory_length: int):
+    """Which key slots each query attends to, and at which distance.
+
+    query_slots / query_steps: (B, Q) timeline slot and episode step of every query.
+    A key slot j is visible to a query in slot k at episode step t iff k - min(t, W - 1) <= j < k:
+    inside the window and inside the query's episode. Returns (visible (B, Q, T), distance (B, Q, T)).
+    """
+    keys = torch.arange(num_keys, device=query_slots.device)
+    distance = query_slots[..., None] - keys  # 1 = the previous step
+    reach = query_steps.clamp(max=memory_length - 1)[..., None]
+    return (distance >= 1) & (distance <= reach), distance
+
+
+class Agent(nn.Module):
+    def __init__(self, args: Args, image_shape, vector_size: int, branches: list[int]):
+        super().__init__()
+        dim, heads, layers = args.trxl_dim, args.trxl_num_heads, args.trxl_num_layers
+        if dim % (2 * heads) != 0:
+            fail(f"--trxl-dim ({dim}) must be divisible by 2 x --trxl-num-heads ({heads})")
+        self.dim, self.num_layers, self.memory_length = dim, layers, args.trxl_memory_length
+        # Slots kept before the rollout; at least one so that a window is never empty (W = 1 masks it).
+        self.context = max(self.memory_length - 1, 1)
+        self.positional_encoding = args.trxl_positional_encoding
+        self.encoder = Encoder(image_shape, vector_size, dim)
+        self.layers = nn.ModuleList(TransformerLayer(dim, heads) for _ in range(layers))
+        if self.positional_encoding == "learned":
+            # One bias per layer, head and distance 1..W-1: works for episodes of any length.
+            self.distance_bias = nn.Parameter(torch.zeros(layers, heads, max(self.memory_length - 1, 1)))
+        self.post = nn.Sequential(layer_init(nn.Linear(dim, dim)), nn.ReLU())
+        self.actor = nn.ModuleList(layer_init(nn.Linear(dim, n), std=0.01) for n in branches)
+        self.critic = layer_init(nn.Linear(dim, 1), std=1.0)
+        self.decoder = None
+        if args.reconstruction_coef > 0 and image_shape is not None:
+            self.decoder = Decoder(dim, image_shape[2])
+
+    def memory_keys_values(self, memory: torch.Tensor, steps: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Project every cached state once: memory (B, T, layers, dim), steps (B, T) -> per layer (keys, values)."""
+        memory = memory.float()
+        if self.positional_encoding == "absolute":
+            memory = memory + sinusoidal_encoding(steps, self.dim)[:, :, None]
+        return [layer.keys_values(memory[:, :, i]) for i, layer in enumerate(self.layers)]
+
+    def forward(self, image, vector, keys_values, query_slots, query_steps):
+        """Queries (B, Q) attend over (B, T) memory slots.
+
+        Returns features (B, Q, dim) and the input each layer received, (B, Q, layers, dim): the
+        states this step adds to the memory.
+        """
+        batch, queries = query_slots.shape
+        x = self.encoder(
+            None if image is None else image.flatten(0, 1), None if vector is None else vector.flatten(0, 1)
+        ).unflatten(0, (batch, queries))
+        num_keys = keys_values[0][0].shape[2]
+        visible, distance = window_mask(query_slots, query_steps, num_keys, self.memory_length)
+        # A query without memory (episode start) attends to nothing; its row is unmasked only to
+        # keep the softmax finite, and the layer zeroes what it returns.
+        has_memory = visible.any(-1, keepdim=True)
+        attn_mask = (visible | ~has_memory)[:, None]
+        if self.positional_encoding == "learned":
+            bias_index = (distance - 1).clamp(0, self.distance_bias.shape[-1] - 1)
+        layer_inputs = []
+        for i, layer in enumerate(self.layers):
+            layer_inputs.append(x)
+            mask = attn_mask
+            if self.positional_encoding == "learned":
+                bias = self.distance_bias[i][:, bias_index].transpose(0, 1)  # (B, heads, Q, T)
+                mask = bias.masked_fill(~attn_mask, float("-inf"))
+            x = layer(x, *keys_values[i], mask, has_memory)
+        return self.post(x), torch.stack(layer_inputs, dim=2)
+
+    def heads(self, features: torch.Tensor):
+        logits = [branch(features) for branch in self.actor]
+        return logits, self.critic(features).squeeze(-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rollout storage and collection
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Rollout:
+    """Everything one rollout stores, plus the state that carries over to the next one."""
+
+    images: torch.Tensor | None  # (num_steps, num_envs, H, W, C) uint8
+    vectors: torch.Tensor | None  # (num_steps, num_envs, size) float32
+    actions: torch.Tensor  # (num_steps, num_envs, branches)
+    logprobs: torch.Tensor  # (num_steps, num_envs, branches)
+    values: torch.Tensor  # (num_steps, num_envs)
+    rewards: torch.Tensor  # (num_steps, num_envs)
+    dones: torch.Tensor  # (num_steps, num_envs): the episode ended with this step
+    steps: torch.Tensor  # (num_steps, num_envs): episode step of each sample
+    memory: torch.Tensor  # (num_envs, context + num_steps, layers, dim): cached layer inputs
+    memory_steps: torch.Tensor  # (num_envs, context + num_steps): episode step of each slot
+    next_obs: tuple  # (images, vectors) of the observation the next step starts from
+    next_step: torch.Tensor  # (num_envs,): its episode step
+
+
+def new_rollout(args: Args, agent: Agent, envs: gym.vector.VectorEnv, device: torch.device) -> Rollout:
+    image_shape, vector_size = observation_layout(envs.single_observation_space, args.env_id)
+    S, E = args.num_steps, args.num_envs
+    obs, _ = envs.reset(seed=args.seed)
+    return Rollout(
+        images=None if image_shape is None else torch.zeros((S, E, *image_shape), dtype=torch.uint8, device=device),
+        vectors=None if not vector_size else torch.zeros((S, E, vector_size), device=device),
+        actions=torch.zeros((S, E, len(agent.actor)), dtype=torch.long, device=device),
+        logprobs=torch.zeros((S, E, len(agent.actor)), device=device),
+        values=torch.zeros((S, E), device=device),
+        rewards=torch.zeros((S, E), device=device),
+        dones=torch.zeros((S, E), device=device),
+        steps=torch.zeros((S, E), dtype=torch.long, device=device),
+        memory=torch.zeros((E, agent.context + S, agent.num_layers, agent.dim), device=device),
+        memory_steps=torch.zeros((E, agent.context + S), dtype=torch.long, device=device),
+        next_obs=split_observation(obs, envs.single_observation_space),
+        next_step=torch.zeros(E, dtype=torch.long, device=device),
+    )
+
+
+def to_device(obs: tuple, device: torch.device) -> tuple:
+    return tuple(None if part is None else torch.as_tensor(part, device=device) for part in obs)
+
+
+def act(agent: Agent, ro: Rollout, cache: list, slot: int, device: torch.device):
+    """One forward pass of every env at timeline `slot`; its layer inputs are written to the memory."""
+    image, vector = to_device(ro.next_obs, device)
+    window = [(k[:, :, slot - agent.context : slot], v[:, :, slot - agent.context : slot]) for k, v in cache]
+    query_slots = torch.full_like(ro.next_step, agent.context)[:, None]
+    features, layer_inputs = agent(
+        None if image is None else image[:, None],
+        None if vector is None else vector[:, None],
+        window,
+        query_slots,
+        ro.next_step[:, None],
+    )
+    logits, value = agent.heads(features[:, 0])
+    return image, vector, logits, value, layer_inputs
+
+
+@torch.no_grad()
+def collect_rollout(args: Args, agent: Agent, envs: gym.vector.VectorEnv, ro: Rollout, device, on_episode):
+    """Step all envs `num_steps` times; return the bootstrap value of the observation that follows."""
+    C, S = agent.context, args.num_steps
+    # The last C slots of the previous rollout become the context of this one.
+    ro.memory[:, :C] = ro.memory[:, S : S + C].clone()
+    ro.memory_steps[:, :C] = ro.memory_steps[:, S : S + C].clone()
+    # Keys/values of every slot under the current parameters: the context now, each new slot when written.
+    cache = []
+    for k, v in agent.memory_keys_values(ro.memory[:, :C], ro.memory_steps[:, :C]):
+        keys = k.new_zeros((*k.shape[:2], C + S, k.shape[3]))
+        values = torch.zeros_like(keys)
+        keys[:, :, :C], values[:, :, :C] = k, v
+        cache.append((keys, values))
+
+    for s in range(S):
+        slot = C + s
+        image, vector, logits, value, layer_inputs = act(agent, ro, cache, slot, device)
+        ro.memory[:, slot] = layer_inputs[:, 0]
+        ro.memory_steps[:, slot] = ro.next_step
+        for (keys, values), (k, v) in zip(cache, agent.memory_keys_values(layer_inputs, ro.next_step[:, None])):
+            keys[:, :, slot], values[:, :, slot] = k[:, :, 0], v[:, :, 0]
+        dists = [torch.distributions.Categorical(logits=l) for l in logits]
+        action = torch.stack([d.sample() for d in dists], dim=1)
+        if image is not None:
+            ro.images[s] = image
+        if vector is not None:
+            ro.vectors[s] = vector
+        ro.actions[s] = action
+        ro.logprobs[s] = torch.stack([d.log_prob(a) for d, a in zip(dists, action.T)], dim=1)
+        ro.values[s] = value
+        ro.steps[s] = ro.next_step
+
+        env_action = action.cpu().numpy()
+        obs, reward, terminated, truncated, info = envs.step(env_action[:, 0] if len(dists) == 1 else env_action)
+        done = np.logical_or(terminated, truncated)
+        ro.rewards[s] = torch.as_tensor(reward, dtype=torch.float32, device=device)
+        ro.dones[s] = torch.as_tensor(done, dtype=torch.float32, device=device)
+        ro.next_obs = split_observation(obs, envs.single_observation_space)
+        done_t = torch.as_tensor(done, device=device)
+        ro.next_step = torch.where(done_t, 0, ro.next_step + 1)
+        on_episode(reward, done, info)
+
+    # Bootstrap from exactly the window a step in the next slot would attend to.
+    return act(agent, ro, cache, C + S, device)[3]
+
+
+def compute_advantages(args: Args, ro: Rollout, next_value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation; an episode end cuts the bootstrap."""
+    advantages = torch.zeros_like(ro.rewards)
+    last = 0.0
+    for s in reversed(range(args.num_steps)):
+        following = next_value if s == args.num_steps - 1 else ro.values[s + 1]
+        alive = 1.0 - ro.dones[s]
+        delta = ro.rewards[s] + args.gamma * following * alive - ro.values[s]
+        last = delta + args.gamma * args.gae_lambda * alive * last
+        advantages[s] = last
+    return advantages, advantages + ro.values
+
+
+def evaluate(agent: Agent, ro: Rollout, sel: torch.Tensor):
+    """Recompute the policy and value of the samples `sel` (num_envs, Q): step indices per env.
+
+    Every query attends over its env's whole timeline through the window mask, with keys and
+    values projected once per stored state.
+    """
+    envs_index = torch.arange(sel.shape[0], device=sel.device)[:, None]
+    image = None if ro.images is None else ro.images[sel, envs_index]
+    vector = None if ro.vectors is None else ro.vectors[sel, envs_index]
+    keys_values = agent.memory_keys_values(ro.memory, ro.memory_steps)
+    features, _ = agent(image, vector, keys_values, agent.context + sel, ro.steps[sel, envs_index])
+    logits, value = agent.heads(features)
+    actions = ro.actions[sel, envs_index]
+    dists = [torch.distributions.Categorical(logits=l) for l in logits]
+    logprob = torch.stack([d.log_prob(a) for d, a in zip(dists, actions.unbind(-1))], dim=-1)
+    entropy = torch.stack([d.entropy() for d in dists], dim=-1).sum(-1)
+    return logprob, entropy, value, features, image
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+class EpisodeStats:
+    """Returns, lengths and the env's end-of-episode info of recently finished episodes."""
+
+    def __init__(self, num_envs: int, window: int = 100):
+        self.running_return = np.zeros(num_envs)
+        self.running_length = np.zeros(num_envs, dtype=np.int64)
+        self.recent = deque(maxlen=window)
+        self.new: list[dict] = []
+
+    def __call__(self, reward, done, info) -> None:
+        self.running_return += reward
+        self.running_length += 1
+        final = info.get("final_info", {})
+        for i in np.flatnonzero(done):
+            episode = {"return": float(self.running_return[i]), "length": int(self.running_length[i])}
+            for key, value in final.items():
+                if not key.startswith("_") and final.get(f"_{key}", np.ones(len(done), bool))[i]:
+                    item = np.asarray(value[i])
+                    if item.ndim == 0 and np.issubdtype(item.dtype, np.number):
+                        episode[key] = float(item)
+            self.new.append(episode)
+            self.recent.append(episode)
+        self.running_return[done] = 0.0
+        self.running_length[done] = 0
+
+    def take_new(self) -> list[dict]:
+        new, self.new = self.new, []
+        return new
+
+
+def mean_of(episodes: list[dict], key: str) -> float | None:
+    values = [e[key] for e in episodes if key in e]
+    return float(np.mean(values)) if values else None
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def check_args(args: Args) -> None:
+    if args.num_steps % args.num_minibatches != 0:
+        fail(f"--num-minibatches ({args.num_minibatches}) must divide --num-steps ({args.num_steps})")
+    if args.trxl_memory_length < 1:
+        fail(f"--trxl-memory-length must be >= 1, got {args.trxl_memory_length}")
+    if args.total_timesteps < args.num_envs * args.num_steps:
+        fail(f"--total-timesteps ({args.total_timesteps}) is smaller than one rollout (num_envs x num_steps)")
+
+
+def train(args: Args) -> list[dict]:
+    """Run the experiment; returns the metrics logged at every iteration."""
+    check_args(args)
+    args.batch_size = args.num_envs * args.num_steps
+    args.minibatch_size = args.batch_size // args.num_minibatches
+    args.num_iterations = args.total_timesteps // args.batch_size
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    envs = make_envs(args)
+    image_shape, vector_size = observation_layout(envs.single_observation_space, args.env_id)
+    if args.reconstruction_coef > 0 and image_shape is None:
+        fail(f"{args.env_id}: --reconstruction-coef needs image observations")
+    agent = Agent(args, image_shape, vector_size, action_branches(envs.single_action_space, args.env_id)).to(device)
+    optimizer = torch.optim.AdamW(agent.parameters(), lr=args.init_lr)
+
+    if args.track:
+        import wandb
+
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            sync_tensorboard=True,
+            config=vars(args),
+            name=run_name,
+            save_code=True,
+        )
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text(
+        "hyperparameters",
+        "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in vars(args).items()),
+    )
+
+    ro = new_rollout(args, agent, envs, device)
+    stats = EpisodeStats(args.num_envs)
+    history = []
+    global_step, start_time = 0, time.time()
+    try:
+        for iteration in range(1, args.num_iterations + 1):
+            # Linear decay of learning rate and entropy coefficient in environment steps.
+            frac = max(0.0, 1.0 - global_step / args.anneal_steps)
+            lr = args.final_lr + (args.init_lr - args.final_lr) * frac
+            ent_coef = args.final_ent_coef + (args.init_ent_coef - args.final_ent_coef) * frac
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+            rollout_start = time.time()
+            next_value = collect_rollout(args, agent, envs, ro, device, stats)
+            global_step += args.batch_size
+            rollout_time = time.time() - rollout_start
+            advantages, returns = compute_advantages(args, ro, next_value)
+
+            # PPO update over stratified minibatches: each env contributes num_steps / num_minibatches steps.
+            update_start = time.time()
+            per_env = args.num_steps // args.num_minibatches
+            logs = {key: [] for key in ("policy", "value", "entropy", "reconstruction", "old_approx_kl", "approx_kl", "clipfrac")}
+            for epoch in range(args.update_epochs):
+                order = torch.rand((args.num_envs, args.num_steps), device=device).argsort(dim=1)
+                for start in range(0, args.num_steps, per_env):
+                    sel = order[:, start : start + per_env]
+                    envs_index = torch.arange(args.num_envs, device=device)[:, None]
+                    logprob, entropy, value, features, image = evaluate(agent, ro, sel)
+                    logratio = logprob - ro.logprobs[sel, envs_index]
+                    ratio = logratio.exp()
+                    with torch.no_grad():
+                        logs["old_approx_kl"].append((-logratio).mean().item())
+                        logs["approx_kl"].append(((ratio - 1) - logratio).mean().item())
+                        logs["clipfrac"].append(((ratio - 1.0).abs() > args.clip_coef).float().mean().item())
+
+                    mb_advantages = advantages[sel, envs_index]
+                    if args.norm_adv:
+                        mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+                    # The ratio is taken per action branch; the advantage is shared by the branches.
+                    mb_advantages = mb_advantages[..., None]
+                    pg_loss = torch.max(
+                        -mb_advantages * ratio, -mb_advantages * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)
+                    ).mean()
+
+                    mb_returns, mb_values = returns[sel, envs_index], ro.values[sel, envs_index]
+                    if args.clip_vloss:
+                        clipped = mb_values + (value - mb_values).clamp(-args.clip_coef, args.clip_coef)
+                        v_loss = torch.max((value - mb_returns) ** 2, (clipped - mb_returns) ** 2).mean()
+                    else:
+                        v_loss = ((value - mb_returns) ** 2).mean()
+                    entropy_loss = entropy.mean()
+                    loss = pg_loss - ent_coef * entropy_loss + args.vf_coef * v_loss
+
+                    if agent.decoder is not None:
+                        reconstruction = agent.decoder(features.flatten(0, 1))
+                        r_loss = F.binary_cross_entropy(reconstruction, image.flatten(0, 1).float() / 255.0)
+                        loss = loss + args.reconstruction_coef * r_loss
+                        logs["reconstruction"].append(r_loss.item())
+
+                    optimizer.zero_grad()
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                    logs["policy"].append(pg_loss.item())
+                    logs["value"].append(v_loss.item())
+                    logs["entropy"].append(entropy_loss.item())
+                if args.target_kl is not None and np.mean(logs["approx_kl"][-args.num_minibatches :]) > args.target_kl:
+                    break
+            update_time = time.time() - update_start
+
+            # Logging
+            y_pred, y_true = ro.values.flatten().cpu().numpy(), returns.flatten().cpu().numpy()
+            var_y = np.var(y_true)
+            explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+            sps = int(global_step / (time.time() - start_time))
+            metrics = {
+                "charts/SPS": sps,
+                "charts/rollout_SPS": int(args.batch_size / rollout_time),
+                "charts/update_SPS": int(args.batch_size / update_time),
+                "charts/learning_rate": lr,
+                "charts/entropy_coefficient": ent_coef,
+                "losses/explained_variance": explained_var,
+            }
+            for key, values in logs.items():
+                if values:
+                    name = {"policy": "policy_loss", "value": "value_loss", "reconstruction": "reconstruction_loss"}.get(key, key)
+                    metrics[f"losses/{name}"] = float(np.mean(values))
+            new_episodes = stats.take_new()
+            if new_episodes:
+                metrics["charts/episodic_return"] = mean_of(new_episodes, "return")
+                metrics["charts/episodic_length"] = mean_of(new_episodes, "length")
+                for key in sorted({k for e in new_episodes for k in e} - {"return", "length"}):
+                    metrics[f"episode/{key}"] = mean_of(new_episodes, key)
+            for key, value in metrics.items():
+                writer.add_scalar(key, value, global_step)
+            history.append({"global_step": global_step, **metrics})
+
+            recent_return = mean_of(list(stats.recent), "return")
+            eta = (args.num_iterations - iteration) * args.batch_size / max(sps, 1)
+            print(
+                f"iter {iteration}/{args.num_iterations} | step {global_step:,} | SPS {sps:,} "
+                f"| return {'n/a' if recent_return is None else f'{recent_return:.3f}'} "
+                f"| pi {metrics['losses/policy_loss']:.4f} | v {metrics['losses/value_loss']:.4f} "
+                f"| entropy {metrics['losses/entropy']:.3f} | ETA {format_duration(eta)}",
+                flush=True,
+            )
+
+        if args.save_model:
+            save_model(args, agent, f"runs/{run_name}/{args.exp_name}.cleanrl_model")
+    finally:
+        envs.close()
+        writer.close()
+        if args.track:
+            import wandb
+
+            wandb.finish()
+    return history
+
+
+def save_model(args: Args, agent: Agent, path: str) -> None:
+    """Write weights and args atomically (a crash never leaves a half-written file)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp"
+    torch.save({"model_weights": agent.state_dict(), "args": vars(args)}, tmp)
+    os.replace(tmp, path)
+    print(f"model saved to {path}")
+
+
+if __name__ == "__main__":
+    train(parse_args())
