@@ -1,0 +1,194 @@
+"""Mystery Path generation: one 7x7 path segment from a randomised A*, bit-exact with Memory Gym.
+
+`generate_segment(draws, start, end)` places the random walls and searches a path exactly as
+the reference does (same random draws in the same order, including its quirks: the first open
+node cheaper than `open[0]` wins, not the cheapest; re-parenting keeps the old cost; a Euclidean
+heuristic; border walls picked from a list that is not re-filtered; random interior walls only
+in columns/rows 1..4).
+
+`Draws` hands out the bounded integers a `numpy.random.Generator` (PCG64) would, but reads the
+generator's raw output in bulk and computes the bounded values itself (numpy's Lemire rejection
+sampler on 32-bit words), then leaves the generator in exactly the state the equivalent
+`Generator.integers` calls would have left it. A segment needs about a hundred draws; calling
+`Generator.integers` for each would cost more than the search itself.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+GRID = 7
+"""Cells per side of one segment."""
+
+_MASK32 = (1 << 32) - 1
+_MASK128 = (1 << 128) - 1
+_PCG_MULTIPLIER = 0x2360ED051FC65DA44385DF649FCCF645
+_RAW_CHUNK = 64
+
+
+class _LcgJumps:
+    """`A_k = M^k` and `G_k = 1 + M + ... + M^(k-1)` mod 2^128, so k LCG steps are `A_k s + G_k inc`."""
+
+    def __init__(self):
+        self.power = [1]
+        self.series = [0]
+
+    def advance(self, state: int, increment: int, steps: int) -> int:
+        while len(self.power) <= steps:
+            self.series.append((self.series[-1] + self.power[-1]) & _MASK128)
+            self.power.append((self.power[-1] * _PCG_MULTIPLIER) & _MASK128)
+        return (self.power[steps] * state + self.series[steps] * increment) & _MASK128
+
+
+_JUMPS = _LcgJumps()
+
+
+class Draws:
+    """Bounded integers drawn from a PCG64 `Generator` exactly as `Generator.integers` draws them.
+
+    Use as a context manager: the generator is consumed in bulk while the block runs and left,
+    on exit, in the state that one `rng.integers(0, n)` call per `draws.below(n)` would leave.
+    """
+
+    def __init__(self, rng: np.random.Generator):
+        self._bitgen = rng.bit_generator
+        if not isinstance(self._bitgen, np.random.PCG64):
+            raise TypeError("path generation replays numpy's PCG64 stream; got " + type(self._bitgen).__name__)
+
+    def __enter__(self) -> Draws:
+        state = self._bitgen.state
+        self._start = state["state"]["state"]
+        self._increment = state["state"]["inc"]
+        self._uinteger = state["uinteger"]
+        # A buffered upper half-word from an earlier 32-bit draw is handed out first.
+        self._buffered = int(state["has_uint32"])
+        self._words: list[int] = [state["uinteger"]] if self._buffered else []
+        self._pos = 0
+        return self
+
+    def _refill(self) -> None:
+        self._words.extend(self._bitgen.random_raw(_RAW_CHUNK).view(np.uint32).tolist())
+
+    def below(self, n: int) -> int:
+        """A uniform integer in [0, n) (numpy's Lemire sampler on 32-bit words; n < 2**32)."""
+        if n <= 1:
+            return 0  # numpy returns the lower bound of an empty range without drawing
+        if self._pos >= len(self._words):
+            self._refill()
+        product = self._words[self._pos] * n
+        self._pos += 1
+        if product & _MASK32 < n:
+            threshold = ((1 << 32) - n) % n
+            while product & _MASK32 < threshold:
+                if self._pos >= len(self._words):
+                    self._refill()
+                product = self._words[self._pos] * n
+                self._pos += 1
+        return product >> 32
+
+    def __exit__(self, *exc) -> None:
+        consumed = self._pos - self._buffered  # words taken from fresh 64-bit outputs
+        if consumed < 0:  # only the buffered word was there, and it was not used
+            consumed, has_uint32 = 0, 1
+        else:
+            has_uint32 = consumed % 2
+        outputs = (consumed + 1) // 2
+        uinteger = self._words[self._buffered + 2 * outputs - 1] if outputs else self._uinteger
+        self._bitgen.state = {
+            "bit_generator": "PCG64",
+            "state": {"state": _JUMPS.advance(self._start, self._increment, outputs), "inc": self._increment},
+            "has_uint32": has_uint32,
+            "uinteger": uinteger,
+        }
+
+
+def _cell(x: int, y: int) -> int:
+    return x * GRID + y
+
+
+# Neighbour lists in the reference's order: 4-neighbours (+x, -x, +y, -y), then diagonals
+# (+1,+1), (-1,-1), (+1,-1), (-1,+1); cells outside the grid are left out.
+def _neighbours(steps: tuple[tuple[int, int], ...]) -> tuple[tuple[int, ...], ...]:
+    table = []
+    for x in range(GRID):
+        for y in range(GRID):
+            table.append(tuple(_cell(x + dx, y + dy) for dx, dy in steps if 0 <= x + dx < GRID and 0 <= y + dy < GRID))
+    return tuple(table)
+
+
+_NEIGHBOURS = _neighbours(((1, 0), (-1, 0), (0, 1), (0, -1)))
+_DIAGONALS = _neighbours(((1, 1), (-1, -1), (1, -1), (-1, 1)))
+_INTERIOR = tuple(_cell(x, y) for x in range(1, GRID - 2) for y in range(1, GRID - 2))
+_BORDER = tuple(_cell(x, y) for x in range(GRID) for y in range(GRID) if x in (0, GRID - 1) or y in (0, GRID - 1))
+_HEURISTICS: dict[int, tuple[float, ...]] = {
+    _cell(ex, ey): tuple(math.sqrt((x - ex) ** 2 + (y - ey) ** 2) for x in range(GRID) for y in range(GRID))
+    for ex in range(GRID)
+    for ey in range(GRID)
+}
+
+
+def generate_segment(draws: Draws, start: tuple[int, int], end: tuple[int, int]) -> tuple[list[tuple[int, int]], list[bool]]:
+    """Walls and path of one segment; returns (path cells from start to end, wall flag per cell x*7+y)."""
+    wall = [False] * (GRID * GRID)
+    # Interior walls: one draw per cell of columns/rows 1..4, in column-major order.
+    for cell in _INTERIOR:
+        wall[cell] = draws.below(100) < 33
+
+    first, last = _cell(*start), _cell(*end)
+    excluded = {first, last, *_NEIGHBOURS[first], *_NEIGHBOURS[last]}
+    candidates = [
+        cell
+        for cell in _BORDER
+        if cell not in excluded and not any(wall[n] for n in _NEIGHBOURS[cell]) and not any(wall[n] for n in _DIAGONALS[cell])
+    ]
+    for _ in range((4, 8)[draws.below(2)]):
+        if candidates:
+            wall[candidates.pop(draws.below(len(candidates)))] = True
+
+    return _search(draws, first, last, wall), wall
+
+
+def _search(draws: Draws, first: int, last: int, wall: list[bool]) -> list[tuple[int, int]]:
+    """The reference's randomised A*: random step costs 1..8, quirks included."""
+    heuristic = _HEURISTICS[last]
+    cost = [0] * (GRID * GRID)
+    score = [0.0] * (GRID * GRID)
+    parent = [-1] * (GRID * GRID)
+    closed = [False] * (GRID * GRID)
+    in_open = [False] * (GRID * GRID)
+    open_list = [first]
+    in_open[first] = True
+    while open_list:
+        # The first node cheaper than open[0] wins (not the cheapest one).
+        pick = 0
+        best = score[open_list[0]]
+        for index, node in enumerate(open_list):
+            if score[node] < best:
+                pick = index
+                break
+        current = open_list[pick]
+        if current == last:
+            path = [current]
+            while parent[path[-1]] >= 0:
+                path.append(parent[path[-1]])
+            return [divmod(cell, GRID) for cell in reversed(path)]
+        del open_list[pick]
+        in_open[current] = False
+        closed[current] = True
+        for neighbour in _NEIGHBOURS[current]:
+            if closed[neighbour] or wall[neighbour]:
+                continue
+            tentative = cost[current] + 1 + draws.below(8)
+            if in_open[neighbour]:
+                # Re-parenting keeps the neighbour's old cost, so its score stays the same too.
+                if tentative < cost[neighbour]:
+                    parent[neighbour] = current
+            else:
+                cost[neighbour] = tentative
+                score[neighbour] = tentative + heuristic[neighbour]
+                parent[neighbour] = current
+                open_list.append(neighbour)
+                in_open[neighbour] = True
+    raise RuntimeError("no path between the segment's start and end")
