@@ -1,0 +1,175 @@
+"""Behaviour of the two PPO baselines on the probe environments (CPU)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import ppo_gru
+import ppo_trxl
+
+# Small models so that every test runs in seconds on a laptop CPU.
+SMALL = {
+    ppo_trxl: dict(trxl_dim=32, trxl_num_heads=2, trxl_num_layers=2, trxl_memory_length=8),
+    ppo_gru: dict(gru_hidden_size=32, embed_dim=32, hidden_dim=32),
+}
+# A budget in which the probe env is solved with memory (about 10k steps are needed).
+LEARN = dict(
+    env_id="ProofOfMemory-v0",
+    num_envs=16,
+    num_steps=64,
+    num_minibatches=4,
+    update_epochs=4,
+    total_timesteps=16 * 64 * 30,
+    init_lr=1e-3,
+    final_lr=1e-3,
+    init_ent_coef=1e-3,
+    final_ent_coef=1e-3,
+    clip_coef=0.2,
+    max_grad_norm=0.5,
+    norm_adv=True,
+    cuda=False,
+)
+LEARN_MODEL = {
+    ppo_trxl: dict(trxl_dim=64, trxl_num_heads=2, trxl_num_layers=1, trxl_memory_length=8, trxl_positional_encoding="none"),
+    ppo_gru: dict(gru_hidden_size=64, embed_dim=64, hidden_dim=64),
+}
+MEMORYLESS = {ppo_trxl: dict(trxl_memory_length=1), ppo_gru: dict(zero_memory=True)}
+SCRIPTS = pytest.mark.parametrize("script", [ppo_trxl, ppo_gru], ids=["trxl", "gru"])
+
+
+def small_args(script, **overrides):
+    return script.Args(**{"cuda": False, **SMALL[script], **overrides})
+
+
+def start(script, args):
+    torch.manual_seed(args.seed)
+    envs = script.make_envs(args)
+    image, vector = script.observation_layout(envs.single_observation_space, args.env_id)
+    branches = script.action_branches(envs.single_action_space, args.env_id)
+    agent = script.Agent(args, image, vector, branches)
+    rollout = script.new_rollout(args, agent, envs, torch.device("cpu"))
+    return envs, agent, rollout
+
+
+def minibatches(script, args, agent, rollout):
+    """The minibatches the update uses in its first epoch, as (stored index, evaluate(...)) pairs."""
+    if script is ppo_trxl:
+        order = torch.rand((args.num_envs, args.num_steps)).argsort(dim=1)
+        per_env = args.num_steps // args.num_minibatches
+        for start_ in range(0, args.num_steps, per_env):
+            sel = order[:, start_ : start_ + per_env]
+            logprob, _, value, _, _ = ppo_trxl.evaluate(agent, rollout, sel)
+            yield (sel, torch.arange(args.num_envs)[:, None]), logprob, value
+    else:
+        sequences = ppo_gru.make_sequences(args, rollout)
+        order = torch.randperm(len(sequences)).numpy()
+        for chunk in np.array_split(order, args.num_minibatches):
+            logprob, _, value, _, _, index = ppo_gru.evaluate(agent, rollout, [sequences[k] for k in chunk])
+            yield index, logprob, value
+
+
+@SCRIPTS
+@pytest.mark.parametrize(
+    "env_id, extra",
+    [
+        ("ProofOfMemory-v0", {}),
+        ("ProofOfMemoryImage-v0", {"reconstruction_coef": 0.1}),
+    ],
+)
+def test_logprobs_recomputed_equal_stored(script, env_id, extra):
+    """Before any optimizer step, the update's minibatches reproduce what acting stored."""
+    if script is ppo_trxl:
+        variants = [{"trxl_positional_encoding": pe} for pe in ("absolute", "learned", "none")]
+    else:
+        variants = [{}, {"sequence_length": 3}]
+    for variant in variants:
+        args = small_args(script, env_id=env_id, num_envs=4, num_steps=16, num_minibatches=4, **extra, **variant)
+        envs, agent, rollout = start(script, args)
+        stats = script.EpisodeStats(args.num_envs)
+        continued = ended = 0
+        for _ in range(3):  # later rollouts hold episodes that began in an earlier one
+            script.collect_rollout(args, agent, envs, rollout, torch.device("cpu"), stats)
+            ended += int(rollout.dones.sum())
+            if script is ppo_trxl:
+                continued += int((rollout.steps[0] > 0).sum())
+            else:
+                continued += int((~rollout.starts[0]).sum())
+            seen = torch.zeros(args.num_steps, args.num_envs, dtype=torch.bool)
+            with torch.no_grad():
+                for index, logprob, value in minibatches(script, args, agent, rollout):
+                    assert (logprob - rollout.logprobs[index]).abs().max() < 1e-5
+                    assert (value - rollout.values[index]).abs().max() < 1e-5
+                    seen[index] = True
+            assert seen.all(), "the minibatches of one epoch must cover the whole rollout"
+        assert ended > 0 and continued > 0, "the rollouts must contain episode ends and continued episodes"
+        envs.close()
+
+
+def test_trxl_window_holds_exactly_the_previous_steps_of_the_episode():
+    """Attending over the whole timeline with the window mask equals attending over the window alone."""
+    args = small_args(ppo_trxl, env_id="ProofOfMemory-v0", num_envs=3, num_steps=24, trxl_memory_length=4)
+    envs, agent, rollout = start(ppo_trxl, args)
+    stats = ppo_trxl.EpisodeStats(args.num_envs)
+    for _ in range(2):
+        ppo_trxl.collect_rollout(args, agent, envs, rollout, torch.device("cpu"), stats)
+    C = agent.context
+    with torch.no_grad():
+        for env in range(args.num_envs):
+            for s in range(args.num_steps):
+                t = int(rollout.steps[s, env])
+                n = min(t, args.trxl_memory_length - 1)
+                slot = C + s
+                window = rollout.memory[env : env + 1, slot - n : slot]
+                window_steps = rollout.memory_steps[env : env + 1, slot - n : slot]
+                assert window_steps.tolist() == [list(range(t - n, t))], "window slots belong to this episode"
+                if n == 0:
+                    continue
+                kv = agent.memory_keys_values(window, window_steps)
+                obs = rollout.vectors[s, env][None, None]
+                features, _ = agent(None, obs, kv, torch.tensor([[n]]), torch.tensor([[t]]))
+                logits, value = agent.heads(features[:, 0])
+                assert abs(float(value[0]) - float(rollout.values[s, env])) < 1e-5
+
+
+@SCRIPTS
+def test_learns_proof_of_memory_and_fails_without_memory(script):
+    def final_success(**extra):
+        args = script.Args(**{**LEARN, **LEARN_MODEL[script], **extra})
+        history = script.train(args)
+        return np.mean([h["episode/success"] for h in history[-5:]])
+
+    assert final_success() >= 0.95
+    assert final_success(**MEMORYLESS[script]) <= 0.7
+
+
+@SCRIPTS
+def test_same_seed_gives_identical_losses(script):
+    def losses():
+        args = small_args(script, env_id="ProofOfMemoryImage-v0", num_envs=2, num_steps=16, num_minibatches=2,
+                          total_timesteps=64, reconstruction_coef=0.1)
+        return [{k: v for k, v in h.items() if k.startswith("losses/")} for h in script.train(args)]
+
+    first, second = losses(), losses()
+    assert first == second and len(first) == 2
+
+
+def test_trxl_trains_through_episodes_of_thousands_of_steps():
+    args = small_args(
+        ppo_trxl,
+        env_id="ProofOfMemory-v0",
+        env_kwargs='{"min_delay": 3200, "max_delay": 3200}',
+        trxl_memory_length=16,
+        num_envs=2,
+        num_steps=1200,
+        num_minibatches=4,
+        update_epochs=1,
+        total_timesteps=2 * 1200 * 3,
+    )
+    history = ppo_trxl.train(args)
+    assert len(history) == 3
+    assert history[-1]["charts/episodic_length"] == 3202
+    assert all(np.isfinite(h["losses/policy_loss"]) for h in history)
