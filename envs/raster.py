@@ -140,6 +140,11 @@ def alpha_blend(dst: np.ndarray, src, alpha) -> np.ndarray:
     return (dst + step).astype(np.uint8)
 
 
+def upscale(image: np.ndarray, factor: int) -> np.ndarray:
+    """Pixel replication of an `(h, w, c)` image by an integer `factor` along both axes."""
+    return np.ascontiguousarray(image).repeat(factor, axis=0).repeat(factor, axis=1)
+
+
 # ---- sprites -----------------------------------------------------------------------------
 
 
