@@ -163,7 +163,31 @@ _ENDLESS = [
     {"command_show_duration": [2], "command_show_delay": [0], "explosion_duration": [0], "explosion_delay": [0], "max_steps": 120},
 ]
 
+
+def _changing_options(env_id: str, grid: bool, first: dict, second: dict) -> Scenario:
+    """Episodes whose options differ: the sprite drawn before a reset outlives it (stale sprite quirks)."""
+    random_policy = random_turn if grid else random_pair
+    perfect = perfect_turn if grid else perfect_pair
+    return Scenario(
+        name=f"{env_id.replace('-v0', '')}_changing_options",
+        env_id=env_id,
+        episodes=[
+            Episode(seed=21, policy=noisy(perfect, random_policy, 0.3), options=first, max_steps=120),
+            Episode(seed=None, policy=random_policy, options=second, max_steps=120),
+            Episode(seed=22, policy=perfect, options=first, max_steps=120),
+            Episode(seed=None, policy=noisy(perfect, random_policy, 0.2), options={}, max_steps=120),
+        ],
+        frames=[(1, 0), (1, 1), (1, 2), (2, 1), (3, 1)],
+        policy_seed=7,
+    )
+
+
 SCENARIOS = [
+    _changing_options("MortarMayhem-v0", False, {"arena_size": 6, "agent_scale": 0.4}, {"arena_size": 2, "agent_scale": 0.2}),
+    _changing_options("MortarMayhem-Grid-v0", True, {"arena_size": 6}, {"arena_size": 3}),
+    _changing_options("MortarMayhemB-v0", False, {"arena_size": 6, "agent_scale": 0.45}, {"arena_size": 3}),
+    _changing_options("MortarMayhemB-Grid-v0", True, {"arena_size": 2}, {"arena_size": 6}),
+    _changing_options("Endless-MortarMayhem-v0", False, {"agent_scale": 0.4, "max_steps": 100}, {"agent_scale": 0.25}),
     *_family("MortarMayhem-v0", grid=False, show=True, endless=False, variants=_CONTINUOUS + _SHOW),
     *_family("MortarMayhem-Grid-v0", grid=True, show=True, endless=False, variants=_GRID + _SHOW[:1]),
     *_family("MortarMayhemB-v0", grid=False, show=False, endless=False, variants=_CONTINUOUS),
