@@ -1,0 +1,537 @@
+"""Endless-MysteryPath-v0: an endless invisible path scrolling from left to right.
+
+The path is a chain of 7x7 segments (`path_generation`) laid out left to right, each followed by
+a transition cell: segment s covers world columns 8s..8s+7. Three segments exist at reset and
+one more is generated (drawing from the env's generator mid-episode) whenever the agent enters
+the last one. The camera follows the agent, which is drawn at a fixed screen column; behind it
+the last few path tiles it walked are shown. Each new path tile refills the stamina
+(`stamina_level` steps); stepping off the path respawns the agent at the very first cell of the
+whole path, and the episode ends when the stamina runs out, when the agent falls off behind its
+best column, or falls off twice at the same place.
+
+Memory stays bounded however long an episode runs: segments live in a ring of `RING` slots
+around the agent. After a respawn the agent walks the old path again, so evicted segments are
+regenerated on demand from a second generator replaying the episode's stream from its start
+state (segment generation is the only consumer of randomness in this env). What cannot be
+regenerated is which tiles already paid their reward: one 56-bit mask per segment.
+
+Observation drawing works per screen column: with the background strip, the past-path tiles
+and their borders all aligned to 12-pixel rows, a column of pixels is fully described by a
+small code (background kind, border flag, one bit per path row), and the frame is one lookup
+into a table of pre-drawn columns; agent, stamina bar and cross are blitted on top.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from envs.agent import AgentPainter, continuous_step
+from envs.core import BatchedGame
+from envs.mystery_path import (
+    CROSS,
+    CROSS_HALF,
+    OBSERVATION_SPACE,
+    SCREEN,
+    TILE,
+    _is_int,
+    _is_real,
+    check_kinds,
+    per_env,
+    upscale_image,
+)
+from envs.path_generation import GRID, Draws, generate_segment
+from envs.raster import alpha_blend, rhaz
+from envs.sprites import agent_radius, agent_sprites
+
+SEGMENT_COLUMNS = GRID + 1  # the segment's columns plus its transition column
+SEGMENT_CELLS = SEGMENT_COLUMNS * GRID
+MAX_NODES = GRID * GRID + 1
+INITIAL_SEGMENTS = 3
+RING = 8
+"""Segments kept in memory per env (the agent needs the two before its own and the next one)."""
+
+ICY_COLOUR = (125, 177, 250)
+TILE_BORDER_COLOUR = (210, 210, 210)
+PAST_PATH_COLOUR = (255, 255, 255)
+STAMINA_COLOUR = (0, 255, 0)
+STAMINA_EMPTY_COLOUR = (255, 0, 0)
+STAMINA_WIDTH = 4
+PATH_LAYER_ALPHA = 200
+EAST, NORTH, SOUTH = np.eye(3, dtype=np.int64)
+# Discrete action -> [horizontal, vertical]: no-op, right, up, down (there is no "left").
+ACTION_PAIRS = np.array([[0, 0], [2, 0], [0, 1], [0, 2]], dtype=np.int64)
+
+
+def _column_table() -> np.ndarray:
+    """Every screen column the observation can contain, `(3 * 2 * 128, 84, 3)`, by column code.
+
+    code = background * 256 + border * 128 + rows: background 0 black, 1 icy tile interior,
+    2 icy tile border; `rows` has bit r set where row-tile r shows a past-path tile, drawn with
+    its border colour over the whole column if `border`.
+    """
+    table = np.zeros((3, 2, 128, SCREEN, 3), dtype=np.uint8)
+    edge = (np.arange(SCREEN) % TILE == 0) | (np.arange(SCREEN) % TILE == TILE - 1)
+    table[1] = ICY_COLOUR
+    table[1, :, :, edge] = TILE_BORDER_COLOUR
+    table[2] = TILE_BORDER_COLOUR
+    for rows in range(128):
+        for r in range(GRID):
+            if rows >> r & 1:
+                band = slice(r * TILE, (r + 1) * TILE)
+                table[:, 0, rows, band] = PAST_PATH_COLOUR
+                table[:, 0, rows, band][:, edge[band]] = TILE_BORDER_COLOUR
+                table[:, 1, rows, band] = TILE_BORDER_COLOUR
+    return table.reshape(-1, SCREEN, 3)
+
+
+COLUMN_TABLE = _column_table()
+
+
+def _stamina_table() -> np.ndarray:
+    """The stamina bar column for each red height 0..84, `(85, 84, 3)`."""
+    table = np.empty((SCREEN + 1, SCREEN, 3), dtype=np.uint8)
+    table[:] = STAMINA_COLOUR
+    for height in range(SCREEN + 1):
+        table[height, :height] = STAMINA_EMPTY_COLOUR
+    return table
+
+
+STAMINA_TABLE = _stamina_table()
+
+
+def make_segment(draws: Draws, index: int, start_row: int | None) -> tuple[list[int], list[int], int]:
+    """Segment `index` in world cells: (columns, rows) from its start to its transition cell, end row.
+
+    The first segment draws its start row; later ones start on the previous end row.
+    """
+    if start_row is None:
+        start_row = draws.below(GRID)
+    end_row = draws.below(GRID)
+    path, _ = generate_segment(draws, (0, start_row), (GRID - 1, end_row))
+    offset = index * SEGMENT_COLUMNS
+    columns = [x + offset for x, _ in path] + [offset + GRID]
+    rows = [y for _, y in path] + [end_row]
+    return columns, rows, end_row
+
+
+class EndlessMysteryPathGame(BatchedGame):
+    env_id = "Endless-MysteryPath-v0"
+    observation_space = OBSERVATION_SPACE
+    action_space = gym.spaces.Discrete(4)
+    ground_truth_space = gym.spaces.Box(np.zeros(3, np.float32), np.ones(3, np.float32), (3,), np.float32)
+    defaults = {
+        "max_steps": -1,
+        "agent_scale": 0.25,
+        "agent_speed": 3.0,
+        "show_origin": False,
+        "show_past_path": True,
+        "show_background": False,
+        "show_stamina": False,
+        "visual_feedback": True,
+        "camera_offset_scale": 5.0,
+        "stamina_level": 20,
+        "reward_fall_off": 0.0,
+        "reward_path_progress": 0.1,
+        "reward_step": 0.0,
+    }
+    render_fps = 25
+
+    def __init__(self, num_envs: int):
+        super().__init__(num_envs)
+        n = num_envs
+        self.painter = AgentPainter()
+        # Per-episode parameters.
+        self.max_steps = np.zeros(n, dtype=np.int64)
+        self.scale = np.full(n, 0.25)
+        self.radius = np.zeros(n, dtype=np.int64)
+        self.speed = np.zeros(n)
+        self.show_past_path = np.zeros(n, dtype=bool)
+        self.show_background = np.zeros(n, dtype=bool)
+        self.show_stamina = np.zeros(n, dtype=bool)
+        self.visual_feedback = np.zeros(n, dtype=bool)
+        self.camera_offset = np.zeros(n)
+        self.depth = np.zeros(n, dtype=np.int64)
+        self.stamina_level = np.ones(n, dtype=np.int64)
+        self.reward_fall_off = np.zeros(n)
+        self.reward_progress = np.zeros(n)
+        self.reward_step = np.zeros(n)
+        self.agent_draw_x = np.zeros(n, dtype=np.int64)
+        self.agent_half = np.zeros(n, dtype=np.int64)
+        # Path: a ring of segments (slot = segment % RING) and the reward mask of every segment.
+        self.ring_segment = np.full((n, RING), -1, dtype=np.int64)
+        self.ring_columns = np.zeros((n, RING, MAX_NODES), dtype=np.int64)
+        self.ring_rows = np.zeros((n, RING, MAX_NODES), dtype=np.int64)
+        self.ring_length = np.zeros((n, RING), dtype=np.int64)
+        self.ring_node = np.full((n, RING, SEGMENT_CELLS), -1, dtype=np.int64)
+        """Node index of each cell (local column * 7 + row) of the slot's segment, or -1."""
+        self.stamina_marks = np.zeros((n, RING), dtype=np.uint64)
+        self.reward_marks = np.zeros((n, 16), dtype=np.uint64)
+        self.num_segments = np.zeros(n, dtype=np.int64)
+        self.last_end_row = np.zeros(n, dtype=np.int64)
+        self.start_row = np.zeros(n, dtype=np.int64)
+        # Replaying the episode's stream regenerates evicted segments.
+        self.episode_start_state: list[dict | None] = [None] * n
+        self.replay_rngs = [np.random.Generator(np.random.PCG64()) for _ in range(n)]
+        self.replay_next = np.zeros(n, dtype=np.int64)
+        self.replay_end_row = np.zeros(n, dtype=np.int64)
+        # Episode state.
+        self.cx = np.zeros(n, dtype=np.int64)
+        self.cy = np.zeros(n, dtype=np.int64)
+        self.rotation = np.zeros(n, dtype=np.int64)
+        self.tx = np.zeros(n, dtype=np.int64)
+        self.ty = np.zeros(n, dtype=np.int64)
+        self.camera_x = np.zeros(n)
+        self.scroll = np.zeros(n, dtype=np.int64)
+        self.current_segment = np.zeros(n, dtype=np.int64)
+        self.current_node = np.zeros(n, dtype=np.int64)
+        self.off_path = np.zeros(n, dtype=bool)
+        self.cross_shown = np.zeros(n, dtype=bool)
+        self.cross_x = np.zeros(n, dtype=np.int64)
+        self.cross_y = np.zeros(n, dtype=np.int64)
+        self.stamina = np.zeros(n, dtype=np.int64)
+        self.stamina_height = np.zeros(n, dtype=np.int64)
+        self.max_x = np.zeros(n, dtype=np.int64)
+        self.t = np.zeros(n, dtype=np.int64)
+        self.num_fails = np.zeros(n, dtype=np.int64)
+        self.tiles_visited = np.zeros(n, dtype=np.int64)
+        self.episode_return = np.zeros(n)
+        self.ground_truth = np.zeros((n, 3), dtype=np.int64)
+        # Fall-off cells that can still matter (those in columns >= max_x; older ones are dropped).
+        self.fall_cells = np.zeros((n, 8, 2), dtype=np.int64)
+        self.fall_count = np.zeros(n, dtype=np.int64)
+        self.screens = np.zeros((n, SCREEN, SCREEN, 3), dtype=np.uint8)
+
+    def check_params(self, params: dict[str, Any]) -> None:
+        env_id = self.env_id
+        check_kinds(env_id, params)
+        if params["agent_speed"] > SCREEN:
+            raise ValueError(f"{env_id}: agent_speed must be at most {SCREEN} (one screen per step), got {params['agent_speed']!r}")
+        if not _is_real(params["camera_offset_scale"]):
+            raise ValueError(f"{env_id}: camera_offset_scale must be a finite real number, got {params['camera_offset_scale']!r}")
+        if not (_is_int(params["stamina_level"]) and params["stamina_level"] >= 1):
+            raise ValueError(f"{env_id}: stamina_level must be an integer >= 1, got {params['stamina_level']!r}")
+
+    # ---- path storage ----------------------------------------------------------------------
+    def _store_segment(self, i: int, index: int, columns: list[int], rows: list[int]) -> None:
+        slot = index % RING
+        length = len(columns)
+        self.ring_segment[i, slot] = index
+        self.ring_columns[i, slot, :length] = columns
+        self.ring_rows[i, slot, :length] = rows
+        self.ring_length[i, slot] = length
+        local = (np.asarray(columns) - index * SEGMENT_COLUMNS) * GRID + np.asarray(rows)
+        self.ring_node[i, slot] = -1
+        self.ring_node[i, slot, local] = np.arange(length)
+        self.stamina_marks[i, slot] = 0
+        if index >= self.reward_marks.shape[1]:
+            grown = np.zeros((self.num_envs, 2 * self.reward_marks.shape[1]), dtype=np.uint64)
+            grown[:, : self.reward_marks.shape[1]] = self.reward_marks
+            self.reward_marks = grown
+
+    def _extend_path(self, i: int) -> None:
+        """Generate the next segment from the env's own generator (the reference's RNG order)."""
+        index = int(self.num_segments[i])
+        with Draws(self.rngs[i]) as draws:
+            start_row = None if index == 0 else int(self.last_end_row[i])
+            columns, rows, self.last_end_row[i] = make_segment(draws, index, start_row)
+        self._store_segment(i, index, columns, rows)
+        self.num_segments[i] = index + 1
+
+    def _restore_segments(self, i: int, first: int, last: int) -> None:
+        """Regenerate segments `first..last` (all generated once already) by replaying the stream."""
+        replay = self.replay_rngs[i]
+        if self.replay_next[i] > first:
+            replay.bit_generator.state = self.episode_start_state[i]
+            self.replay_next[i] = 0
+        with Draws(replay) as draws:
+            while self.replay_next[i] <= last:
+                index = int(self.replay_next[i])
+                start_row = None if index == 0 else int(self.replay_end_row[i])
+                columns, rows, self.replay_end_row[i] = make_segment(draws, index, start_row)
+                self._store_segment(i, index, columns, rows)
+                self.replay_next[i] = index + 1
+
+    def _ensure_segments(self, segment: np.ndarray) -> None:
+        """Make sure the segments from two before to one after `segment` (those generated) are in the ring."""
+        wanted = segment[:, None] + np.arange(-2, 2)
+        wanted_ok = (wanted < 0) | (wanted >= self.num_segments[:, None])
+        missing = ~wanted_ok & (self.ring_segment[np.arange(self.num_envs)[:, None], wanted % RING] != wanted)
+        for i in np.flatnonzero(missing.any(axis=1)):
+            first = int(wanted[i][missing[i]].min())
+            self._restore_segments(int(i), first, int(min(segment[i] + 1, self.num_segments[i] - 1)))
+
+    # ---- reset -----------------------------------------------------------------------------
+    def reset_envs(self, idx: np.ndarray, params: dict[str, Any]) -> None:
+        idx = np.asarray(idx)
+        self._store_params(idx, params)
+        self.reward_marks[idx] = 0
+        self.ring_segment[idx] = -1
+        for i in idx:
+            self.episode_start_state[i] = self.rngs[i].bit_generator.state
+            self.replay_next[i] = np.iinfo(np.int64).max  # the replay starts from the episode's start state
+            self.num_segments[i] = 0
+            for _ in range(INITIAL_SEGMENTS):
+                self._extend_path(i)
+            self.start_row[i] = self.ring_rows[i, 0, 0]
+        # The very first cell never pays a reward.
+        self.reward_marks[idx, 0] = np.left_shift(np.uint64(1), self.start_row[idx].astype(np.uint64))
+        self.camera_x[idx] = self.camera_offset[idx]
+        self.scroll[idx] = 0
+        self.rotation[idx] = 270
+        self.cx[idx], self.cy[idx] = self._spawn(idx)
+        self.tx[idx], self.ty[idx] = self.cx[idx] // TILE, self.cy[idx] // TILE
+        self.current_segment[idx] = 0
+        self.current_node[idx] = 0
+        self.ground_truth[idx] = self._direction(idx, self.ground_truth[idx])
+        self.off_path[idx] = False
+        self.cross_shown[idx] = False
+        self.cross_x[idx] = self.cross_y[idx] = CROSS_HALF
+        self.stamina[idx] = self.stamina_level[idx]
+        self.stamina_height[idx] = 0
+        self.max_x[idx] = 0
+        self.t[idx] = 0
+        self.num_fails[idx] = 0
+        self.tiles_visited[idx] = 0
+        self.episode_return[idx] = 0.0
+        self.fall_count[idx] = 0
+        self._draw(idx)
+
+    def _store_params(self, idx: np.ndarray, params: dict[str, Any]) -> None:
+        scale = params["agent_scale"]
+        radius = agent_radius(scale)
+        size = agent_sprites(scale)[0].size[0]
+        camera_offset = -TILE * max(0, min(5.5, params["camera_offset_scale"]))
+        per_env(self.max_steps, idx, params["max_steps"])
+        per_env(self.scale, idx, scale)
+        per_env(self.radius, idx, radius)
+        per_env(self.speed, idx, params["agent_speed"])
+        per_env(self.show_past_path, idx, params["show_past_path"])
+        per_env(self.show_background, idx, params["show_background"])
+        per_env(self.show_stamina, idx, params["show_stamina"])
+        per_env(self.visual_feedback, idx, params["visual_feedback"])
+        per_env(self.camera_offset, idx, camera_offset)
+        per_env(self.depth, idx, int(params["camera_offset_scale"]))
+        per_env(self.stamina_level, idx, params["stamina_level"])
+        per_env(self.reward_fall_off, idx, params["reward_fall_off"])
+        per_env(self.reward_progress, idx, params["reward_path_progress"])
+        per_env(self.reward_step, idx, params["reward_step"])
+        # The agent is drawn at a fixed screen column: its spawn rectangle's left minus the camera offset.
+        per_env(self.agent_draw_x, idx, int(radius - size // 2 - camera_offset))
+        per_env(self.agent_half, idx, size // 2)
+
+    def _spawn(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.radius[idx].copy(), self.start_row[idx] * TILE + self.radius[idx]
+
+    # ---- step ------------------------------------------------------------------------------
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = self.num_envs
+        rows = np.arange(n)
+        off = self.off_path
+        pairs = ACTION_PAIRS[np.asarray(actions).reshape(n)]
+        pairs[off] = 0
+        spawn_x, spawn_y = self._spawn(rows)
+        old_x = np.where(off, spawn_x, self.cx)
+        self.cx, self.cy, self.rotation = continuous_step(
+            old_x, np.where(off, spawn_y, self.cy), self.rotation, pairs, self.speed
+        )
+        # The camera follows the agent's x velocity; a respawn puts it back at its offset.
+        velocity = (self.cx - old_x).astype(np.float64)
+        self.camera_x = np.where(off, self.camera_offset, self.camera_x + velocity)
+        scroll = self.scroll - (self.cx - old_x)
+        self.scroll = np.where(off | (np.abs(scroll) >= TILE), 0, scroll)
+
+        tx, ty = self.cx // TILE, self.cy // TILE
+        self.tx, self.ty = tx, ty
+        segment = tx // SEGMENT_COLUMNS
+        for i in np.flatnonzero(segment > self.num_segments - 2):
+            self._extend_path(int(i))
+        self._ensure_segments(segment)
+
+        slot = segment % RING
+        local = (tx - segment * SEGMENT_COLUMNS) * GRID + ty
+        inside = (ty >= 0) & (ty < GRID)
+        node = np.where(inside, self.ring_node[rows, slot, np.where(inside, local, 0)], -1)
+        on = node >= 0
+        bit = np.left_shift(np.uint64(1), np.where(on, local, 0).astype(np.uint64))
+        zero = np.uint64(0)
+        progress = on & ((self.reward_marks[rows, segment] & bit) == zero)
+        self.reward_marks[rows[progress], segment[progress]] |= bit[progress]
+        refill = on & ((self.stamina_marks[rows, slot] & bit) == zero)
+        self.stamina_marks[rows[refill], slot[refill]] |= bit[refill]
+        self.current_segment = np.where(on, segment, self.current_segment)
+        self.current_node = np.where(on, node, self.current_node)
+
+        fell = ~on
+        done = self._record_falls(fell, tx, ty)
+        self.stamina_marks[fell] = 0
+        self.stamina = np.where(refill | fell, self.stamina_level, self.stamina)
+        self.num_fails += fell
+        self.cross_shown = fell & self.visual_feedback
+        self.off_path = fell
+        self.cross_x = rhaz(self.cx - self.camera_x)
+        self.cross_y = self.cy.copy()
+        self.tiles_visited += progress
+
+        rewards = np.where(progress, self.reward_progress, 0.0)
+        rewards = np.where(fell, self.reward_fall_off, rewards) + self.reward_step
+        self.stamina -= 1
+        self.t += 1
+        done |= (self.stamina == 0) | (self.t == self.max_steps)
+        self.ground_truth = self._direction(rows, self.ground_truth)
+        self.max_x = np.where(on & (tx > self.max_x), tx, self.max_x)
+        self.episode_return += rewards
+        level = self.stamina_level
+        self.stamina_height = np.clip((SCREEN * (1 - np.minimum(self.stamina, level) / level)).astype(np.int64), 0, SCREEN)
+        self._draw(rows)
+        return rewards, done
+
+    def _record_falls(self, fell: np.ndarray, tx: np.ndarray, ty: np.ndarray) -> np.ndarray:
+        """Falls behind the best column, or at a cell fallen from before, end the episode; new cells are kept."""
+        behind = fell & (tx < self.max_x)
+        kept = np.arange(self.fall_cells.shape[1])[None, :] < self.fall_count[:, None]
+        repeat = (kept & (self.fall_cells[:, :, 0] == tx[:, None]) & (self.fall_cells[:, :, 1] == ty[:, None])).any(axis=1)
+        repeat &= fell & ~behind
+        new = np.flatnonzero(fell & ~behind & ~repeat)
+        if len(new) and (self.fall_count[new] >= self.fall_cells.shape[1]).any():
+            self._compact_falls()
+            new_count = self.fall_count[new]
+            if (new_count >= self.fall_cells.shape[1]).any():
+                grown = np.zeros((self.num_envs, 2 * self.fall_cells.shape[1], 2), dtype=np.int64)
+                grown[:, : self.fall_cells.shape[1]] = self.fall_cells
+                self.fall_cells = grown
+        self.fall_cells[new, self.fall_count[new]] = np.stack([tx[new], ty[new]], axis=1)
+        self.fall_count[new] += 1
+        return behind | repeat
+
+    def _compact_falls(self) -> None:
+        """Drop fall-off cells left of max_x: a fall there ends the episode before the list is read."""
+        for i in range(self.num_envs):
+            cells = self.fall_cells[i, : self.fall_count[i]]
+            cells = cells[cells[:, 0] >= self.max_x[i]]
+            self.fall_cells[i, : len(cells)] = cells
+            self.fall_count[i] = len(cells)
+
+    def _direction(self, idx: np.ndarray, previous: np.ndarray) -> np.ndarray:
+        """One-hot [east, north, south] from the current node to the next; a westward step keeps `previous`."""
+        slot = self.current_segment[idx] % RING
+        node = self.current_node[idx]
+        col = self.ring_columns[idx, slot, node]
+        row = self.ring_rows[idx, slot, node]
+        # After a segment's transition cell comes the next segment's start, one column east.
+        last = node >= self.ring_length[idx, slot] - 1
+        following = np.where(last, node, node + 1)
+        dx = np.where(last, 1, self.ring_columns[idx, slot, following] - col)
+        dy = np.where(last, 0, self.ring_rows[idx, slot, following] - row)
+        direction = np.where((dy == 1)[:, None], SOUTH, previous)
+        direction = np.where((dy == -1)[:, None], NORTH, direction)
+        return np.where((dx == 1)[:, None], EAST, direction)
+
+    # ---- drawing ---------------------------------------------------------------------------
+    def _past_path_codes(self, idx: np.ndarray) -> np.ndarray:
+        """Per screen column of envs `idx`: border flag * 128 + one bit per row showing a past tile."""
+        k = len(idx)
+        codes = np.zeros(k * SCREEN, dtype=np.int64)
+        newest = self.tx[idx] - 1
+        past_x = np.maximum(0, newest - self.depth[idx])
+        active = self.show_past_path[idx] & (newest >= 0) & (newest >= past_x)
+        segment = self.current_segment[idx]
+        node = self.current_node[idx]
+        prev_slot = (segment - 1) % RING
+        prev_length = np.where(segment > 0, self.ring_length[idx, prev_slot], 0)
+        span = int((np.where(active, node + prev_length, 0)).max(initial=0))
+        if span == 0:
+            return codes.reshape(k, SCREEN)
+        # The predecessors of the current node, newest first: its own segment, then the previous one.
+        back = node[:, None] - np.arange(1, span + 1)[None, :]
+        in_own = back >= 0
+        position = np.where(in_own, back, back + prev_length[:, None])
+        valid = position >= 0
+        slot = np.where(in_own, (segment % RING)[:, None], prev_slot[:, None])
+        position = np.where(valid, position, 0)
+        cols = self.ring_columns[idx[:, None], slot, position]
+        rows = self.ring_rows[idx[:, None], slot, position]
+        # The walk stops after the first tile at or left of past_x.
+        stop = valid & (cols <= past_x[:, None])
+        last = np.where(stop.any(axis=1), stop.argmax(axis=1), span)
+        drawn = valid & (np.arange(span)[None, :] <= last[:, None]) & active[:, None]
+        env_pos, step = np.nonzero(drawn)
+        x0 = np.trunc(cols[env_pos, step] * TILE - self.camera_x[idx][env_pos]).astype(np.int64)
+        left, right = np.maximum(x0, 0), np.minimum(x0 + TILE - 1, SCREEN - 1)
+        visible = left <= right
+        env_pos, step, left, right = env_pos[visible], step[visible], left[visible], right[visible]
+        columns = left[:, None] + np.arange(TILE)[None, :]
+        covered = columns <= right[:, None]
+        flat = (env_pos * SCREEN)[:, None] + np.minimum(columns, SCREEN - 1)
+        np.bitwise_or.at(codes, flat[covered], np.broadcast_to((1 << rows[env_pos, step])[:, None], columns.shape)[covered])
+        # The outline sits on the unclipped tile's edges, but a tile showing at most 2 columns
+        # is filled with the outline colour (the reference fills an outline wider than its rect).
+        x0 = x0[visible]
+        narrow = right - left < 2
+        codes[(env_pos * SCREEN + left)[narrow | (x0 >= 0)]] |= 128
+        codes[(env_pos * SCREEN + right)[narrow | (x0 + TILE - 1 < SCREEN)]] |= 128
+        return codes.reshape(k, SCREEN)
+
+    def _draw(self, idx: np.ndarray) -> None:
+        columns = np.arange(SCREEN)
+        local = (columns[None, :] - self.scroll[idx][:, None]) % TILE
+        background = np.where(self.show_background[idx][:, None], 1 + ((local == 0) | (local == TILE - 1)), 0)
+        codes = background * 256 + self._past_path_codes(idx)
+        if len(idx) == self.num_envs:
+            np.take(COLUMN_TABLE, codes, axis=0, out=self.screens)
+        else:
+            self.screens[idx] = COLUMN_TABLE[codes]
+        self._draw_overlays(self.screens, idx, idx, stamina=self.show_stamina[idx], cross=self.visual_feedback[idx])
+
+    def _draw_overlays(self, screens, idx, rows, stamina, cross) -> None:
+        """Agent sprite, stamina bar (where `stamina`) and cross (where shown and `cross`)."""
+        centre_x = self.agent_draw_x[idx] + self.agent_half[idx]
+        self.painter.draw(screens, rows, centre_x, self.cy[idx], self.rotation[idx], self.scale[idx])
+        bar = np.flatnonzero(stamina)
+        if len(bar):
+            screens[rows[bar], SCREEN - STAMINA_WIDTH :] = STAMINA_TABLE[self.stamina_height[idx[bar]]][:, None]
+        shown = np.flatnonzero(self.cross_shown[idx] & cross)
+        CROSS.blit(
+            screens,
+            rows[shown],
+            np.zeros(len(shown), dtype=np.int64),
+            self.cross_x[idx[shown]] - CROSS_HALF,
+            self.cross_y[idx[shown]] - CROSS_HALF,
+        )
+
+    def observe(self) -> np.ndarray:
+        return self.screens
+
+    def step_info(self) -> dict[str, np.ndarray]:
+        return {"ground_truth": self.ground_truth}
+
+    def render_debug(self, i: int) -> np.ndarray:
+        image = np.zeros((1, SCREEN, SCREEN, 3), dtype=np.uint8)
+        if self.show_background[i]:
+            local = (np.arange(SCREEN) - self.scroll[i]) % TILE
+            image[0] = COLUMN_TABLE[np.where((local == 0) | (local == TILE - 1), 512, 256)]
+        # The whole path as plain white tiles, blended at alpha 200, placed at a truncated offset.
+        covered = np.zeros((SCREEN, SCREEN), dtype=bool)
+        offset = int(np.trunc(-self.camera_x[i]))
+        segment = int(self.tx[i] // SEGMENT_COLUMNS)
+        for index in range(max(segment - 2, 0), min(segment + 2, int(self.num_segments[i]))):
+            slot = index % RING
+            length = self.ring_length[i, slot]
+            for col, row in zip(self.ring_columns[i, slot, :length], self.ring_rows[i, slot, :length]):
+                x0 = col * TILE + offset
+                covered[max(x0, 0) : max(x0 + TILE, 0), row * TILE : (row + 1) * TILE] = True
+        image[0][covered] = alpha_blend(image[0][covered], PAST_PATH_COLOUR, PATH_LAYER_ALPHA)
+        rows = np.array([0])
+        self._draw_overlays(image, np.array([i]), rows, stamina=np.array([True]), cross=np.array([True]))
+        return upscale_image(image[0])
+
+    def episode_info(self, i: int) -> dict[str, Any]:
+        return {
+            "reward": float(self.episode_return[i]),
+            "length": int(self.t[i]),
+            "num_fails": int(self.num_fails[i]),
+            "max_x": int(self.max_x[i]),
+            "tiles_visited": int(self.tiles_visited[i]),
+        }
