@@ -203,7 +203,9 @@ class NativeVectorEnv(VectorEnv):
         infos: dict[str, Any] = {}
         ended = np.flatnonzero(terminated)
         if len(ended):
-            final_obs = self._observation()
+            # `_index` copies each ended env's row; a copy of the whole batch here would only
+            # add a large allocation per step (and allocator churn).
+            final_obs = self.game.observe()
             for i in ended:
                 episode = {key: _index(value, i) for key, value in self.game.step_info().items()}
                 episode.update(self.game.episode_info(int(i)))
