@@ -480,7 +480,7 @@ class EndlessMysteryPathGame(BatchedGame):
         background = np.where(self.show_background[idx][:, None], 1 + ((local == 0) | (local == TILE - 1)), 0)
         codes = background * 256 + self._past_path_codes(idx)
         if len(idx) == self.num_envs:
-            np.take(COLUMN_TABLE, codes, axis=0, out=self.screens)
+            np.take(COLUMN_TABLE, codes, axis=0, out=self.screens, mode="clip")
         else:
             self.screens[idx] = COLUMN_TABLE[codes]
         self._draw_overlays(self.screens, idx, idx, stamina=self.show_stamina[idx], cross=self.visual_feedback[idx])
@@ -513,15 +513,18 @@ class EndlessMysteryPathGame(BatchedGame):
             local = (np.arange(SCREEN) - self.scroll[i]) % TILE
             image[0] = COLUMN_TABLE[np.where((local == 0) | (local == TILE - 1), 512, 256)]
         # The whole path as plain white tiles, blended at alpha 200, placed at a truncated offset.
-        covered = np.zeros((SCREEN, SCREEN), dtype=bool)
         offset = int(np.trunc(-self.camera_x[i]))
+        first_column = -offset // TILE - 1
+        occupied = np.zeros((SCREEN // TILE + 3, GRID), dtype=bool)  # world columns from first_column
         segment = int(self.tx[i] // SEGMENT_COLUMNS)
         for index in range(max(segment - 2, 0), min(segment + 2, int(self.num_segments[i]))):
             slot = index % RING
             length = self.ring_length[i, slot]
-            for col, row in zip(self.ring_columns[i, slot, :length], self.ring_rows[i, slot, :length]):
-                x0 = col * TILE + offset
-                covered[max(x0, 0) : max(x0 + TILE, 0), row * TILE : (row + 1) * TILE] = True
+            columns = self.ring_columns[i, slot, :length] - first_column
+            keep = (columns >= 0) & (columns < len(occupied))
+            occupied[columns[keep], self.ring_rows[i, slot, :length][keep]] = True
+        world_column = (np.arange(SCREEN) - offset) // TILE - first_column
+        covered = occupied[world_column][:, np.arange(SCREEN) // TILE]
         image[0][covered] = alpha_blend(image[0][covered], PAST_PATH_COLOUR, PATH_LAYER_ALPHA)
         rows = np.array([0])
         self._draw_overlays(image, np.array([i]), rows, stamina=np.array([True]), cross=np.array([True]))

@@ -64,38 +64,40 @@ class Draws:
         self._uinteger = state["uinteger"]
         # A buffered upper half-word from an earlier 32-bit draw is handed out first.
         self._buffered = int(state["has_uint32"])
-        self._words: list[int] = [state["uinteger"]] if self._buffered else []
-        self._pos = 0
+        self.words: list[int] = [state["uinteger"]] if self._buffered else []
+        """The 32-bit words in the order the sampler consumes them; `pos` is the next unused one."""
+        self.pos = 0
         return self
 
-    def _refill(self) -> None:
-        self._words.extend(self._bitgen.random_raw(_RAW_CHUNK).view(np.uint32).tolist())
+    def refill(self) -> None:
+        """Append the words of the next 64-bit outputs (low half first, as numpy hands them out)."""
+        self.words.extend(self._bitgen.random_raw(_RAW_CHUNK).view(np.uint32).tolist())
 
     def below(self, n: int) -> int:
         """A uniform integer in [0, n) (numpy's Lemire sampler on 32-bit words; n < 2**32)."""
         if n <= 1:
             return 0  # numpy returns the lower bound of an empty range without drawing
-        if self._pos >= len(self._words):
-            self._refill()
-        product = self._words[self._pos] * n
-        self._pos += 1
+        if self.pos >= len(self.words):
+            self.refill()
+        product = self.words[self.pos] * n
+        self.pos += 1
         if product & _MASK32 < n:
             threshold = ((1 << 32) - n) % n
             while product & _MASK32 < threshold:
-                if self._pos >= len(self._words):
-                    self._refill()
-                product = self._words[self._pos] * n
-                self._pos += 1
+                if self.pos >= len(self.words):
+                    self.refill()
+                product = self.words[self.pos] * n
+                self.pos += 1
         return product >> 32
 
     def __exit__(self, *exc) -> None:
-        consumed = self._pos - self._buffered  # words taken from fresh 64-bit outputs
+        consumed = self.pos - self._buffered  # words taken from fresh 64-bit outputs
         if consumed < 0:  # only the buffered word was there, and it was not used
             consumed, has_uint32 = 0, 1
         else:
             has_uint32 = consumed % 2
         outputs = (consumed + 1) // 2
-        uinteger = self._words[self._buffered + 2 * outputs - 1] if outputs else self._uinteger
+        uinteger = self.words[self._buffered + 2 * outputs - 1] if outputs else self._uinteger
         self._bitgen.state = {
             "bit_generator": "PCG64",
             "state": {"state": _JUMPS.advance(self._start, self._increment, outputs), "inc": self._increment},
@@ -118,8 +120,16 @@ def _neighbours(steps: tuple[tuple[int, int], ...]) -> tuple[tuple[int, ...], ..
     return tuple(table)
 
 
+def _bits(cells) -> int:
+    return sum(1 << cell for cell in set(cells))
+
+
 _NEIGHBOURS = _neighbours(((1, 0), (-1, 0), (0, 1), (0, -1)))
 _DIAGONALS = _neighbours(((1, 1), (-1, -1), (1, -1), (-1, 1)))
+_AROUND = tuple(_bits(_NEIGHBOURS[cell] + _DIAGONALS[cell]) for cell in range(GRID * GRID))
+"""Bit mask of the 8 cells around each cell."""
+_CROSS = tuple(_bits((cell, *_NEIGHBOURS[cell])) for cell in range(GRID * GRID))
+"""Bit mask of each cell and its 4-neighbours."""
 _INTERIOR = tuple(_cell(x, y) for x in range(1, GRID - 2) for y in range(1, GRID - 2))
 _BORDER = tuple(_cell(x, y) for x in range(GRID) for y in range(GRID) if x in (0, GRID - 1) or y in (0, GRID - 1))
 _HEURISTICS: dict[int, tuple[float, ...]] = {
@@ -132,17 +142,16 @@ _HEURISTICS: dict[int, tuple[float, ...]] = {
 def generate_segment(draws: Draws, start: tuple[int, int], end: tuple[int, int]) -> tuple[list[tuple[int, int]], list[bool]]:
     """Walls and path of one segment; returns (path cells from start to end, wall flag per cell x*7+y)."""
     wall = [False] * (GRID * GRID)
+    walls = 0  # the same as a bit mask
     # Interior walls: one draw per cell of columns/rows 1..4, in column-major order.
     for cell in _INTERIOR:
-        wall[cell] = draws.below(100) < 33
+        if draws.below(100) < 33:
+            wall[cell] = True
+            walls |= 1 << cell
 
     first, last = _cell(*start), _cell(*end)
-    excluded = {first, last, *_NEIGHBOURS[first], *_NEIGHBOURS[last]}
-    candidates = [
-        cell
-        for cell in _BORDER
-        if cell not in excluded and not any(wall[n] for n in _NEIGHBOURS[cell]) and not any(wall[n] for n in _DIAGONALS[cell])
-    ]
+    excluded = _CROSS[first] | _CROSS[last]
+    candidates = [cell for cell in _BORDER if not (excluded >> cell) & 1 and not walls & _AROUND[cell]]
     for _ in range((4, 8)[draws.below(2)]):
         if candidates:
             wall[candidates.pop(draws.below(len(candidates)))] = True
@@ -160,6 +169,7 @@ def _search(draws: Draws, first: int, last: int, wall: list[bool]) -> list[tuple
     in_open = [False] * (GRID * GRID)
     open_list = [first]
     in_open[first] = True
+    words, pos = draws.words, draws.pos
     while open_list:
         # The first node cheaper than open[0] wins (not the cheapest one).
         pick = 0
@@ -170,6 +180,7 @@ def _search(draws: Draws, first: int, last: int, wall: list[bool]) -> list[tuple
                 break
         current = open_list[pick]
         if current == last:
+            draws.pos = pos
             path = [current]
             while parent[path[-1]] >= 0:
                 path.append(parent[path[-1]])
@@ -177,10 +188,14 @@ def _search(draws: Draws, first: int, last: int, wall: list[bool]) -> list[tuple
         del open_list[pick]
         in_open[current] = False
         closed[current] = True
+        if pos + 4 > len(words):
+            draws.refill()
         for neighbour in _NEIGHBOURS[current]:
             if closed[neighbour] or wall[neighbour]:
                 continue
-            tentative = cost[current] + 1 + draws.below(8)
+            # A step cost 1..8: `below(8)` is the word's top 3 bits (a power of two is never rejected).
+            tentative = cost[current] + 1 + (words[pos] >> 29)
+            pos += 1
             if in_open[neighbour]:
                 # Re-parenting keeps the neighbour's old cost, so its score stays the same too.
                 if tentative < cost[neighbour]:
