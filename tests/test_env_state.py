@@ -32,7 +32,7 @@ def test_restored_state_continues_identically(env_id):
         envs_.step(envs_.action_space.sample())
     buffer = io.BytesIO()
     torch.save(envs_.unwrapped.game.get_state(), buffer)
-    actions = [envs_.action_space.sample() for _ in range(300)]
+    actions = [envs_.action_space.sample() for _ in range(600)]
 
     def play():
         trace = []
