@@ -231,14 +231,15 @@ class EndlessMysteryPathGame(BatchedGame):
             grown[:, : self.reward_marks.shape[1]] = self.reward_marks
             self.reward_marks = grown
 
-    def _extend_path(self, i: int) -> None:
-        """Generate the next segment from the env's own generator (the reference's RNG order)."""
-        index = int(self.num_segments[i])
+    def _extend_path(self, i: int, count: int = 1) -> None:
+        """Generate the next `count` segments from the env's own generator (the reference's RNG order)."""
         with Draws(self.rngs[i]) as draws:
-            start_row = None if index == 0 else int(self.last_end_row[i])
-            columns, rows, self.last_end_row[i] = make_segment(draws, index, start_row)
-        self._store_segment(i, index, columns, rows)
-        self.num_segments[i] = index + 1
+            for _ in range(count):
+                index = int(self.num_segments[i])
+                start_row = None if index == 0 else int(self.last_end_row[i])
+                columns, rows, self.last_end_row[i] = make_segment(draws, index, start_row)
+                self._store_segment(i, index, columns, rows)
+                self.num_segments[i] = index + 1
 
     def _restore_segments(self, i: int, first: int, last: int) -> None:
         """Regenerate segments `first..last` (all generated once already) by replaying the stream."""
@@ -273,8 +274,7 @@ class EndlessMysteryPathGame(BatchedGame):
             self.episode_start_state[i] = self.rngs[i].bit_generator.state
             self.replay_next[i] = np.iinfo(np.int64).max  # the replay starts from the episode's start state
             self.num_segments[i] = 0
-            for _ in range(INITIAL_SEGMENTS):
-                self._extend_path(i)
+            self._extend_path(i, INITIAL_SEGMENTS)
             self.start_row[i] = self.ring_rows[i, 0, 0]
         # The very first cell never pays a reward.
         self.reward_marks[idx, 0] = np.left_shift(np.uint64(1), self.start_row[idx].astype(np.uint64))

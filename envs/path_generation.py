@@ -143,7 +143,7 @@ def generate_segment(draws: Draws, start: tuple[int, int], end: tuple[int, int])
     """Walls and path of one segment; returns (path cells from start to end, wall flag per cell x*7+y)."""
     wall = [False] * (GRID * GRID)
     walls = 0  # the same as a bit mask
-    # Interior walls: one draw per cell of columns/rows 1..4, in column-major order.
+    # Interior walls: one draw `below(100) < 33` per cell of columns/rows 1..4, in column-major order.
     for cell in _INTERIOR:
         if draws.below(100) < 33:
             wall[cell] = True
@@ -162,39 +162,42 @@ def generate_segment(draws: Draws, start: tuple[int, int], end: tuple[int, int])
 def _search(draws: Draws, first: int, last: int, wall: list[bool]) -> list[tuple[int, int]]:
     """The reference's randomised A*: random step costs 1..8, quirks included."""
     heuristic = _HEURISTICS[last]
-    cost = [0] * (GRID * GRID)
-    score = [0.0] * (GRID * GRID)
-    parent = [-1] * (GRID * GRID)
-    closed = [False] * (GRID * GRID)
+    blocked = wall.copy()  # walls and closed nodes
     in_open = [False] * (GRID * GRID)
-    open_list = [first]
+    cost = [0] * (GRID * GRID)
+    parent = [-1] * (GRID * GRID)
+    open_nodes, open_scores = [first], [0.0]
     in_open[first] = True
     words, pos = draws.words, draws.pos
-    while open_list:
+    limit = len(words) - 4
+    while open_nodes:
         # The first node cheaper than open[0] wins (not the cheapest one).
+        best = open_scores[0]
         pick = 0
-        best = score[open_list[0]]
-        for index, node in enumerate(open_list):
-            if score[node] < best:
+        for index, score in enumerate(open_scores):
+            if score < best:
                 pick = index
                 break
-        current = open_list[pick]
+        current = open_nodes[pick]
         if current == last:
             draws.pos = pos
             path = [current]
             while parent[path[-1]] >= 0:
                 path.append(parent[path[-1]])
             return [divmod(cell, GRID) for cell in reversed(path)]
-        del open_list[pick]
+        del open_nodes[pick]
+        del open_scores[pick]
         in_open[current] = False
-        closed[current] = True
-        if pos + 4 > len(words):
+        blocked[current] = True
+        if pos > limit:
             draws.refill()
+            limit = len(words) - 4
+        base = cost[current] + 1
         for neighbour in _NEIGHBOURS[current]:
-            if closed[neighbour] or wall[neighbour]:
+            if blocked[neighbour]:
                 continue
             # A step cost 1..8: `below(8)` is the word's top 3 bits (a power of two is never rejected).
-            tentative = cost[current] + 1 + (words[pos] >> 29)
+            tentative = base + (words[pos] >> 29)
             pos += 1
             if in_open[neighbour]:
                 # Re-parenting keeps the neighbour's old cost, so its score stays the same too.
@@ -202,8 +205,8 @@ def _search(draws: Draws, first: int, last: int, wall: list[bool]) -> list[tuple
                     parent[neighbour] = current
             else:
                 cost[neighbour] = tentative
-                score[neighbour] = tentative + heuristic[neighbour]
                 parent[neighbour] = current
-                open_list.append(neighbour)
+                open_nodes.append(neighbour)
+                open_scores.append(tentative + heuristic[neighbour])
                 in_open[neighbour] = True
     raise RuntimeError("no path between the segment's start and end")
