@@ -36,10 +36,9 @@ from envs.mystery_path import (
     OBSERVATION_SPACE,
     SCREEN,
     TILE,
-    _is_int,
-    _is_real,
     check_kinds,
-    per_env,
+    is_int,
+    is_real,
     upscale_image,
 )
 from envs.path_generation import GRID, Draws, generate_segment
@@ -208,10 +207,14 @@ class EndlessMysteryPathGame(BatchedGame):
         env_id = self.env_id
         check_kinds(env_id, params)
         if params["agent_speed"] > SCREEN:
-            raise ValueError(f"{env_id}: agent_speed must be at most {SCREEN} (one screen per step), got {params['agent_speed']!r}")
-        if not _is_real(params["camera_offset_scale"]):
-            raise ValueError(f"{env_id}: camera_offset_scale must be a finite real number, got {params['camera_offset_scale']!r}")
-        if not (_is_int(params["stamina_level"]) and params["stamina_level"] >= 1):
+            raise ValueError(
+                f"{env_id}: agent_speed must be at most {SCREEN} (one screen per step), got {params['agent_speed']!r}"
+            )
+        if not is_real(params["camera_offset_scale"]):
+            raise ValueError(
+                f"{env_id}: camera_offset_scale must be a finite real number, got {params['camera_offset_scale']!r}"
+            )
+        if not (is_int(params["stamina_level"]) and params["stamina_level"] >= 1):
             raise ValueError(f"{env_id}: stamina_level must be an integer >= 1, got {params['stamina_level']!r}")
 
     # ---- path storage ----------------------------------------------------------------------
@@ -304,23 +307,23 @@ class EndlessMysteryPathGame(BatchedGame):
         radius = agent_radius(scale)
         size = agent_sprites(scale)[0].size[0]
         camera_offset = -TILE * max(0, min(5.5, params["camera_offset_scale"]))
-        per_env(self.max_steps, idx, params["max_steps"])
-        per_env(self.scale, idx, scale)
-        per_env(self.radius, idx, radius)
-        per_env(self.speed, idx, params["agent_speed"])
-        per_env(self.show_past_path, idx, params["show_past_path"])
-        per_env(self.show_background, idx, params["show_background"])
-        per_env(self.show_stamina, idx, params["show_stamina"])
-        per_env(self.visual_feedback, idx, params["visual_feedback"])
-        per_env(self.camera_offset, idx, camera_offset)
-        per_env(self.depth, idx, int(params["camera_offset_scale"]))
-        per_env(self.stamina_level, idx, params["stamina_level"])
-        per_env(self.reward_fall_off, idx, params["reward_fall_off"])
-        per_env(self.reward_progress, idx, params["reward_path_progress"])
-        per_env(self.reward_step, idx, params["reward_step"])
+        self.max_steps[idx] = params["max_steps"]
+        self.scale[idx] = scale
+        self.radius[idx] = radius
+        self.speed[idx] = params["agent_speed"]
+        self.show_past_path[idx] = params["show_past_path"]
+        self.show_background[idx] = params["show_background"]
+        self.show_stamina[idx] = params["show_stamina"]
+        self.visual_feedback[idx] = params["visual_feedback"]
+        self.camera_offset[idx] = camera_offset
+        self.depth[idx] = int(params["camera_offset_scale"])
+        self.stamina_level[idx] = params["stamina_level"]
+        self.reward_fall_off[idx] = params["reward_fall_off"]
+        self.reward_progress[idx] = params["reward_path_progress"]
+        self.reward_step[idx] = params["reward_step"]
         # The agent is drawn at a fixed screen column: its spawn rectangle's left minus the camera offset.
-        per_env(self.agent_draw_x, idx, int(radius - size // 2 - camera_offset))
-        per_env(self.agent_half, idx, size // 2)
+        self.agent_draw_x[idx] = int(radius - size // 2 - camera_offset)
+        self.agent_half[idx] = size // 2
 
     def _spawn(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.radius[idx].copy(), self.start_row[idx] * TILE + self.radius[idx]
@@ -384,7 +387,8 @@ class EndlessMysteryPathGame(BatchedGame):
         self.max_x = np.where(on & (tx > self.max_x), tx, self.max_x)
         self.episode_return += rewards
         level = self.stamina_level
-        self.stamina_height = np.clip((SCREEN * (1 - np.minimum(self.stamina, level) / level)).astype(np.int64), 0, SCREEN)
+        empty = (SCREEN * (1 - np.minimum(self.stamina, level) / level)).astype(np.int64)
+        self.stamina_height = np.clip(empty, 0, SCREEN)
         self._draw(rows)
         return rewards, done
 
@@ -392,7 +396,8 @@ class EndlessMysteryPathGame(BatchedGame):
         """Falls behind the best column, or at a cell fallen from before, end the episode; new cells are kept."""
         behind = fell & (tx < self.max_x)
         kept = np.arange(self.fall_cells.shape[1])[None, :] < self.fall_count[:, None]
-        repeat = (kept & (self.fall_cells[:, :, 0] == tx[:, None]) & (self.fall_cells[:, :, 1] == ty[:, None])).any(axis=1)
+        same = (self.fall_cells[:, :, 0] == tx[:, None]) & (self.fall_cells[:, :, 1] == ty[:, None])
+        repeat = (kept & same).any(axis=1)
         repeat &= fell & ~behind
         new = np.flatnonzero(fell & ~behind & ~repeat)
         if len(new) and (self.fall_count[new] >= self.fall_cells.shape[1]).any():
@@ -465,7 +470,8 @@ class EndlessMysteryPathGame(BatchedGame):
         columns = left[:, None] + np.arange(TILE)[None, :]
         covered = columns <= right[:, None]
         flat = (env_pos * SCREEN)[:, None] + np.minimum(columns, SCREEN - 1)
-        np.bitwise_or.at(codes, flat[covered], np.broadcast_to((1 << rows[env_pos, step])[:, None], columns.shape)[covered])
+        row_bits = np.broadcast_to((1 << rows[env_pos, step])[:, None], columns.shape)
+        np.bitwise_or.at(codes, flat[covered], row_bits[covered])
         # The outline sits on the unclipped tile's edges, but a tile showing at most 2 columns
         # is filled with the outline colour (the reference fills an outline wider than its rect).
         x0 = x0[visible]

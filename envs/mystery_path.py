@@ -41,39 +41,34 @@ CROSS_HALF = FALLOFF_CROSS.size[0] // 2
 # ---- reset-parameter checks ----------------------------------------------------------------
 
 
-def _is_bool(value: Any) -> bool:
+def is_bool(value: Any) -> bool:
     return isinstance(value, (bool, np.bool_))
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not _is_bool(value)
+def is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not is_bool(value)
 
 
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not _is_bool(value) and math.isfinite(value)
+def is_real(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not is_bool(value) and math.isfinite(value)
 
 
 def check_kinds(env_id: str, params: dict[str, Any]) -> None:
     """Shared Mystery Path checks, by parameter name: flags, integers, rewards, agent size and speed."""
     for name, value in params.items():
         if name.startswith("show_") or name == "visual_feedback":
-            if not _is_bool(value):
+            if not is_bool(value):
                 raise ValueError(f"{env_id}: {name} must be a bool, got {value!r}")
         elif name == "max_steps":
-            if not _is_int(value):
+            if not is_int(value):
                 raise ValueError(f"{env_id}: max_steps must be an integer, got {value!r}")
         elif name.startswith("reward_") or name == "agent_speed":
-            if not _is_real(value) or (name == "agent_speed" and value < 0):
+            if not is_real(value) or (name == "agent_speed" and value < 0):
                 limit = " >= 0" if name == "agent_speed" else ""
                 raise ValueError(f"{env_id}: {name} must be a finite real number{limit}, got {value!r}")
         elif name == "agent_scale":
-            if not _is_real(value) or value <= 0:
+            if not is_real(value) or value <= 0:
                 raise ValueError(f"{env_id}: agent_scale must be a finite real number > 0, got {value!r}")
-
-
-def per_env(array: np.ndarray, idx: np.ndarray, value: Any) -> None:
-    """Store a reset parameter for the envs `idx` (each env keeps the parameters of its episode)."""
-    array[idx] = value
 
 
 # ---- the finite game -----------------------------------------------------------------------
@@ -163,7 +158,7 @@ class MysteryPathGame(BatchedGame):
         if not (
             isinstance(origins, (list, tuple, np.ndarray))
             and len(origins) > 0
-            and all(_is_int(o) and 0 <= o <= 3 for o in origins)
+            and all(is_int(o) and 0 <= o <= 3 for o in origins)
         ):
             raise ValueError(
                 f"{self.env_id}: cardinal_origin_choice must be a non-empty list of sides in 0..3, got {origins!r}"
@@ -181,7 +176,8 @@ class MysteryPathGame(BatchedGame):
             cells = [x * GRID + y for x, y in path]
             self.on_path[i, cells] = True
             self.start_cell[i], self.end_cell[i] = cells[0], cells[-1]
-            for shown, cell, colour in ((params["show_origin"], cells[0], ORIGIN_COLOUR), (params["show_goal"], cells[-1], GOAL_COLOUR)):
+            marked = ((params["show_origin"], cells[0], ORIGIN_COLOUR), (params["show_goal"], cells[-1], GOAL_COLOUR))
+            for shown, cell, colour in marked:
                 if shown:
                     x, y = divmod(cell, GRID)
                     self.layer[i, x * TILE : (x + 1) * TILE, y * TILE : (y + 1) * TILE] = colour
@@ -199,15 +195,15 @@ class MysteryPathGame(BatchedGame):
         self._draw(idx)
 
     def _store_params(self, idx: np.ndarray, params: dict[str, Any]) -> None:
-        per_env(self.max_steps, idx, params["max_steps"])
-        per_env(self.scale, idx, params["agent_scale"])
-        per_env(self.radius, idx, agent_radius(params["agent_scale"]))
-        per_env(self.speed, idx, params.get("agent_speed", 0.0))
-        per_env(self.visual_feedback, idx, params["visual_feedback"])
-        per_env(self.reward_goal, idx, params["reward_goal"])
-        per_env(self.reward_fall_off, idx, params["reward_fall_off"])
-        per_env(self.reward_progress, idx, params["reward_path_progress"])
-        per_env(self.reward_step, idx, params["reward_step"])
+        self.max_steps[idx] = params["max_steps"]
+        self.scale[idx] = params["agent_scale"]
+        self.radius[idx] = agent_radius(params["agent_scale"])
+        self.speed[idx] = params.get("agent_speed", 0.0)
+        self.visual_feedback[idx] = params["visual_feedback"]
+        self.reward_goal[idx] = params["reward_goal"]
+        self.reward_fall_off[idx] = params["reward_fall_off"]
+        self.reward_progress[idx] = params["reward_path_progress"]
+        self.reward_step[idx] = params["reward_step"]
 
     def _spawn(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The start tile's top-left plus the agent radius (the tile centre only at the default scale)."""

@@ -116,7 +116,8 @@ def _neighbours(steps: tuple[tuple[int, int], ...]) -> tuple[tuple[int, ...], ..
     table = []
     for x in range(GRID):
         for y in range(GRID):
-            table.append(tuple(_cell(x + dx, y + dy) for dx, dy in steps if 0 <= x + dx < GRID and 0 <= y + dy < GRID))
+            inside = [(x + dx, y + dy) for dx, dy in steps if 0 <= x + dx < GRID and 0 <= y + dy < GRID]
+            table.append(tuple(_cell(*cell) for cell in inside))
     return tuple(table)
 
 
@@ -139,7 +140,9 @@ _HEURISTICS: dict[int, tuple[float, ...]] = {
 }
 
 
-def generate_segment(draws: Draws, start: tuple[int, int], end: tuple[int, int]) -> tuple[list[tuple[int, int]], list[bool]]:
+def generate_segment(
+    draws: Draws, start: tuple[int, int], end: tuple[int, int]
+) -> tuple[list[tuple[int, int]], list[bool]]:
     """Walls and path of one segment; returns (path cells from start to end, wall flag per cell x*7+y)."""
     wall = [False] * (GRID * GRID)
     walls = 0  # the same as a bit mask
