@@ -89,6 +89,17 @@ def _column_table() -> np.ndarray:
 COLUMN_TABLE = _column_table()
 
 
+def _background_codes() -> np.ndarray:
+    """Column codes of the background, `[shown, scroll % 12, x]`: the icy strip's tiles start at
+    x = 12 i + scroll - 12, so a column's place in its tile is (x - scroll) mod 12."""
+    local = (np.arange(SCREEN)[None, :] - np.arange(TILE)[:, None]) % TILE
+    icy = 256 * (1 + ((local == 0) | (local == TILE - 1)))
+    return np.stack([np.zeros_like(icy), icy])
+
+
+BACKGROUND_CODES = _background_codes()
+
+
 def _stamina_table() -> np.ndarray:
     """The stamina bar column for each red height 0..84, `(85, 84, 3)`."""
     table = np.empty((SCREEN + 1, SCREEN, 3), dtype=np.uint8)
@@ -191,7 +202,8 @@ class EndlessMysteryPathGame(BatchedGame):
         self.cross_x = np.zeros(n, dtype=np.int64)
         self.cross_y = np.zeros(n, dtype=np.int64)
         self.stamina = np.zeros(n, dtype=np.int64)
-        self.stamina_height = np.zeros(n, dtype=np.int64)
+        self.ensured_segment = np.zeros(n, dtype=np.int64)
+        """The agent segment for which the ring was last checked to hold the segments around it."""
         self.max_x = np.zeros(n, dtype=np.int64)
         self.t = np.zeros(n, dtype=np.int64)
         self.num_fails = np.zeros(n, dtype=np.int64)
@@ -293,7 +305,7 @@ class EndlessMysteryPathGame(BatchedGame):
         self.cross_shown[idx] = False
         self.cross_x[idx] = self.cross_y[idx] = CROSS_HALF
         self.stamina[idx] = self.stamina_level[idx]
-        self.stamina_height[idx] = 0
+        self.ensured_segment[idx] = 0
         self.max_x[idx] = 0
         self.t[idx] = 0
         self.num_fails[idx] = 0
@@ -351,7 +363,9 @@ class EndlessMysteryPathGame(BatchedGame):
         segment = tx // SEGMENT_COLUMNS
         for i in np.flatnonzero(segment > self.num_segments - 2):
             self._extend_path(int(i))
-        self._ensure_segments(segment)
+        if (segment != self.ensured_segment).any():
+            self._ensure_segments(segment)
+            self.ensured_segment = segment
 
         slot = segment % RING
         local = (tx - segment * SEGMENT_COLUMNS) * GRID + ty
@@ -364,11 +378,14 @@ class EndlessMysteryPathGame(BatchedGame):
         self.reward_marks[rows[progress], segment[progress]] |= bit[progress]
         refill = on & ((self.stamina_marks[rows, slot] & bit) == zero)
         self.stamina_marks[rows[refill], slot[refill]] |= bit[refill]
+        moved = np.flatnonzero(on & ((segment != self.current_segment) | (node != self.current_node)))
         self.current_segment = np.where(on, segment, self.current_segment)
         self.current_node = np.where(on, node, self.current_node)
+        # The direction only changes with the current node.
+        self.ground_truth[moved] = self._direction(moved, self.ground_truth[moved])
 
         fell = ~on
-        done = self._record_falls(fell, tx, ty)
+        done = self._record_falls(fell, tx, ty) if fell.any() else np.zeros(n, dtype=bool)
         self.stamina_marks[fell] = 0
         self.stamina = np.where(refill | fell, self.stamina_level, self.stamina)
         self.num_fails += fell
@@ -383,12 +400,8 @@ class EndlessMysteryPathGame(BatchedGame):
         self.stamina -= 1
         self.t += 1
         done |= (self.stamina == 0) | (self.t == self.max_steps)
-        self.ground_truth = self._direction(rows, self.ground_truth)
         self.max_x = np.where(on & (tx > self.max_x), tx, self.max_x)
         self.episode_return += rewards
-        level = self.stamina_level
-        empty = (SCREEN * (1 - np.minimum(self.stamina, level) / level)).astype(np.int64)
-        self.stamina_height = np.clip(empty, 0, SCREEN)
         self._draw(rows)
         return rewards, done
 
@@ -481,10 +494,8 @@ class EndlessMysteryPathGame(BatchedGame):
         return codes.reshape(k, SCREEN)
 
     def _draw(self, idx: np.ndarray) -> None:
-        columns = np.arange(SCREEN)
-        local = (columns[None, :] - self.scroll[idx][:, None]) % TILE
-        background = np.where(self.show_background[idx][:, None], 1 + ((local == 0) | (local == TILE - 1)), 0)
-        codes = background * 256 + self._past_path_codes(idx)
+        background = BACKGROUND_CODES[self.show_background[idx].astype(np.int64), self.scroll[idx] % TILE]
+        codes = background + self._past_path_codes(idx)
         if len(idx) == self.num_envs:
             np.take(COLUMN_TABLE, codes, axis=0, out=self.screens, mode="clip")
         else:
@@ -497,7 +508,11 @@ class EndlessMysteryPathGame(BatchedGame):
         self.painter.draw(screens, rows, centre_x, self.cy[idx], self.rotation[idx], self.scale[idx])
         bar = np.flatnonzero(stamina)
         if len(bar):
-            screens[rows[bar], SCREEN - STAMINA_WIDTH :] = STAMINA_TABLE[self.stamina_height[idx[bar]]][:, None]
+            # The red part's height: int(84 * (1 - min(stamina, level) / level)) (0 at reset, where
+            # the reference takes the max instead: stamina equals the level there).
+            level = self.stamina_level[idx[bar]]
+            empty = (SCREEN * (1 - np.minimum(self.stamina[idx[bar]], level) / level)).astype(np.int64)
+            screens[rows[bar], SCREEN - STAMINA_WIDTH :] = STAMINA_TABLE[np.clip(empty, 0, SCREEN)][:, None]
         shown = np.flatnonzero(self.cross_shown[idx] & cross)
         CROSS.blit(
             screens,
@@ -516,8 +531,7 @@ class EndlessMysteryPathGame(BatchedGame):
     def render_debug(self, i: int) -> np.ndarray:
         image = np.zeros((1, SCREEN, SCREEN, 3), dtype=np.uint8)
         if self.show_background[i]:
-            local = (np.arange(SCREEN) - self.scroll[i]) % TILE
-            image[0] = COLUMN_TABLE[np.where((local == 0) | (local == TILE - 1), 512, 256)]
+            image[0] = COLUMN_TABLE[BACKGROUND_CODES[1, self.scroll[i] % TILE]]
         # The whole path as plain white tiles, blended at alpha 200, placed at a truncated offset.
         offset = int(np.trunc(-self.camera_x[i]))
         first_column = -offset // TILE - 1
