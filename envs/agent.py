@@ -133,19 +133,14 @@ class AgentPainter:
             self._sheets[scale] = (SpriteSheet(list(sprites)), sprites[0].size[0])
         return self._sheets[scale]
 
-    def draw(self, screens, env, cx, cy, rotation, scale, clip: bool = True) -> None:
-        """Draw the agents of envs `env` (centres `cx, cy`, rotations, per-env `scale`)."""
-        scale = np.asarray(scale, dtype=np.float64)
-        distinct = np.unique(scale)
-        for value in distinct:
+    def draw(self, screens, env, cx, cy, rotation, scale) -> None:
+        """Draw the agents of envs `env` (centres `cx, cy`, rotations, per-env `scale`), clipped."""
+        env, rotation, cx, cy = np.asarray(env), np.asarray(rotation), np.asarray(cx), np.asarray(cy)
+        scale = np.broadcast_to(np.asarray(scale, dtype=np.float64), env.shape)
+        if len(env) == 0:
+            return
+        first = scale[0]
+        groups = [(first, slice(None))] if (scale == first).all() else [(v, scale == v) for v in np.unique(scale)]
+        for value, pick in groups:
             sheet, size = self.sheet(value)
-            pick = slice(None) if len(distinct) == 1 else scale == value
-            sheet.blit(
-                screens,
-                np.asarray(env)[pick],
-                np.asarray(rotation)[pick] // 45,
-                np.asarray(cx)[pick] - size // 2,
-                np.asarray(cy)[pick] - size // 2,
-                clip=clip,
-            )
-
+            sheet.blit(screens, env[pick], rotation[pick] // 45, cx[pick] - size // 2, cy[pick] - size // 2)

@@ -19,6 +19,7 @@ rebuilt only when its tiles change colour.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from numbers import Integral, Real
 from typing import Any
 
@@ -92,6 +93,59 @@ def _int_list(env_id: str, name: str, value: Any, minimum: int) -> None:
         raise ValueError(f"{env_id}: every value of {name} must be an integer >= {minimum}, got {value!r}")
 
 
+@lru_cache(maxsize=None)
+def _valid_commands(size: int, allowed: int) -> tuple[tuple[int, ...], ...]:
+    """For each cell `x * size + y`: the first-`allowed` commands that keep it inside the arena."""
+    table = []
+    for x in range(size):
+        for y in range(size):
+            table.append(
+                tuple(
+                    c
+                    for c in range(allowed)
+                    if 0 <= x + COMMAND_DX[c] < size and 0 <= y + COMMAND_DY[c] < size
+                )
+            )
+    return tuple(table)
+
+
+def _pick(rng: np.random.Generator, values) -> int:
+    """`rng.choice(values)`, drawn the same way but without building an array."""
+    return int(values[int(rng.integers(0, len(values)))])
+
+
+def draw_layout(rng: np.random.Generator, params: dict[str, Any], size: int, offset: bool, endless: bool, show: bool):
+    """One episode's random layout, drawn in the reference's order.
+
+    Returns `(cell_x, cell_y, offset_x, offset_y, show_duration, show_delay, explosion_duration,
+    explosion_delay, commands)`; parameters a variant lacks come back as 0.
+    """
+    spawn = int(rng.integers(0, size * size))
+    cell_x, cell_y = spawn // size, spawn % size
+    offset_x = offset_y = 0
+    if offset:
+        offset_x, offset_y = (int(v) for v in rng.integers(-2, 2, 2))
+    allowed = int(params["allowed_commands"])
+    if endless:
+        commands = [int(c) for c in rng.integers(0, allowed, int(params["initial_command_count"]))]
+    else:
+        # Each command is drawn among those that keep the simulated position in the arena.
+        valid = _valid_commands(size, allowed)
+        commands = []
+        x, y = cell_x, cell_y
+        for _ in range(_pick(rng, params["command_count"])):
+            command = _pick(rng, valid[x * size + y])
+            commands.append(command)
+            x, y = x + int(COMMAND_DX[command]), y + int(COMMAND_DY[command])
+    duration = delay = 0
+    if show:
+        duration = _pick(rng, params["command_show_duration"])
+        delay = _pick(rng, params["command_show_delay"])
+    stay = _pick(rng, params["explosion_duration"])
+    reach = _pick(rng, params["explosion_delay"])
+    return cell_x, cell_y, offset_x, offset_y, duration, delay, stay, reach, commands
+
+
 class MortarMayhemGame(BatchedGame):
     """`MortarMayhem-v0`; the other ids change the class attributes below."""
 
@@ -100,6 +154,8 @@ class MortarMayhemGame(BatchedGame):
     show_commands = True
     vector_commands = False
     endless = False
+    spawn_offset = False
+    """Whether the spawn point is jittered by -2..1 px around the tile centre."""
     observation_space = gym.spaces.Box(0, 255, (SCREEN, SCREEN, 3), np.uint8)
     action_space = gym.spaces.MultiDiscrete([3, 3])
     defaults = {
@@ -236,8 +292,34 @@ class MortarMayhemGame(BatchedGame):
         self.scale[idx] = scale
         self.radius[idx] = agent_radius(scale)
         self.max_steps[idx] = params.get("max_steps", -1)
-        for i in idx:
-            self._reset_one(int(i), params, size)
+        layouts = [draw_layout(self.rngs[i], params, size, self.spawn_offset, self.endless, self.show_commands) for i in idx]
+        cell_x, cell_y, offset_x, offset_y, duration, delay, stay, reach = np.array([layout[:8] for layout in layouts]).T
+        origin = arena_origin(size)
+        self.cell_x[idx], self.cell_y[idx] = cell_x, cell_y
+        self.cx[idx] = origin + TILE * cell_x + TILE // 2 + offset_x
+        self.cy[idx] = origin + TILE * cell_y + TILE // 2 + offset_y
+        counts = np.array([len(layout[8]) for layout in layouts])
+        self._reserve_commands(int(counts.max()))
+        for i, layout in zip(idx, layouts):
+            self.commands[i, : len(layout[8])] = layout[8]
+        self.num_commands[idx] = counts
+        first = self.commands[idx, 0]
+        self.target_x[idx] = (cell_x + COMMAND_DX[first]) % size
+        self.target_y[idx] = (cell_y + COMMAND_DY[first]) % size
+        self.show_duration[idx] = duration
+        self.show_period[idx] = duration + delay
+        self.show_len[idx] = counts * (duration + delay) if self.show_commands else 0
+        self.show_pos[idx] = 0
+        self.show_first[idx] = 0
+        self.debug_pos[idx] = 0
+        # A period of 0 behaves like 1 (the reference's `x % 0` is 0).
+        self.stay_steps[idx] = np.maximum(stay, 1)
+        self.reach_steps[idx] = np.maximum(reach, 1)
+        if self.vector_commands:
+            self.vector[idx] = 0.0
+            for i in idx:
+                count = int(self.num_commands[i])
+                self.vector[i, 9 * np.arange(count) + ONE_HOT_SLOT[self.commands[i, :count]]] = 1.0
         self.current[idx] = 0
         self.command_steps[idx] = 0
         self.verify_steps[idx] = 0
@@ -252,65 +334,12 @@ class MortarMayhemGame(BatchedGame):
         command = self._pop_command(idx) if self.show_commands else np.full(len(idx), -1)
         self._draw(idx, self.rotation[idx], *self._agent_centre(idx), self.scale[idx], command)
 
-    def _reset_one(self, i: int, params: dict[str, Any], size: int) -> None:
-        """Draw env i's layout and commands from its generator, in the reference's order."""
-        rng = self.rngs[i]
-        spawn = int(rng.integers(0, size * size))
-        cell_x, cell_y = spawn // size, spawn % size
-        offset_x = offset_y = 0
-        if (self.vector_commands and not self.grid) or self.endless:
-            offset_x, offset_y = (int(v) for v in rng.integers(-2, 2, 2))
-        origin = int(arena_origin(size))
-        self.cx[i] = origin + TILE * cell_x + TILE // 2 + offset_x
-        self.cy[i] = origin + TILE * cell_y + TILE // 2 + offset_y
-        self.cell_x[i], self.cell_y[i] = cell_x, cell_y
-
-        if self.endless:
-            count = int(params["initial_command_count"])
-            commands = rng.integers(0, int(params["allowed_commands"]), count)
-        else:
-            count = int(rng.choice(params["command_count"]))
-            commands = self._valid_sequence(rng, cell_x, cell_y, count, size, int(params["allowed_commands"]))
-        self._store_commands(i, commands)
-        self.num_commands[i] = count
-
-        if self.show_commands:
-            duration = int(rng.choice(params["command_show_duration"]))
-            delay = int(rng.choice(params["command_show_delay"]))
-            self.show_duration[i] = duration
-            self.show_period[i] = duration + delay
-            self.show_len[i] = count * (duration + delay)
-        self.show_pos[i] = 0
-        self.show_first[i] = 0
-        self.debug_pos[i] = 0
-        self.stay_steps[i] = max(int(rng.choice(params["explosion_duration"])), 1)
-        self.reach_steps[i] = max(int(rng.choice(params["explosion_delay"])), 1)
-
-        first = commands[0]
-        self.target_x[i] = (cell_x + COMMAND_DX[first]) % size
-        self.target_y[i] = (cell_y + COMMAND_DY[first]) % size
-        if self.vector_commands:
-            self.vector[i] = 0.0
-            self.vector[i, 9 * np.arange(count) + ONE_HOT_SLOT[commands]] = 1.0
-
-    @staticmethod
-    def _valid_sequence(rng: np.random.Generator, x: int, y: int, count: int, size: int, allowed: int) -> np.ndarray:
-        """Commands drawn one by one among those that keep the simulated position in the arena."""
-        commands = np.zeros(count, dtype=np.int64)
-        for k in range(count):
-            nx, ny = x + COMMAND_DX[:allowed], y + COMMAND_DY[:allowed]
-            valid = np.flatnonzero((nx >= 0) & (nx < size) & (ny >= 0) & (ny < size))
-            command = valid[rng.integers(0, len(valid))]
-            commands[k] = command
-            x, y = x + COMMAND_DX[command], y + COMMAND_DY[command]
-        return commands
-
-    def _store_commands(self, i: int, commands: np.ndarray) -> None:
-        if len(commands) > self.commands.shape[1]:
-            grown = np.zeros((self.num_envs, max(len(commands), 2 * self.commands.shape[1])), dtype=np.int64)
+    def _reserve_commands(self, count: int) -> None:
+        """Grow the command table to hold `count` commands per env."""
+        if count > self.commands.shape[1]:
+            grown = np.zeros((self.num_envs, max(count, 2 * self.commands.shape[1])), dtype=np.int64)
             grown[:, : self.commands.shape[1]] = self.commands
             self.commands = grown
-        self.commands[i, : len(commands)] = commands
 
     # ---- step ------------------------------------------------------------------------------
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -326,18 +355,17 @@ class MortarMayhemGame(BatchedGame):
         if self.endless:
             # Frozen agents keep whatever sprite was drawn last (the fresh one on a new instance).
             fresh = showing & ~self.drawn_valid
-            self.drawn_rotation[fresh] = 0
-            self.drawn_scale[fresh] = self.scale[fresh]
-            self.drawn_live |= fresh
             refresh = moving | fresh
+            self.drawn_rotation = np.where(moving, self.rotation, np.where(fresh, 0, self.drawn_rotation))
+            self.drawn_scale = np.where(refresh, self.scale, self.drawn_scale)
+            self.drawn_live |= refresh
+            self.drawn_valid |= refresh
         else:
             # Frozen agents are drawn facing up.
-            self.drawn_rotation[showing] = 0
-            refresh = np.ones(n, dtype=bool)
-        self.drawn_rotation[moving] = self.rotation[moving]
-        self.drawn_scale[refresh] = self.scale[refresh]
-        self.drawn_live |= refresh
-        self.drawn_valid |= refresh
+            self.drawn_rotation = np.where(moving, self.rotation, 0)
+            self.drawn_scale[:] = self.scale
+            self.drawn_live[:] = True
+            self.drawn_valid[:] = True
 
         rewards, done = self._command_logic(moving)
         self.t += 1
@@ -345,9 +373,10 @@ class MortarMayhemGame(BatchedGame):
             done |= self.t == self.max_steps
         self.episode_return += rewards
 
-        cx, cy = self._agent_centre(self.all_envs)
-        cx = np.where(self.drawn_live, cx, self.drawn_x)
-        cy = np.where(self.drawn_live, cy, self.drawn_y)
+        cx, cy = self._agent_centre(slice(None))
+        if self.endless:
+            cx = np.where(self.drawn_live, cx, self.drawn_x)
+            cy = np.where(self.drawn_live, cy, self.drawn_y)
         self._draw(self.all_envs, self.drawn_rotation, cx, cy, self.drawn_scale, command)
         return rewards, done
 
@@ -384,37 +413,43 @@ class MortarMayhemGame(BatchedGame):
         tile_x, tile_y = self._agent_tile()
         on_target = (tile_x == self.target_x) & (tile_y == self.target_y)
         rewards = np.zeros(self.num_envs)
+        done = np.zeros(self.num_envs, dtype=bool)
 
         # A check every `reach_steps` steps while the tiles are off.
         check = moving & (self.command_steps % self.reach_steps == 0) & (self.command_steps > 0) & ~self.tiles_on
-        counted = check & (self.current < self.num_commands)
-        self.current += counted
-        rewards += np.where(counted & on_target, self.reward_success, 0.0)
-        rewards += np.where(counted & ~on_target, self.reward_failure, 0.0)
-        done = counted & ~on_target
-        self.completed_total += counted & on_target
-        self._set_tiles(np.flatnonzero(counted), on=True)
-        # All commands processed, even when the last check failed.
-        finished = check & (self.current >= self.num_commands)
-        self.success = finished.astype(np.int64)
-        if self.endless:
-            if finished.any():
-                self._append_command(np.flatnonzero(finished))
+        if check.any():
+            counted = check & (self.current < self.num_commands)
+            self.current += counted
+            hit = counted & on_target
+            rewards += np.where(hit, self.reward_success, 0.0)
+            rewards += np.where(counted & ~on_target, self.reward_failure, 0.0)
+            done |= counted & ~on_target
+            self.completed_total += hit
+            self._set_tiles(np.flatnonzero(counted), on=True)
+            # All commands processed, even when the last check failed.
+            finished = check & (self.current >= self.num_commands)
+            self.success = finished.astype(np.int64)
+            if self.endless:
+                if finished.any():
+                    self._append_command(np.flatnonzero(finished))
+            else:
+                done |= finished
+                rewards += np.where(finished, self.reward_episode, 0.0)
+            self.command_steps[check] = 1
         else:
-            done |= finished
-            rewards += np.where(finished, self.reward_episode, 0.0)
-        self.command_steps[check] = 1
+            self.success[:] = 0
 
         # Explosions: stay on the target while the tiles are red, then they turn blue again.
         exploding = moving & self.tiles_on
-        over = exploding & (self.verify_steps % self.stay_steps == 0) & (self.verify_steps > 0)
-        if over.any():
-            self._end_explosion(np.flatnonzero(over))
-        burning = exploding & ~over
-        failed = burning & ~on_target
-        done |= failed
-        rewards = np.where(failed, self.reward_failure, rewards)
-        self.verify_steps += burning
+        if exploding.any():
+            over = exploding & (self.verify_steps % self.stay_steps == 0) & (self.verify_steps > 0)
+            if over.any():
+                self._end_explosion(np.flatnonzero(over))
+            burning = exploding & ~over
+            failed = burning & ~on_target
+            done |= failed
+            rewards = np.where(failed, self.reward_failure, rewards)
+            self.verify_steps += burning
         self.command_steps += moving & ~exploding
         return rewards, done
 
@@ -432,7 +467,8 @@ class MortarMayhemGame(BatchedGame):
         for i in finished:
             new = self.rngs[i].integers(0, int(self.allowed[i]), 1)
             count = int(self.num_commands[i])
-            self._store_commands(int(i), np.concatenate([self.commands[i, :count], new]))
+            self._reserve_commands(count + 1)
+            self.commands[i, count] = new[0]
             self.num_commands[i] = count + 1
         self.current[finished] = 0
         self.verify_steps[finished] = 0
@@ -461,7 +497,6 @@ class MortarMayhemGame(BatchedGame):
             np.zeros(len(recolour), dtype=np.int64),
             origin + TILE * self.target_x[recolour],
             origin + TILE * self.target_y[recolour],
-            clip=False,
         )
 
     # ---- show phase ------------------------------------------------------------------------
@@ -479,13 +514,15 @@ class MortarMayhemGame(BatchedGame):
 
     # ---- drawing ---------------------------------------------------------------------------
     def _draw(self, idx, rotation, cx, cy, scale, command) -> None:
-        self.screen[idx] = self.arena[idx]
+        if len(idx) == self.num_envs:
+            self.screen[...] = self.arena
+        else:
+            self.screen[idx] = self.arena[idx]
         self.painter.draw(self.screen, idx, cx, cy, rotation, scale)
         with_command = command >= 0
         if with_command.any():
-            count = int(with_command.sum())
-            at = np.full(count, COMMAND_AT)
-            _COMMANDS.blit(self.screen, np.asarray(idx)[with_command], command[with_command], at, at, clip=False)
+            at = np.full(int(with_command.sum()), COMMAND_AT)
+            _COMMANDS.blit(self.screen, idx[with_command], command[with_command], at, at)
 
     def observe(self):
         if self.vector_commands:
@@ -546,6 +583,7 @@ class MortarMayhemBGame(MortarMayhemGame):
     env_id = "MortarMayhemB-v0"
     show_commands = False
     vector_commands = True
+    spawn_offset = True
     observation_space = gym.spaces.Dict(
         {
             "visual_observation": gym.spaces.Box(0, 255, (SCREEN, SCREEN, 3), np.uint8),
@@ -567,6 +605,7 @@ class MortarMayhemBGame(MortarMayhemGame):
 class GridMortarMayhemBGame(MortarMayhemBGame):
     env_id = "MortarMayhemB-Grid-v0"
     grid = True
+    spawn_offset = False
     action_space = gym.spaces.Discrete(4)
     defaults = {
         key: value for key, value in MortarMayhemBGame.defaults.items() if key != "agent_speed"
@@ -577,6 +616,7 @@ class GridMortarMayhemBGame(MortarMayhemBGame):
 class EndlessMortarMayhemGame(MortarMayhemGame):
     env_id = "Endless-MortarMayhem-v0"
     endless = True
+    spawn_offset = True
     ground_truth_space = gym.spaces.Box(np.zeros(2, dtype=np.float32), np.ones(2, dtype=np.float32), (2,), np.float32)
     defaults = {
         "max_steps": -1,
