@@ -15,10 +15,12 @@ Run `python ppo_gru.py --help` for every flag.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 import tomllib
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 import tyro
@@ -57,6 +60,22 @@ class Args:
     """the W&B entity (team)"""
     save_model: bool = False
     """if toggled, save the model and its args to `runs/{run_name}/{exp_name}.cleanrl_model`"""
+    capture_video: bool = False
+    """if toggled, record episodes of env 0 (agent view beside the ground truth) to `videos/{run_name}`"""
+    checkpoint_interval: int = 0
+    """write `runs/{run_name}/checkpoint.pt` every N iterations and at the end (0: only when interrupted)"""
+    resume: str | None = None
+    """continue the run saved in this checkpoint (same TensorBoard run; flags may change budgets and logging)"""
+
+    # Evaluation on held-out seeds
+    eval_interval: int = 0
+    """evaluate every N iterations and at the end (0: never)"""
+    eval_seeds: int = 50
+    """the number of held-out level seeds per evaluation"""
+    eval_repetitions: int = 3
+    """the number of episodes played on each held-out seed"""
+    eval_seed_start: int = 1_000_000
+    """the first held-out seed (seeds eval_seed_start .. + eval_seeds - 1, disjoint from training)"""
 
     # Environment
     env_id: str = "MortarMayhem-Grid-v0"
@@ -122,12 +141,24 @@ class Args:
     minibatch_size: int = 0
     """the minibatch size (batch_size // num_minibatches)"""
     num_iterations: int = 0
-    """the number of iterations (total_timesteps // batch_size)"""
+    """the number of iterations (total_timesteps // (batch_size x world_size))"""
+    world_size: int = 1
+    """the number of data-parallel ranks (set by torchrun)"""
+    run_name: str = ""
+    """the name of the run's folders (kept when resuming)"""
 
 
 # ---------------------------------------------------------------------------------------------
 # Command line and presets
 # ---------------------------------------------------------------------------------------------
+RUNTIME_FIELDS = ("config", "resume", "batch_size", "minibatch_size", "num_iterations", "world_size", "run_name")
+# What a resumed run must keep: the rollout layout, the model and the environment.
+STRUCTURAL_FIELDS = (
+    "env_id", "env_kwargs", "num_envs", "num_steps", "reconstruction_coef", "world_size",
+    "gru_hidden_size", "embed_dim", "hidden_dim",
+)
+
+
 def fail(message: str) -> None:
     """Stop with a message that names the problem (non-zero exit, no traceback)."""
     raise SystemExit(f"error: {message}")
@@ -146,7 +177,7 @@ def load_preset(path: str) -> dict:
     values = {}
     for key, value in preset.items():
         name = key.replace("-", "_")
-        if name not in fields or name in ("config", "batch_size", "minibatch_size", "num_iterations"):
+        if name not in fields or name in RUNTIME_FIELDS:
             fail(f"config file {path!r}: unknown key {key!r}")
         default = getattr(Args, name)
         if isinstance(default, bool) and not isinstance(value, bool):
@@ -162,23 +193,31 @@ def load_preset(path: str) -> dict:
     return values
 
 
+def flag_value(argv: list[str], flag: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg.startswith(f"{flag}="):
+            return arg.split("=", 1)[1]
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
 def parse_args(argv: list[str] | None = None) -> Args:
-    """tyro CLI on top of an optional `--config` preset (command-line flags win)."""
+    """tyro CLI on top of a checkpoint's args (`--resume`) or a `--config` preset; flags win."""
     argv = sys.argv[1:] if argv is None else argv
     defaults = Args()
-    for i, arg in enumerate(argv):
-        path = arg.split("=", 1)[1] if arg.startswith("--config=") else None
-        if arg == "--config" and i + 1 < len(argv):
-            path = argv[i + 1]
-        if path is not None:
-            defaults = dataclasses.replace(defaults, config=path, **load_preset(path))
+    if (path := flag_value(argv, "--resume")) is not None:
+        saved = load_checkpoint(path)["args"]
+        defaults = dataclasses.replace(defaults, **{k: v for k, v in saved.items() if k in Args.__dataclass_fields__})
+    elif (path := flag_value(argv, "--config")) is not None:
+        defaults = dataclasses.replace(defaults, config=path, **load_preset(path))
     return tyro.cli(Args, default=defaults, args=argv)
 
 
 # ---------------------------------------------------------------------------------------------
 # Environments
 # ---------------------------------------------------------------------------------------------
-def make_envs(args: Args) -> gym.vector.VectorEnv:
+def make_envs(args: Args, num_envs: int) -> gym.vector.VectorEnv:
     """Our ids get their native vector env; any other gymnasium id a sync vector env (same-step autoreset)."""
     try:
         env_kwargs = json.loads(args.env_kwargs)
@@ -192,11 +231,11 @@ def make_envs(args: Args) -> gym.vector.VectorEnv:
         fail(f"unknown environment id {args.env_id!r} ({e})")
     try:
         if spec.vector_entry_point is not None:
-            envs = gym.make_vec(args.env_id, num_envs=args.num_envs, **env_kwargs)
+            envs = gym.make_vec(args.env_id, num_envs=num_envs, **env_kwargs)
         else:
             envs = gym.make_vec(
                 args.env_id,
-                num_envs=args.num_envs,
+                num_envs=num_envs,
                 vectorization_mode="sync",
                 vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
                 **env_kwargs,
@@ -208,7 +247,7 @@ def make_envs(args: Args) -> gym.vector.VectorEnv:
     return envs
 
 
-def observation_layout(space: gym.Space, env_id: str) -> tuple[tuple[int, ...] | None, int]:
+def observation_layout(space: gym.Space, env_id: str = "the environment") -> tuple[tuple[int, ...] | None, int]:
     """(image shape (H, W, C) or None, vector size) of a supported observation space.
 
     Supported: a uint8 image Box (H, W, C), a 1-D Box, or a Dict of one of each (as MortarMayhemB).
@@ -309,6 +348,7 @@ class Agent(nn.Module):
     def __init__(self, args: Args, image_shape, vector_size: int, branches: list[int]):
         super().__init__()
         self.hidden_size = args.gru_hidden_size
+        self.zero_memory = args.zero_memory
         self.encoder = Encoder(image_shape, vector_size, args.embed_dim)
         self.gru = nn.GRU(args.embed_dim, args.gru_hidden_size, batch_first=True)
         for name, param in self.gru.named_parameters():
@@ -362,10 +402,9 @@ class Rollout:
     next_start: torch.Tensor  # (num_envs,) bool: the next step begins an episode
 
 
-def new_rollout(args: Args, agent: Agent, envs: gym.vector.VectorEnv, device: torch.device) -> Rollout:
-    image_shape, vector_size = observation_layout(envs.single_observation_space, args.env_id)
-    S, E = args.num_steps, args.num_envs
-    obs, _ = envs.reset(seed=args.seed)
+def new_rollout(agent: Agent, envs: gym.vector.VectorEnv, num_steps: int, first_obs, device) -> Rollout:
+    image_shape, vector_size = observation_layout(envs.single_observation_space)
+    S, E = num_steps, envs.num_envs
     return Rollout(
         images=None if image_shape is None else torch.zeros((S, E, *image_shape), dtype=torch.uint8, device=device),
         vectors=None if not vector_size else torch.zeros((S, E, vector_size), device=device),
@@ -376,7 +415,7 @@ def new_rollout(args: Args, agent: Agent, envs: gym.vector.VectorEnv, device: to
         dones=torch.zeros((S, E), device=device),
         starts=torch.zeros((S, E), dtype=torch.bool, device=device),
         hiddens=torch.zeros((S, E, agent.hidden_size), device=device),
-        next_obs=split_observation(obs, envs.single_observation_space),
+        next_obs=split_observation(first_obs, envs.single_observation_space),
         next_hidden=torch.zeros((E, agent.hidden_size), device=device),
         next_start=torch.ones(E, dtype=torch.bool, device=device),
     )
@@ -386,10 +425,10 @@ def to_device(obs: tuple, device: torch.device) -> tuple:
     return tuple(None if part is None else torch.as_tensor(part, device=device) for part in obs)
 
 
-def act(args: Args, agent: Agent, ro: Rollout, device: torch.device):
+def act(agent: Agent, ro: Rollout, device: torch.device):
     """One GRU step of every env; the hidden state is zero at an episode start."""
     image, vector = to_device(ro.next_obs, device)
-    reset = ro.next_start[:, None] if not args.zero_memory else torch.ones_like(ro.next_start)[:, None]
+    reset = torch.ones_like(ro.next_start)[:, None] if agent.zero_memory else ro.next_start[:, None]
     hidden = torch.where(reset, 0.0, ro.next_hidden)
     out, next_hidden = agent(
         None if image is None else image[:, None], None if vector is None else vector[:, None], hidden
@@ -399,10 +438,12 @@ def act(args: Args, agent: Agent, ro: Rollout, device: torch.device):
 
 
 @torch.no_grad()
-def collect_rollout(args: Args, agent: Agent, envs: gym.vector.VectorEnv, ro: Rollout, device, on_episode):
-    """Step all envs `num_steps` times; return the bootstrap value of the observation that follows."""
-    for s in range(args.num_steps):
-        image, vector, hidden, next_hidden, logits, value = act(args, agent, ro, device)
+def collect_rollout(agent: Agent, envs: gym.vector.VectorEnv, ro: Rollout, device, on_episode, recorder=None):
+    """Step all envs for one rollout; return the bootstrap value of the observation that follows."""
+    for s in range(ro.values.shape[0]):
+        if recorder is not None:
+            recorder.capture(ro.next_obs[0], envs)
+        image, vector, hidden, next_hidden, logits, value = act(agent, ro, device)
         dists = [torch.distributions.Categorical(logits=l) for l in logits]
         action = torch.stack([d.sample() for d in dists], dim=1)
         if image is not None:
@@ -424,7 +465,9 @@ def collect_rollout(args: Args, agent: Agent, envs: gym.vector.VectorEnv, ro: Ro
         ro.next_hidden = next_hidden
         ro.next_start = torch.as_tensor(done, device=device)
         on_episode(reward, done, info)
-    return act(args, agent, ro, device)[5]
+        if recorder is not None:
+            recorder.step_done(bool(done[0]))
+    return act(agent, ro, device)[5]
 
 
 def compute_advantages(args: Args, ro: Rollout, next_value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -454,7 +497,7 @@ def make_sequences(args: Args, ro: Rollout) -> list[tuple[int, int, int]]:
     return sequences
 
 
-def evaluate(agent: Agent, ro: Rollout, sequences: list[tuple[int, int, int]]):
+def recompute(agent: Agent, ro: Rollout, sequences: list[tuple[int, int, int]]):
     """Recompute policy and value of whole sequences in one GRU call.
 
     Sequences are padded at the end to the longest one; the results are returned for real steps
@@ -481,30 +524,34 @@ def evaluate(agent: Agent, ro: Rollout, sequences: list[tuple[int, int, int]]):
 
 
 # ---------------------------------------------------------------------------------------------
-# Training
+# Episode statistics, evaluation and videos
 # ---------------------------------------------------------------------------------------------
 class EpisodeStats:
-    """Returns, lengths and the env's end-of-episode info of recently finished episodes."""
+    """Returns, lengths and the env's numeric end-of-episode info of finished episodes."""
 
-    def __init__(self, num_envs: int, window: int = 100):
+    def __init__(self, num_envs: int, window: int = 100, first_only: bool = False):
         self.running_return = np.zeros(num_envs)
         self.running_length = np.zeros(num_envs, dtype=np.int64)
         self.recent = deque(maxlen=window)
         self.new: list[dict] = []
+        self.first_only = first_only  # keep only each env's first episode (evaluation)
+        self.finished = np.zeros(num_envs, dtype=bool)
 
     def __call__(self, reward, done, info) -> None:
         self.running_return += reward
         self.running_length += 1
         final = info.get("final_info", {})
         for i in np.flatnonzero(done):
-            episode = {"return": float(self.running_return[i]), "length": int(self.running_length[i])}
-            for key, value in final.items():
-                if not key.startswith("_") and final.get(f"_{key}", np.ones(len(done), bool))[i]:
-                    item = np.asarray(value[i])
-                    if item.ndim == 0 and np.issubdtype(item.dtype, np.number):
-                        episode[key] = float(item)
-            self.new.append(episode)
-            self.recent.append(episode)
+            if not (self.first_only and self.finished[i]):
+                episode = {"return": float(self.running_return[i]), "length": int(self.running_length[i])}
+                for key, value in final.items():
+                    if not key.startswith("_") and final.get(f"_{key}", np.ones(len(done), bool))[i]:
+                        item = np.asarray(value[i])
+                        if item.ndim == 0 and np.issubdtype(item.dtype, np.number):
+                            episode[key] = float(item)
+                self.new.append(episode)
+                self.recent.append(episode)
+            self.finished[i] = True
         self.running_return[done] = 0.0
         self.running_length[done] = 0
 
@@ -512,12 +559,226 @@ class EpisodeStats:
         new, self.new = self.new, []
         return new
 
+    def state(self) -> dict:
+        return {
+            "running_return": torch.from_numpy(self.running_return.copy()),
+            "running_length": torch.from_numpy(self.running_length.copy()),
+            "recent": list(self.recent),
+        }
+
+    def load(self, state: dict) -> None:
+        self.running_return = state["running_return"].numpy().copy()
+        self.running_length = state["running_length"].numpy().copy()
+        self.recent.extend(state["recent"])
+
 
 def mean_of(episodes: list[dict], key: str) -> float | None:
     values = [e[key] for e in episodes if key in e]
     return float(np.mean(values)) if values else None
 
 
+def evaluate_policy(args: Args, agent: Agent, envs: gym.vector.VectorEnv, device) -> list[dict]:
+    """One episode per held-out seed and repetition, with sampled actions.
+
+    The training envs, memory and random streams are untouched: evaluation has its own envs and
+    its own rollout, and runs inside a forked torch RNG.
+    """
+    seeds = list(range(args.eval_seed_start, args.eval_seed_start + args.eval_seeds))
+    episodes = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for repetition in range(args.eval_repetitions):
+            torch.manual_seed(args.eval_seed_start + repetition)
+            obs, _ = envs.reset(seed=seeds)
+            ro = new_rollout(agent, envs, 64, obs, device)
+            stats = EpisodeStats(len(seeds), first_only=True)
+            while not stats.finished.all():
+                collect_rollout(agent, envs, ro, device, stats)
+            episodes += stats.take_new()
+    return episodes
+
+
+def summarise(episodes: list[dict]) -> dict[str, float]:
+    """Mean and standard error of every numeric episode key."""
+    summary = {}
+    for key in sorted({k for e in episodes for k in e}):
+        values = np.array([e[key] for e in episodes if key in e])
+        summary[f"{key}_mean"] = float(values.mean())
+        summary[f"{key}_se"] = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+    return summary
+
+
+class VideoRecorder:
+    """Records episodes of env 0, agent view beside the ground truth, as MP4 files.
+
+    Episodes 0, 1, 8, 27, ... (cubes) up to 1000 are recorded, then every 1000th.
+    """
+
+    def __init__(self, folder: str, fps: int):
+        self.folder, self.fps = folder, fps
+        self.episode, self.frames = 0, []
+        self.finished: list[tuple[int, str, np.ndarray]] = []  # (episode, path, frames for logging)
+
+    def recording(self) -> bool:
+        e = self.episode
+        return round(e ** (1 / 3)) ** 3 == e if e < 1000 else e % 1000 == 0
+
+    def capture(self, images: np.ndarray | None, envs: gym.vector.VectorEnv) -> None:
+        if not self.recording():
+            return
+        game = getattr(envs.unwrapped, "game", None)
+        if game is not None:  # our envs: the agent's view and the ground-truth render
+            view, truth = game.render_rgb(0), game.render_debug(0)
+        elif images is not None:
+            view, truth = images[0], None
+        else:
+            return
+        scale = max(1, (truth.shape[0] if truth is not None else 336) // view.shape[0])
+        frame = view.repeat(scale, axis=0).repeat(scale, axis=1)
+        if truth is not None and truth.shape[0] == frame.shape[0]:
+            frame = np.concatenate([frame, truth], axis=1)
+        self.frames.append(frame)
+
+    def step_done(self, done: bool) -> None:
+        if not done:
+            return
+        if self.frames:
+            os.makedirs(self.folder, exist_ok=True)
+            path = os.path.join(self.folder, f"episode-{self.episode}.mp4")
+            write_video(path, self.frames, self.fps)
+            self.finished.append((self.episode, path, np.stack(self.frames[:500])))
+        self.episode += 1
+        self.frames = []
+
+
+def write_video(path: str, frames: list[np.ndarray], fps: int) -> None:
+    """H.264 MP4 (yuv420p) that common players open."""
+    import imageio_ffmpeg
+
+    height, width = frames[0].shape[:2]
+    writer = imageio_ffmpeg.write_frames(
+        path, (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=1, quality=8
+    )
+    writer.send(None)
+    for frame in frames:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+
+
+def log_video(writer: SummaryWriter, tag: str, frames: np.ndarray, step: int, fps: int) -> None:
+    """An animated GIF in TensorBoard's image tab (W&B picks it up through tensorboard sync)."""
+    from PIL import Image
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    images = [Image.fromarray(f[::2, ::2]) for f in frames]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    height, width = frames.shape[1] // 2, frames.shape[2] // 2
+    image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=buffer.getvalue())
+    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints and data-parallel ranks
+# ---------------------------------------------------------------------------------------------
+def load_checkpoint(path: str) -> dict:
+    """Load a checkpoint safely (tensors and plain values only), refusing damaged files clearly."""
+    if not os.path.isfile(path):
+        fail(f"checkpoint {path!r} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        fail(f"checkpoint {path!r} is corrupted or truncated and cannot be loaded ({type(e).__name__}: {e})")
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != "ppo_gru-checkpoint-1":
+        fail(f"{path!r} is not a ppo_gru checkpoint")
+    return checkpoint
+
+
+def save_atomically(payload: dict, path: str) -> None:
+    """Write then rename: a crash never leaves a half-written file in place of a good one."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp"
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def rng_state(device: torch.device) -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def rank_state(envs, ro: Rollout, stats: EpisodeStats, device) -> dict:
+    """What one rank needs to continue exactly: env state, the hidden state carried over, statistics, RNG."""
+    game = getattr(envs.unwrapped, "game", None)
+    return {
+        "envs": None if game is None else game.get_state(),
+        "next_hidden": ro.next_hidden.cpu(),
+        "next_start": ro.next_start.cpu(),
+        "next_obs": [None if part is None else torch.from_numpy(np.asarray(part)) for part in ro.next_obs],
+        "stats": stats.state(),
+        "rng": rng_state(device),
+    }
+
+
+def load_rank_state(state: dict, envs, ro: Rollout, stats: EpisodeStats, device) -> bool:
+    """Restore one rank; returns False where the envs could not be restored (they start afresh)."""
+    ro.next_hidden = state["next_hidden"].to(device)
+    ro.next_start = state["next_start"].to(device)
+    stats.load(state["stats"])
+    set_rng_state(state["rng"], device)
+    game = getattr(envs.unwrapped, "game", None)
+    if game is None or state["envs"] is None:
+        return False
+    game.set_state(state["envs"])
+    ro.next_obs = tuple(None if part is None else part.numpy() for part in state["next_obs"])
+    return True
+
+
+def setup_ranks(args: Args) -> tuple[int, torch.device]:
+    """(rank, device); under torchrun, joins the process group (NCCL on CUDA, gloo on CPU)."""
+    args.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available() and args.cuda
+    if args.world_size == 1:
+        return 0, torch.device("cuda" if cuda else "cpu")
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return rank, device
+
+
+def average_gradients(parameters: list[torch.nn.Parameter], world_size: int) -> None:
+    """All-reduce the gradients as one flat buffer and divide by the number of ranks."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    flat = torch.cat([g.flatten() for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size
+    for g, averaged in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+        g.copy_(averaged)
+
+
+def gather(value, world_size: int) -> list:
+    """Every rank's value, on every rank (a list of one without torchrun)."""
+    if world_size == 1:
+        return [value]
+    values = [None] * world_size
+    dist.all_gather_object(values, value)
+    return values
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
 def format_duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
@@ -528,54 +789,131 @@ def format_duration(seconds: float) -> str:
 def check_args(args: Args) -> None:
     if args.sequence_length == 0 or args.sequence_length < -1:
         fail(f"--sequence-length must be -1 (whole fragments) or >= 1, got {args.sequence_length}")
-    if args.total_timesteps < args.num_envs * args.num_steps:
-        fail(f"--total-timesteps ({args.total_timesteps}) is smaller than one rollout (num_envs x num_steps)")
+    if args.total_timesteps < args.num_envs * args.num_steps * args.world_size:
+        fail(f"--total-timesteps ({args.total_timesteps}) is smaller than one rollout of all ranks")
+    training_seeds = range(args.seed, args.seed + args.num_envs * args.world_size)
+    if args.eval_interval and set(training_seeds) & set(range(args.eval_seed_start, args.eval_seed_start + args.eval_seeds)):
+        fail("the held-out evaluation seeds overlap the training seeds; change --eval-seed-start")
+
+
+class Interrupted(Exception):
+    pass
 
 
 def train(args: Args) -> list[dict]:
-    """Run the experiment; returns the metrics logged at every iteration."""
+    """Run the experiment; returns the metrics logged at every iteration (on rank 0)."""
+    rank, device = setup_ranks(args)
+    try:
+        return run_training(args, rank, device)
+    except BaseException as e:
+        if args.world_size > 1 and not isinstance(e, SystemExit):
+            print(f"rank {rank} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        raise
+    finally:
+        if args.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
+    checkpoint = load_checkpoint(args.resume) if args.resume else None
+    if checkpoint is not None:
+        saved = checkpoint["args"]
+        for name in STRUCTURAL_FIELDS:
+            if name == "world_size" and saved[name] != args.world_size:
+                fail(f"--resume: the checkpoint was written by {saved[name]} ranks; resume it with the same number")
+            if saved[name] != getattr(args, name):
+                fail(f"--resume: {name} differs from the checkpoint ({getattr(args, name)!r} vs {saved[name]!r})")
     check_args(args)
     args.batch_size = args.num_envs * args.num_steps
     args.minibatch_size = args.batch_size // args.num_minibatches
-    args.num_iterations = args.total_timesteps // args.batch_size
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    args.num_iterations = args.total_timesteps // (args.batch_size * args.world_size)
+    if not args.run_name or checkpoint is None:
+        ranks = f"-{args.world_size}ranks" if args.world_size > 1 else ""
+        args.run_name = f"{args.env_id}__{args.exp_name}{ranks}__{args.seed}__{int(time.time())}"
+    main = rank == 0
 
     random.seed(args.seed)
     np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # the same initial parameters on every rank
     torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    envs = make_envs(args)
+    envs = make_envs(args, args.num_envs)
     image_shape, vector_size = observation_layout(envs.single_observation_space, args.env_id)
     if args.reconstruction_coef > 0 and image_shape is None:
         fail(f"{args.env_id}: --reconstruction-coef needs image observations")
     agent = Agent(args, image_shape, vector_size, action_branches(envs.single_action_space, args.env_id)).to(device)
     optimizer = torch.optim.AdamW(agent.parameters(), lr=args.init_lr)
-
-    if args.track:
-        import wandb
-
-        wandb.init(
-            project=args.wandb_project_name,
-            entity=args.wandb_entity,
-            sync_tensorboard=True,
-            config=vars(args),
-            name=run_name,
-            save_code=True,
-        )
-    writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in vars(args).items()),
-    )
-
-    ro = new_rollout(args, agent, envs, device)
+    if rank > 0:
+        torch.manual_seed(args.seed + rank)  # each rank samples its own actions
+    obs, _ = envs.reset(seed=args.seed + rank * args.num_envs)  # distinct env seeds per rank
+    ro = new_rollout(agent, envs, args.num_steps, obs, device)
     stats = EpisodeStats(args.num_envs)
+    iteration, global_step = 0, 0
+    if checkpoint is not None:
+        agent.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        iteration, global_step = checkpoint["iteration"], checkpoint["global_step"]
+        if not load_rank_state(checkpoint["ranks"][rank], envs, ro, stats, device) and main:
+            print("note: this environment's state cannot be saved; its envs restart from a reset", flush=True)
+
+    writer = None
+    if main:
+        if args.track:
+            import wandb
+
+            wandb.init(
+                project=args.wandb_project_name,
+                entity=args.wandb_entity,
+                sync_tensorboard=True,
+                config=vars(args),
+                name=args.run_name,
+                id=args.run_name.replace("/", "-"),
+                resume="allow",
+                save_code=True,
+            )
+        # Resuming appends to the same run; events logged after the checkpoint are dropped.
+        writer = SummaryWriter(f"runs/{args.run_name}", purge_step=global_step + 1 if checkpoint else None)
+        if checkpoint is None:
+            writer.add_text(
+                "hyperparameters",
+                "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in vars(args).items()),
+            )
+    eval_envs = make_envs(args, args.eval_seeds) if main and args.eval_interval else None
+    recorder = None
+    if main and args.capture_video:
+        recorder = VideoRecorder(f"videos/{args.run_name}", envs.metadata.get("render_fps", 25))
+    checkpoint_path = f"runs/{args.run_name}/checkpoint.pt"
+
+    def write_checkpoint() -> None:
+        states = gather(rank_state(envs, ro, stats, device), args.world_size)
+        if main:
+            payload = {
+                "format": "ppo_gru-checkpoint-1",
+                "args": vars(args),
+                "iteration": iteration,
+                "global_step": global_step,
+                "model": agent.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "ranks": states,
+            }
+            save_atomically(payload, checkpoint_path)
+
+    # SIGINT / SIGTERM: finish the iteration, write a checkpoint, then stop.
+    stop = {"signal": 0}
+
+    def request_stop(signum, frame):
+        if stop["signal"]:
+            raise KeyboardInterrupt
+        stop["signal"] = signum
+        if main:
+            print(f"\nreceived signal {signum}: stopping after this iteration with a checkpoint", flush=True)
+
+    previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     history = []
-    global_step, start_time = 0, time.time()
+    start_time, start_step = time.time(), global_step
     try:
-        for iteration in range(1, args.num_iterations + 1):
+        while iteration < args.num_iterations:
+            iteration += 1
             # Linear decay of learning rate and entropy coefficient in environment steps.
             frac = max(0.0, 1.0 - global_step / args.anneal_steps)
             lr = args.final_lr + (args.init_lr - args.final_lr) * frac
@@ -584,8 +922,8 @@ def train(args: Args) -> list[dict]:
                 group["lr"] = lr
 
             rollout_start = time.time()
-            next_value = collect_rollout(args, agent, envs, ro, device, stats)
-            global_step += args.batch_size
+            next_value = collect_rollout(agent, envs, ro, device, stats, recorder)
+            global_step += args.batch_size * args.world_size
             rollout_time = time.time() - rollout_start
             advantages, returns = compute_advantages(args, ro, next_value)
 
@@ -594,9 +932,9 @@ def train(args: Args) -> list[dict]:
             sequences = make_sequences(args, ro)
             logs = {key: [] for key in ("policy", "value", "entropy", "reconstruction", "old_approx_kl", "approx_kl", "clipfrac")}
             for epoch in range(args.update_epochs):
-                order = torch.randperm(len(sequences)).tolist()
-                for chunk in np.array_split(np.array(order), min(args.num_minibatches, len(sequences))):
-                    logprob, entropy, value, features, image, (sel, envs_index) = evaluate(
+                order = torch.randperm(len(sequences)).numpy()
+                for chunk in np.array_split(order, min(args.num_minibatches, len(sequences))):
+                    logprob, entropy, value, features, image, (sel, envs_index) = recompute(
                         agent, ro, [sequences[k] for k in chunk]
                     )
                     logratio = logprob - ro.logprobs[sel, envs_index]
@@ -632,58 +970,107 @@ def train(args: Args) -> list[dict]:
 
                     optimizer.zero_grad()
                     loss.backward()
-                    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                    if args.world_size > 1:
+                        average_gradients(list(agent.parameters()), args.world_size)
+                    grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                    if not torch.isfinite(grad_norm):  # identical on every rank after averaging
+                        raise FloatingPointError(f"the loss or its gradient is {loss.item()} / {grad_norm.item()}")
                     optimizer.step()
                     logs["policy"].append(pg_loss.item())
                     logs["value"].append(v_loss.item())
                     logs["entropy"].append(entropy_loss.item())
                 if args.target_kl is not None and np.mean(logs["approx_kl"][-args.num_minibatches :]) > args.target_kl:
                     break
+            if not all(torch.isfinite(p).all() for p in agent.parameters()):
+                raise FloatingPointError("a parameter became NaN or infinite")
             update_time = time.time() - update_start
 
-            # Logging
-            y_pred, y_true = ro.values.flatten().cpu().numpy(), returns.flatten().cpu().numpy()
-            var_y = np.var(y_true)
-            explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
-            sps = int(global_step / (time.time() - start_time))
-            metrics = {
-                "charts/SPS": sps,
-                "charts/rollout_SPS": int(args.batch_size / rollout_time),
-                "charts/update_SPS": int(args.batch_size / update_time),
-                "charts/learning_rate": lr,
-                "charts/entropy_coefficient": ent_coef,
-                "losses/explained_variance": explained_var,
-            }
-            for key, values in logs.items():
-                if values:
-                    name = {"policy": "policy_loss", "value": "value_loss", "reconstruction": "reconstruction_loss"}.get(key, key)
-                    metrics[f"losses/{name}"] = float(np.mean(values))
-            new_episodes = stats.take_new()
-            if new_episodes:
-                metrics["charts/episodic_return"] = mean_of(new_episodes, "return")
-                metrics["charts/episodic_length"] = mean_of(new_episodes, "length")
-                for key in sorted({k for e in new_episodes for k in e} - {"return", "length"}):
-                    metrics[f"episode/{key}"] = mean_of(new_episodes, key)
-            for key, value in metrics.items():
-                writer.add_scalar(key, value, global_step)
-            history.append({"global_step": global_step, **metrics})
+            # Logging (episode statistics of every rank, written once)
+            new_episodes = [e for episodes in gather(stats.take_new(), args.world_size) for e in episodes]
+            recent = [e for episodes in gather(list(stats.recent), args.world_size) for e in episodes]
+            if main:
+                y_pred, y_true = ro.values.flatten().cpu().numpy(), returns.flatten().cpu().numpy()
+                var_y = np.var(y_true)
+                sps = int((global_step - start_step) / (time.time() - start_time))
+                metrics = {
+                    "charts/SPS": sps,
+                    "charts/rollout_SPS": int(args.batch_size * args.world_size / rollout_time),
+                    "charts/update_SPS": int(args.batch_size * args.world_size / update_time),
+                    "charts/learning_rate": lr,
+                    "charts/entropy_coefficient": ent_coef,
+                    "losses/explained_variance": np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y,
+                }
+                names = {"policy": "policy_loss", "value": "value_loss", "reconstruction": "reconstruction_loss"}
+                for key, values in logs.items():
+                    if values:
+                        metrics[f"losses/{names.get(key, key)}"] = float(np.mean(values))
+                if new_episodes:
+                    metrics["charts/episodic_return"] = mean_of(new_episodes, "return")
+                    metrics["charts/episodic_length"] = mean_of(new_episodes, "length")
+                    for key in sorted({k for e in new_episodes for k in e} - {"return", "length"}):
+                        metrics[f"episode/{key}"] = mean_of(new_episodes, key)
+                if eval_envs is not None and (iteration % args.eval_interval == 0 or iteration == args.num_iterations):
+                    for key, value in summarise(evaluate_policy(args, agent, eval_envs, device)).items():
+                        metrics[f"eval/{key}"] = value
+                for key, value in metrics.items():
+                    writer.add_scalar(key, value, global_step)
+                for episode, path, frames in recorder.finished if recorder else []:
+                    log_video(writer, "videos/agent_and_ground_truth", frames, global_step, recorder.fps)
+                    if args.track:
+                        import wandb
 
-            recent_return = mean_of(list(stats.recent), "return")
-            eta = (args.num_iterations - iteration) * args.batch_size / max(sps, 1)
-            print(
-                f"iter {iteration}/{args.num_iterations} | step {global_step:,} | SPS {sps:,} "
-                f"| return {'n/a' if recent_return is None else f'{recent_return:.3f}'} "
-                f"| pi {metrics['losses/policy_loss']:.4f} | v {metrics['losses/value_loss']:.4f} "
-                f"| entropy {metrics['losses/entropy']:.3f} | ETA {format_duration(eta)}",
-                flush=True,
-            )
+                        wandb.log({"videos/agent_and_ground_truth": wandb.Video(path, format="mp4")}, commit=False)
+                if recorder:
+                    recorder.finished.clear()
+                history.append({"global_step": global_step, **metrics})
 
-        if args.save_model:
-            save_model(args, agent, f"runs/{run_name}/{args.exp_name}.cleanrl_model")
+                recent_return = mean_of(recent, "return")
+                eta = (args.num_iterations - iteration) * args.batch_size * args.world_size / max(sps, 1)
+                evaluation = f" | eval {metrics['eval/return_mean']:.3f}" if "eval/return_mean" in metrics else ""
+                print(
+                    f"iter {iteration}/{args.num_iterations} | step {global_step:,} | SPS {sps:,} "
+                    f"| return {'n/a' if recent_return is None else f'{recent_return:.3f}'}{evaluation} "
+                    f"| pi {metrics['losses/policy_loss']:.4f} | v {metrics['losses/value_loss']:.4f} "
+                    f"| entropy {metrics['losses/entropy']:.3f} | ETA {format_duration(eta)}",
+                    flush=True,
+                )
+
+            # Stop on a signal to any rank; checkpoint on schedule, at the end and when stopping.
+            stopping = stop["signal"]
+            if args.world_size > 1:
+                flag = torch.tensor([stopping], device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                stopping = int(flag.item())
+            scheduled = args.checkpoint_interval and (iteration % args.checkpoint_interval == 0 or iteration == args.num_iterations)
+            if scheduled or stopping:
+                write_checkpoint()
+                if main:
+                    print(f"checkpoint written to {checkpoint_path}", flush=True)
+            if stopping:
+                raise Interrupted
+
+        if args.world_size > 1:
+            sums = gather(float(sum(p.double().sum() for p in agent.parameters())), args.world_size)
+            if len(set(sums)) != 1:
+                raise RuntimeError(f"parameters differ between ranks: {sums}")
+            if main:
+                print(f"parameters identical on all {args.world_size} ranks", flush=True)
+        if main and args.save_model:
+            save_model(args, agent, f"runs/{args.run_name}/{args.exp_name}.cleanrl_model")
+    except Interrupted:
+        raise SystemExit(128 + stop["signal"])
+    except FloatingPointError as e:
+        kept = f"the last good checkpoint is {checkpoint_path}" if os.path.exists(checkpoint_path) else "no checkpoint was written"
+        fail(f"training diverged at step {global_step:,} ({e}); {kept}")
     finally:
+        for s, handler in previous_handlers.items():
+            signal.signal(s, handler)
         envs.close()
-        writer.close()
-        if args.track:
+        if eval_envs is not None:
+            eval_envs.close()
+        if writer is not None:
+            writer.close()
+        if main and args.track:
             import wandb
 
             wandb.finish()
@@ -691,11 +1078,8 @@ def train(args: Args) -> list[dict]:
 
 
 def save_model(args: Args, agent: Agent, path: str) -> None:
-    """Write weights and args atomically (a crash never leaves a half-written file)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp"
-    torch.save({"model_weights": agent.state_dict(), "args": vars(args)}, tmp)
-    os.replace(tmp, path)
+    """Write weights and args atomically."""
+    save_atomically({"algorithm": "ppo_gru", "model_weights": agent.state_dict(), "args": vars(args)}, path)
     print(f"model saved to {path}")
 
 

@@ -47,11 +47,12 @@ def small_args(script, **overrides):
 
 def start(script, args):
     torch.manual_seed(args.seed)
-    envs = script.make_envs(args)
+    envs = script.make_envs(args, args.num_envs)
     image, vector = script.observation_layout(envs.single_observation_space, args.env_id)
     branches = script.action_branches(envs.single_action_space, args.env_id)
     agent = script.Agent(args, image, vector, branches)
-    rollout = script.new_rollout(args, agent, envs, torch.device("cpu"))
+    obs, _ = envs.reset(seed=args.seed)
+    rollout = script.new_rollout(agent, envs, args.num_steps, obs, torch.device("cpu"))
     return envs, agent, rollout
 
 
@@ -62,13 +63,13 @@ def minibatches(script, args, agent, rollout):
         per_env = args.num_steps // args.num_minibatches
         for start_ in range(0, args.num_steps, per_env):
             sel = order[:, start_ : start_ + per_env]
-            logprob, _, value, _, _ = ppo_trxl.evaluate(agent, rollout, sel)
+            logprob, _, value, _, _ = ppo_trxl.recompute(agent, rollout, sel)
             yield (sel, torch.arange(args.num_envs)[:, None]), logprob, value
     else:
         sequences = ppo_gru.make_sequences(args, rollout)
         order = torch.randperm(len(sequences)).numpy()
         for chunk in np.array_split(order, args.num_minibatches):
-            logprob, _, value, _, _, index = ppo_gru.evaluate(agent, rollout, [sequences[k] for k in chunk])
+            logprob, _, value, _, _, index = ppo_gru.recompute(agent, rollout, [sequences[k] for k in chunk])
             yield index, logprob, value
 
 
@@ -92,7 +93,7 @@ def test_logprobs_recomputed_equal_stored(script, env_id, extra):
         stats = script.EpisodeStats(args.num_envs)
         continued = ended = 0
         for _ in range(3):  # later rollouts hold episodes that began in an earlier one
-            script.collect_rollout(args, agent, envs, rollout, torch.device("cpu"), stats)
+            script.collect_rollout(agent, envs, rollout, torch.device("cpu"), stats)
             ended += int(rollout.dones.sum())
             if script is ppo_trxl:
                 continued += int((rollout.steps[0] > 0).sum())
@@ -115,7 +116,7 @@ def test_trxl_window_holds_exactly_the_previous_steps_of_the_episode():
     envs, agent, rollout = start(ppo_trxl, args)
     stats = ppo_trxl.EpisodeStats(args.num_envs)
     for _ in range(2):
-        ppo_trxl.collect_rollout(args, agent, envs, rollout, torch.device("cpu"), stats)
+        ppo_trxl.collect_rollout(agent, envs, rollout, torch.device("cpu"), stats)
     C = agent.context
     with torch.no_grad():
         for env in range(args.num_envs):
