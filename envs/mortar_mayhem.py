@@ -110,7 +110,12 @@ def _valid_commands(size: int, allowed: int) -> tuple[tuple[int, ...], ...]:
 
 
 def _pick(rng: np.random.Generator, values) -> int:
-    """`rng.choice(values)`, drawn the same way but without building an array."""
+    """`rng.choice(values)`, drawn the same way but without building an array.
+
+    A choice among one value draws nothing from the generator, so the call is skipped.
+    """
+    if len(values) == 1:
+        return int(values[0])
     return int(values[int(rng.integers(0, len(values)))])
 
 
