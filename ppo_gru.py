@@ -632,11 +632,12 @@ class VideoRecorder:
             view, truth = images[0], None
         else:
             return
-        scale = max(1, (truth.shape[0] if truth is not None else 336) // view.shape[0])
-        frame = view.repeat(scale, axis=0).repeat(scale, axis=1)
-        if truth is not None and truth.shape[0] == frame.shape[0]:
-            frame = np.concatenate([frame, truth], axis=1)
-        self.frames.append(frame)
+        # Both panels are scaled by whole factors to at least 336 pixels high (the ground-truth size).
+        panels = [p.repeat(max(1, 336 // p.shape[0]), axis=0).repeat(max(1, 336 // p.shape[0]), axis=1)
+                  for p in (view, truth) if p is not None]
+        if len({p.shape[0] for p in panels}) > 1:
+            panels = panels[:1]
+        self.frames.append(np.concatenate(panels, axis=1))
 
     def step_done(self, done: bool) -> None:
         if not done:
