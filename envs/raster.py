@@ -250,8 +250,12 @@ class SpriteSheet:
         colour = self.pixels[index]
         low, high = min(x.min(), y.min()) + self.low, max(x.max(), y.max()) + self.high
         if low < 0 or high >= min(width, height):
-            px = x[:, None] + self.dx[index]
-            py = y[:, None] + self.dy[index]
+            # Some sprites clip: mask their pixels individually, the others go as they are.
+            clipped = (np.minimum(x, y) + self.low < 0) | (np.maximum(x, y) + self.high >= min(width, height))
+            rows, whole = np.flatnonzero(clipped), np.flatnonzero(~clipped)
+            px = x[rows, None] + self.dx[index[rows]]
+            py = y[rows, None] + self.dy[index[rows]]
             keep = (px >= 0) & (px < width) & (py >= 0) & (py < height)
-            flat, colour = flat[keep], colour[keep]
+            flat_screens[flat[rows][keep]] = colour[rows][keep]
+            flat, colour = flat[whole], colour[whole]
         flat_screens[flat] = colour
