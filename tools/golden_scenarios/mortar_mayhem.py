@@ -96,6 +96,18 @@ def _family(env_id: str, grid: bool, show: bool, endless: bool, variants: list[d
             policy_seed=2,
         ),
     ]
+    scenarios.append(
+        Scenario(
+            name=f"{short}_seeds",
+            env_id=env_id,
+            episodes=[
+                Episode(seed=seed, policy=noisy(perfect, random_policy, 0.15 if seed % 2 else 0.6), max_steps=300)
+                for seed in range(100, 112)
+            ],
+            render_debug=False,
+            policy_seed=3,
+        )
+    )
     for index, options in enumerate(variants):
         scenarios.append(
             Scenario(
