@@ -5,6 +5,7 @@ from envs.endless_mystery_path import EndlessMysteryPathGame
 from envs.mortar_mayhem import GAMES as MORTAR_MAYHEM_GAMES
 from envs.mystery_path import GridMysteryPathGame, MysteryPathGame
 from envs.proof_of_memory import ProofOfMemoryGame, ProofOfMemoryImageGame
+from envs.searing_spotlights import EndlessSearingSpotlightsGame, SearingSpotlightsGame
 
 for _game in (
     ProofOfMemoryGame,
@@ -13,5 +14,7 @@ for _game in (
     MysteryPathGame,
     GridMysteryPathGame,
     EndlessMysteryPathGame,
+    SearingSpotlightsGame,
+    EndlessSearingSpotlightsGame,
 ):
     register_game(_game)

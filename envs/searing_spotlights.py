@@ -1,0 +1,707 @@
+"""Searing Spotlights: `SearingSpotlights-v0` and `Endless-SearingSpotlights-v0`, natively batched.
+
+The lights dim out over the first steps; afterwards the agent sees only what the moving
+spotlights uncover, and every step a spotlight touches it costs health. In the finite game it
+must collect the coins and then reach the exit within 256 steps; in the endless game a single
+coin respawns whenever it is collected, spotlights keep coming, and the episode ends on death
+or after 160 steps without a coin.
+
+Behaviour (rendering, RNG order, rules and the reference's quirks) follows memory-gym 1.0.2;
+see the README section "Searing Spotlights" for the quirks and the cases handled differently.
+
+Per-env state lives in arrays; the spotlight lists in `envs.spotlights.Spotlights`. A frame is
+the background, the entities drawn under the darkness, the darkness (alpha-blended, cut open
+by the spotlights), then the entities shown above it and the top bar, in the reference's order.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from envs.agent import AgentPainter, continuous_step
+from envs.core import BatchedGame
+from envs.raster import Sprite, SpriteSheet, alpha_blend, disk_offsets, ring_offsets
+from envs.spotlights import CLEAR, RING, SCREEN, Spotlights, clear_mask, create_spot, ringed_codes
+from envs.sprites import EXIT_CLOSED, EXIT_OPEN, agent_radius
+
+SCALE = 0.25
+TILE = int(50 * SCALE)
+BAR_HEIGHT = int(16 * SCALE)
+HALF, QUARTER = SCREEN // 2, SCREEN // 4
+WALKABLE = (0, BAR_HEIGHT, SCREEN, SCREEN - BAR_HEIGHT)  # left, top, width, height
+EDGE = int(30 * SCALE)  # coins and the exit keep this distance from the screen border
+ROTATIONS = (0, 45, 90, 135, 180, 225, 270, 315)
+
+GREY, BAR_GREEN, RED, YELLOW = (50, 50, 50), (0, 255, 0), (255, 0, 0), (255, 255, 0)
+ACTION_COLOURS = np.array([(120, 120, 120), (116, 1, 113), (255, 94, 14)], dtype=np.uint8)
+COIN_FILL, COIN_RIM = (255, 255, 0), (255, 165, 0)
+ACTION_CELLS = ((2 * QUARTER, 3 * QUARTER), (3 * QUARTER, 4 * QUARTER))
+REWARD_CELL = (int(QUARTER * 2.75), int(QUARTER * 2.75) + int(QUARTER * 0.5))  # beside the action cells
+REWARD_BAR = (2 * QUARTER, 4 * QUARTER)  # without action cells
+
+
+def _chessboard(colour) -> np.ndarray:
+    x, y = np.meshgrid(np.arange(SCREEN) // TILE, np.arange(SCREEN) // TILE, indexing="ij")
+    board = np.empty((SCREEN, SCREEN, 3), dtype=np.uint8)
+    board[:] = colour
+    board[(x + y) % 2 == 0] = 255
+    return board
+
+
+# Background images by kind: the blue and red boards, and the fills that mutate them for good.
+BLUE_BOARD, RED_BOARD, WHITE_FILL, BLACK_FILL = range(4)
+BACKGROUNDS = np.stack(
+    [_chessboard((0, 0, 255)), _chessboard((255, 0, 0)), np.full((SCREEN, SCREEN, 3), 255, np.uint8), np.zeros((SCREEN, SCREEN, 3), np.uint8)]
+)
+
+# Darkness blend per alpha: DARKENED[a, v] blends value v towards black, LIGHTENED towards white.
+_VALUES = np.arange(256, dtype=np.uint8)[None, :]
+_ALPHAS = np.arange(256)[:, None]
+DARKENED = alpha_blend(np.repeat(_VALUES, 256, 0), 0, _ALPHAS).reshape(-1)
+LIGHTENED = alpha_blend(np.repeat(_VALUES, 256, 0), 255, _ALPHAS).reshape(-1)
+
+
+def coin_sprite(scale: float) -> Sprite:
+    """A coin: a yellow disk with an orange rim of width `int(2 scale)` (0 = filled orange)."""
+    radius, rim = int(10 * scale), int(2 * scale)
+    size = max(2 * radius, 1)
+    colour = np.zeros((size, size, 3), dtype=np.uint8)
+    mask = np.zeros((size, size), dtype=bool)
+    dx, dy = disk_offsets(radius)
+    mask[dx + radius, dy + radius] = True
+    colour[dx + radius, dy + radius] = COIN_RIM if rim == 0 else COIN_FILL
+    if rim == 1:
+        rx, ry = ring_offsets(radius)
+        colour[rx + radius, ry + radius] = COIN_RIM
+    return Sprite(colour, mask)
+
+
+# ---- reset-time helpers (per env, Python) ----------------------------------------------------
+
+
+class SpawnSampler:
+    """Random free cells of the 84 x 84 screen; each pick blocks a disk around it."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+        self.blocked = np.zeros((SCREEN, SCREEN), dtype=bool)  # [y, x]
+        self._yy, self._xx = np.ogrid[:SCREEN, :SCREEN]
+
+    def block(self, x: int, y: int, radius: int = 21) -> None:
+        self.blocked |= (self._xx - x) ** 2 + (self._yy - y) ** 2 < radius * radius
+
+    def sample(self, radius: int = 21) -> tuple[int, int]:
+        free = np.flatnonzero(~self.blocked)  # cell ids y * 84 + x, increasing
+        if len(free) == 0:
+            raise ValueError("no free spawn position left: too many coins (num_coins) for the screen")
+        cell = int(free[self.rng.integers(0, len(free))])
+        x, y = cell % SCREEN, cell // SCREEN
+        self.block(x, y, radius)
+        return x, y
+
+    def jittered(self, radius: int) -> tuple[int, int]:
+        """A sampled position shifted right/down by 2 or 3 pixels per axis."""
+        x, y = self.sample(radius)
+        return x + int(self.rng.integers(2, 4)), y + int(self.rng.integers(2, 4))
+
+
+def _inside_edges(x: int, y: int) -> tuple[int, int]:
+    return min(max(x, EDGE), SCREEN - EDGE), min(max(y, EDGE), SCREEN - EDGE)
+
+
+# ---- parameter checks --------------------------------------------------------------------------
+
+
+def _is_bool(value) -> bool:
+    return isinstance(value, (bool, np.bool_))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, Integral) and not _is_bool(value)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, Real) and not _is_bool(value) and np.isfinite(value)
+
+
+def _require(ok: bool, env_id: str, name: str, what: str, value) -> None:
+    if not ok:
+        raise ValueError(f"{env_id}: reset parameter {name!r} must be {what}, got {value!r}")
+
+
+class _SpotlightsGame(BatchedGame):
+    """Rules and drawing shared by both Searing Spotlights games."""
+
+    observation_space = gym.spaces.Box(0, 255, (SCREEN, SCREEN, 3), np.uint8)
+    action_space = gym.spaces.MultiDiscrete([3, 3])
+    endless = False
+    _BOOLS: tuple[str, ...] = (
+        "visual_feedback", "black_background", "hide_chessboard", "coins_visible", "agent_visible",
+        "sample_agent_position", "show_last_action", "show_last_positive_reward",
+    )  # fmt: skip
+    _INTS: tuple[str, ...] = ("max_steps", "light_threshold")
+    _REALS: tuple[str, ...] = (
+        "spot_damage", "agent_speed", "agent_health", "coin_scale", "agent_scale", "spot_min_speed",
+        "spot_max_speed", "spot_min_radius", "spot_max_radius", "reward_inside_spotlight",
+        "reward_outside_spotlight", "reward_death", "reward_coin",
+    )  # fmt: skip
+
+    def __init__(self, num_envs: int):
+        super().__init__(num_envs)
+        n = num_envs
+        self.params: list[dict[str, Any] | None] = [None] * n
+        self.spots = Spotlights(n)
+        self.painter = AgentPainter()
+        self.exit_sheet = SpriteSheet([EXIT_CLOSED, EXIT_OPEN])
+        self._coin_sheets: dict[float, SpriteSheet] = {}
+        # Per-env copies of the parameters used in array code.
+        self.p: dict[str, np.ndarray] = {}
+        # Agent.
+        self.cx = np.zeros(n, np.int64)
+        self.cy = np.zeros(n, np.int64)
+        self.rotation = np.zeros(n, np.int64)
+        self.health = np.zeros(n)
+        # The pose the debug picture shows: the one left by the last step, even across resets.
+        self.shown_cx, self.shown_cy = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        self.shown_rotation, self.shown_scale = np.zeros(n, np.int64), np.full(n, SCALE)
+        self.stepped = np.zeros(n, dtype=bool)
+        # Coins (finite game: up to `coin_slots` per env; endless game: one).
+        self.coin_x = np.zeros((n, 1), np.int64)
+        self.coin_y = np.zeros((n, 1), np.int64)
+        self.coin_on = np.zeros((n, 1), dtype=bool)
+        self.coins_collected = np.zeros(n, np.int64)
+        # Darkness: persistent across resets (the reference never clears it there).
+        self.alpha = np.zeros(n, np.int64)
+        self.codes = np.zeros((n, SCREEN, SCREEN), dtype=np.uint8)
+        self.spawn_timer = np.zeros(n, np.int64)
+        # Backgrounds: the kind each persistent board surface has turned into, and which is shown.
+        self.blue_kind = np.full(n, BLUE_BOARD)
+        self.red_kind = np.full(n, RED_BOARD)
+        self.shows_red = np.zeros(n, dtype=bool)
+        self.bar = np.zeros((n, SCREEN, BAR_HEIGHT, 3), dtype=np.uint8)
+        self.last_action = np.zeros((n, 2), np.int64)
+        self.last_reward = np.zeros(n)
+        self.t = np.zeros(n, np.int64)
+        self.length = np.zeros(n, np.int64)
+        self.episode_return = np.zeros(n)
+        self.frames = np.zeros((n, SCREEN, SCREEN, 3), dtype=np.uint8)
+
+    # ---- parameters ----------------------------------------------------------------------
+    def check_params(self, params: dict[str, Any]) -> None:
+        env_id = self.env_id
+        for name in self._BOOLS:
+            _require(_is_bool(params[name]), env_id, name, "a bool", params[name])
+        for name in self._INTS:
+            _require(_is_int(params[name]), env_id, name, "an integer", params[name])
+        for name in self._REALS:
+            _require(_is_real(params[name]), env_id, name, "a finite number", params[name])
+        _require(params["initial_spawns"] >= 0, env_id, "initial_spawns", "an integer >= 0", params["initial_spawns"])
+        duration = params["light_dim_off_duration"]
+        _require(_is_int(duration) and duration >= 0, env_id, "light_dim_off_duration", "an integer >= 0", duration)
+        low, high = params["spot_min_radius"], params["spot_max_radius"]
+        _require(low >= 0, env_id, "spot_min_radius", "a number >= 0", low)
+        _require(int(low) < int(high + 1), env_id, "spot_max_radius", f"a number whose integer part is >= that of spot_min_radius ({low})", high)
+        low, high = params["spot_min_speed"], params["spot_max_speed"]
+        _require(low >= 0, env_id, "spot_min_speed", "a number >= 0", low)
+        _require(high >= low, env_id, "spot_max_speed", f"a number >= spot_min_speed ({low})", high)
+        _require(params["spot_damage"] >= 0, env_id, "spot_damage", "a number >= 0", params["spot_damage"])
+        _require(params["agent_health"] > 0, env_id, "agent_health", "a number > 0", params["agent_health"])
+        # Only the rasterisations verified against the reference are offered.
+        _require(0 <= params["coin_scale"] < 1, env_id, "coin_scale", "a number in [0, 1)", params["coin_scale"])
+        _require(0 < params["agent_scale"] < 2 / 3, env_id, "agent_scale", "a number in (0, 2/3)", params["agent_scale"])
+
+    def _store_params(self, i: int, params: dict[str, Any]) -> None:
+        for name, value in params.items():
+            if isinstance(value, (bool, np.bool_, Integral, Real)):
+                if name not in self.p:
+                    dtype = bool if _is_bool(value) else (np.int64 if _is_int(value) else np.float64)
+                    self.p[name] = np.zeros(self.num_envs, dtype=dtype)
+                column = self.p[name]
+                if column.dtype != np.float64 and not (_is_bool(value) or _is_int(value)):
+                    self.p[name] = column = column.astype(np.float64)
+                column[i] = value
+        self.p.setdefault("agent_radius", np.zeros(self.num_envs, np.int64))[i] = agent_radius(params["agent_scale"])
+        self.p.setdefault("coin_radius", np.zeros(self.num_envs, np.int64))[i] = int(10 * params["coin_scale"])
+        self.params[i] = params
+
+    # ---- reset -----------------------------------------------------------------------------
+    def reset_envs(self, idx: np.ndarray, params: dict[str, Any]) -> None:
+        idx = np.asarray(idx)
+        for i in idx:
+            self._reset_one(int(i), params)
+        self.frames[idx] = self._compose(idx, self.cx[idx], self.cy[idx], np.zeros(len(idx), np.int64))
+
+    def _reset_one(self, i: int, params: dict[str, Any]) -> None:
+        self._store_params(i, params)
+        rng = self.rngs[i]
+        if params["hide_chessboard"]:
+            self.blue_kind[i] = self.red_kind[i] = WHITE_FILL
+        sampler = SpawnSampler(rng)
+        self.rotation[i] = ROTATIONS[rng.integers(0, len(ROTATIONS))]
+        if params["sample_agent_position"]:
+            self.cx[i], self.cy[i] = sampler.jittered(28)
+        else:
+            self.cx[i], self.cy[i] = HALF, HALF
+            sampler.block(HALF, HALF)
+        self.health[i] = params["agent_health"]
+        self.bar[i] = (0, 0, 0) if self.endless else GREY
+        self.bar[i, :HALF] = BAR_GREEN
+        if params["show_last_action"]:
+            self.bar[i, ACTION_CELLS[0][0] : ACTION_CELLS[1][1]] = ACTION_COLOURS[0]
+        self.last_action[i] = 0
+        self.last_reward[i] = 0.0
+        duration = params["light_dim_off_duration"]
+        self.alpha[i] = 0 if duration > 0 else np.clip(params["light_threshold"], 0, 255)
+        self.spots.clear(i)
+        self.spawn_timer[i] = 0
+        for _ in range(params["initial_spawns"]):
+            self._add_spot(i)
+        self.coins_collected[i] = 0
+        self._reset_entities(i, params, sampler)
+        self.shows_red[i] = False
+        if params["black_background"]:
+            self.blue_kind[i] = BLACK_FILL
+        self.t[i] = 0
+        self.length[i] = 0
+        self.episode_return[i] = 0.0
+
+    def _reset_entities(self, i: int, params: dict[str, Any], sampler: SpawnSampler) -> None:
+        raise NotImplementedError
+
+    def _add_spot(self, i: int) -> None:
+        p = self.params[i]
+        spot = create_spot(self.rngs[i], p["spot_min_radius"], p["spot_max_radius"], p["spot_min_speed"], p["spot_max_speed"])
+        self.spots.add(i, *spot)
+
+    def _set_coin_slots(self, count: int) -> None:
+        if count > self.coin_on.shape[1]:
+            grow = count - self.coin_on.shape[1]
+            for name in ("coin_x", "coin_y", "coin_on"):
+                old = getattr(self, name)
+                setattr(self, name, np.concatenate([old, np.zeros((self.num_envs, grow), old.dtype)], axis=1))
+
+    # ---- step ------------------------------------------------------------------------------
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p = self.p
+        actions = np.asarray(actions, dtype=np.int64).reshape(self.num_envs, 2)
+        radius = p["agent_radius"]
+        self.cx, self.cy, self.rotation = continuous_step(
+            self.cx, self.cy, self.rotation, actions, p["agent_speed"], radius, WALKABLE
+        )
+        self.shown_cx, self.shown_cy, self.shown_rotation = self.cx.copy(), self.cy.copy(), self.rotation.copy()
+        self.shown_scale = p["agent_scale"].copy()
+        self.stepped[:] = True
+        self._paint_action_cells(actions)
+        self._dim_lights()
+        reward, dead = self._spotlight_task()
+        reward, done = self._entity_tasks(reward, dead)
+        self.t += 1
+        done |= self.t == p["max_steps"]
+        self._paint_reward_cell(reward)
+        self.frames = self._compose(np.arange(self.num_envs), self.cx, self.cy, self.rotation)
+        self.episode_return += reward
+        self.length += 1
+        return reward, done
+
+    def _paint_action_cells(self, actions: np.ndarray) -> None:
+        shown = self.p["show_last_action"]
+        colours = ACTION_COLOURS[self.last_action]  # (n, 2, 3), the previous step's action
+        for cell, (x0, x1) in enumerate(ACTION_CELLS):
+            if shown.all():
+                self.bar[:, x0:x1] = colours[:, None, None, cell]
+            else:
+                self.bar[shown, x0:x1] = colours[shown, None, None, cell]
+        self.last_action = np.where(shown[:, None], actions, self.last_action)
+
+    def _dim_lights(self) -> None:
+        p = self.p
+        duration, threshold = p["light_dim_off_duration"], p["light_threshold"]
+        dimming = self.alpha <= threshold
+        fade = self.alpha + 255 // np.maximum(duration, 1)
+        self.alpha = np.where(dimming, np.clip(np.where(duration > 0, fade, threshold), 0, 255), self.alpha)
+
+    def _spawn_due(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def _spotlight_task(self) -> tuple[np.ndarray, np.ndarray]:
+        p = self.p
+        self.spawn_timer += 1
+        for i in np.flatnonzero(self._spawn_due()):
+            self._add_spot(int(i))
+            self.spawn_timer[i] = 0
+        spots = self.spots
+        visited = spots.visit()
+        x, y = spots.move(visited)
+        cx, cy = np.trunc(x).astype(np.int64), np.trunc(y).astype(np.int64)
+        if p["black_background"].any():
+            self.codes = np.where(
+                p["black_background"][:, None, None],
+                ringed_codes(cx, cy, spots.radius, visited & p["black_background"][:, None]),
+                clear_mask(cx, cy, spots.radius, visited),
+            )
+        else:
+            self.codes = clear_mask(cx, cy, spots.radius, visited)
+        dx, dy = x - self.cx[:, None], y - self.cy[:, None]
+        reach = spots.radius + p["agent_radius"][:, None]
+        hit = (visited & (np.sqrt(dx * dx + dy * dy) <= reach)).any(axis=1)
+        self.health = np.where(hit, self.health - p["spot_damage"], self.health)
+        reward = 0.0 + np.where(hit, p["reward_inside_spotlight"], p["reward_outside_spotlight"])
+        if hit.any():
+            # The health bar turns red from the left as health is lost (it may run past half).
+            width = np.trunc(HALF * (1 - self.health / p["agent_health"]))
+            self.bar[hit[:, None] & (np.arange(SCREEN) < width[:, None])] = RED
+        self.shows_red = hit & p["visual_feedback"]
+        black = p["black_background"]
+        self.red_kind = np.where(black & self.shows_red, BLACK_FILL, self.red_kind)
+        self.blue_kind = np.where(black & ~self.shows_red, BLACK_FILL, self.blue_kind)
+        dead = self.health <= 0
+        reward = np.where(dead, reward + p["reward_death"], reward)
+        return reward, dead
+
+    def _entity_tasks(self, reward: np.ndarray, dead: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def _coins_reached(self) -> np.ndarray:
+        """Which coins the agent touches `(n, coin slots)`."""
+        dx = self.coin_x - self.cx[:, None]
+        dy = self.coin_y - self.cy[:, None]
+        reach = (self.p["coin_radius"] + self.p["agent_radius"])[:, None]
+        return self.coin_on & (np.sqrt((dx * dx + dy * dy).astype(np.float64)) <= reach)
+
+    def _paint_reward_cell(self, reward: np.ndarray) -> None:
+        shown = self.p["show_last_positive_reward"]
+        if shown.any():
+            colour = np.where((self.last_reward > 0)[:, None], YELLOW, GREY).astype(np.uint8)
+            narrow = self.p["show_last_action"]
+            for cells, envs in ((REWARD_CELL, shown & narrow), (REWARD_BAR, shown & ~narrow)):
+                if envs.any():
+                    self.bar[envs, cells[0] : cells[1]] = colour[envs, None, None]
+            self.last_reward = np.where(shown, reward, self.last_reward)
+
+    # ---- drawing ---------------------------------------------------------------------------
+    def _coin_sheet(self, scale: float) -> SpriteSheet:
+        if scale not in self._coin_sheets:
+            self._coin_sheets[scale] = SpriteSheet([coin_sprite(scale)])
+        return self._coin_sheets[scale]
+
+    def _draw_coins(self, buf: np.ndarray, local: np.ndarray, envs: np.ndarray) -> None:
+        if len(envs) == 0:
+            return
+        on = self.coin_on[envs]
+        rows, slots = np.nonzero(on)
+        if len(rows) == 0:
+            return
+        scale = self.p["coin_scale"][envs[rows]]
+        radius = self.p["coin_radius"][envs[rows]]
+        x = self.coin_x[envs[rows], slots] - radius
+        y = self.coin_y[envs[rows], slots] - radius
+        for value in np.unique(scale):
+            pick = scale == value
+            self._coin_sheet(float(value)).blit(buf, local[rows[pick]], np.zeros(pick.sum(), np.int64), x[pick], y[pick])
+
+    def _draw_exit(self, buf: np.ndarray, local: np.ndarray, envs: np.ndarray) -> None:
+        pass
+
+    def _draw_agent(self, buf, local, envs, cx, cy, rotation, scale) -> None:
+        if len(envs):
+            self.painter.draw(buf, local, cx, cy, rotation, scale)
+
+    def _darken(self, buf: np.ndarray, codes: np.ndarray, alpha: np.ndarray) -> None:
+        """Blend the darkness layer (black, or white on ring pixels; clear inside spots) over `buf`."""
+        rings = (codes == RING).any()
+        if not rings and (alpha == 255).all():
+            np.multiply(buf, codes[..., None], out=buf)
+            return
+        rows = np.flatnonzero(alpha > 0)
+        if len(rows):
+            part = buf[rows].astype(np.intp) + alpha[rows, None, None, None] * 256
+            code = codes[rows][..., None]
+            buf[rows] = np.where(code == CLEAR, buf[rows], np.where(code == RING, LIGHTENED[part], DARKENED[part]))
+
+    def _compose(self, envs: np.ndarray, cx: np.ndarray, cy: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+        """The observation frames of `envs` (agents at `cx, cy` facing `rotation`), `(m, x, y, c)`."""
+        p = self.p
+        m = len(envs)
+        local = np.arange(m)
+        kind = np.where(self.shows_red[envs], self.red_kind[envs], self.blue_kind[envs])
+        buf = BACKGROUNDS[kind]
+        coins_up, exit_up, agent_up = self._above_darkness(envs)
+        scale = p["agent_scale"][envs]
+
+        def agent(sel):
+            self._draw_agent(buf, local[sel], envs[sel], cx[sel], cy[sel], rotation[sel], scale[sel])
+
+        self._draw_coins(buf, local[~coins_up], envs[~coins_up])
+        self._draw_exit(buf, local[~exit_up], envs[~exit_up])
+        agent(~agent_up)
+        self._darken(buf, self.codes[envs], self.alpha[envs])
+        # Above the darkness, the reference's insertion order puts the top bar after the
+        # visible coins, after a visible exit only if coins are visible too, and after a
+        # visible agent only if both coins and exit are.
+        self._draw_coins(buf, local[coins_up], envs[coins_up])
+        both = coins_up & exit_up
+        self._draw_exit(buf, local[both], envs[both])
+        agent(agent_up & both)
+        buf[:, :, :BAR_HEIGHT] = self.bar[envs]
+        self._draw_exit(buf, local[exit_up & ~coins_up], envs[exit_up & ~coins_up])
+        agent(agent_up & ~both)
+        return buf
+
+    def _above_darkness(self, envs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def observe(self) -> np.ndarray:
+        return self.frames
+
+    def render_debug(self, i: int) -> np.ndarray:
+        """Everything above the darkness, agent in the pose of the last step, scaled x4."""
+        envs = np.array([i])
+        local = np.array([0])
+        kind = self.red_kind[i] if self.shows_red[i] else self.blue_kind[i]
+        buf = BACKGROUNDS[[kind]]
+        self._darken(buf, self.codes[envs], self.alpha[envs])
+        self._draw_exit(buf, local, envs)
+        self._draw_coins(buf, local, envs)
+        if self.stepped[i]:
+            pose = self.shown_cx[envs], self.shown_cy[envs], self.shown_rotation[envs], self.shown_scale[envs]
+        else:
+            pose = self.cx[envs], self.cy[envs], np.zeros(1, np.int64), self.p["agent_scale"][envs]
+        self._draw_agent(buf, local, envs, *pose)
+        buf[:, :, :BAR_HEIGHT] = self.bar[envs]
+        return np.ascontiguousarray(buf[0].transpose(1, 0, 2).repeat(4, axis=0).repeat(4, axis=1))
+
+
+class SearingSpotlightsGame(_SpotlightsGame):
+    env_id = "SearingSpotlights-v0"
+    defaults = {
+        "max_steps": 256,
+        "initial_spawns": 4,
+        "num_spawns": 30,
+        "initial_spawn_interval": 30,
+        "spawn_interval_threshold": 10,
+        "spawn_interval_decay": 0.95,
+        "spot_min_radius": 30.0 * SCALE,
+        "spot_max_radius": 55.0 * SCALE,
+        "spot_min_speed": 0.0025,
+        "spot_max_speed": 0.0075,
+        "spot_damage": 1.0,
+        "visual_feedback": True,
+        "black_background": False,
+        "hide_chessboard": False,
+        "light_dim_off_duration": 6,
+        "light_threshold": 255,
+        "num_coins": [1],
+        "coin_scale": 1.5 * SCALE,
+        "coins_visible": False,
+        "use_exit": True,
+        "exit_scale": 2.0 * SCALE,
+        "exit_visible": False,
+        "agent_speed": 12.0 * SCALE,
+        "agent_health": 5,
+        "agent_scale": 1.0 * SCALE,
+        "agent_visible": False,
+        "sample_agent_position": True,
+        "show_last_action": True,
+        "show_last_positive_reward": True,
+        "reward_inside_spotlight": 0.0,
+        "reward_outside_spotlight": 0.0,
+        "reward_death": 0.0,
+        "reward_exit": 1.0,
+        "reward_max_steps": 0.0,
+        "reward_coin": 0.25,
+    }
+    _BOOLS = (*_SpotlightsGame._BOOLS, "use_exit", "exit_visible")
+    _INTS = (*_SpotlightsGame._INTS, "initial_spawns", "num_spawns")
+    _REALS = (
+        *_SpotlightsGame._REALS, "initial_spawn_interval", "spawn_interval_threshold", "spawn_interval_decay",
+        "exit_scale", "reward_exit", "reward_max_steps",
+    )  # fmt: skip
+
+    def __init__(self, num_envs: int):
+        super().__init__(num_envs)
+        self.spawns_left = np.zeros(num_envs, np.int64)
+        self.spawn_interval = np.zeros(num_envs, np.int64)
+        self.num_coins = np.zeros(num_envs, np.int64)
+        self.exit_x = np.zeros(num_envs, np.int64)
+        self.exit_y = np.zeros(num_envs, np.int64)
+        self.exit_open = np.zeros(num_envs, dtype=bool)
+        self.success = np.zeros(num_envs, np.int64)
+
+    def check_params(self, params: dict[str, Any]) -> None:
+        super().check_params(params)
+        env_id = self.env_id
+        _require(params["num_spawns"] >= 0, env_id, "num_spawns", "an integer >= 0", params["num_spawns"])
+        coins = params["num_coins"]
+        _require(
+            isinstance(coins, (list, tuple, np.ndarray)) and all(_is_int(c) and c >= 0 for c in coins),
+            env_id, "num_coins", "a list of integers >= 0", coins,
+        )  # fmt: skip
+        _require(params["exit_scale"] == 0.5, env_id, "exit_scale", "0.5 (the only exit size supported)", params["exit_scale"])
+
+    def _reset_entities(self, i: int, params: dict[str, Any], sampler: SpawnSampler) -> None:
+        rng = self.rngs[i]
+        # The reference draws its spawn intervals from a decaying list but always compares
+        # with the list's first entry while removing its last: a constant interval.
+        self.spawns_left[i] = params["num_spawns"]
+        self.spawn_interval[i] = int(params["initial_spawn_interval"] + params["spawn_interval_threshold"])
+        choices = list(params["num_coins"])
+        count = int(choices[rng.integers(0, len(choices))]) if choices else 0
+        self.num_coins[i] = count
+        self._set_coin_slots(count)
+        self.coin_on[i] = False
+        for k in range(count):
+            self.coin_x[i, k], self.coin_y[i, k] = _inside_edges(*sampler.jittered(21))
+            self.coin_on[i, k] = True
+        if params["use_exit"]:
+            self.exit_x[i], self.exit_y[i] = _inside_edges(*sampler.jittered(21))
+        self.exit_open[i] = False
+        self.success[i] = 0
+
+    def _spawn_due(self) -> np.ndarray:
+        due = (self.spawns_left > 0) & (self.spawn_timer >= self.spawn_interval)
+        self.spawns_left -= due.astype(np.int64)
+        return due
+
+    def _entity_tasks(self, reward: np.ndarray, dead: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p = self.p
+        has_coins = self.num_coins > 0
+        reached = self._coins_reached()
+        if reached.sum(axis=1).max(initial=0) > 1:
+            reached = _collect_in_list_order(reached, self.coin_on)
+        collected = reached.sum(axis=1)
+        self.coin_on &= ~reached
+        self.coins_collected += collected
+        coin_reward = np.zeros(self.num_envs)
+        for k in range(int(collected.max(initial=0))):
+            coin_reward = np.where(collected > k, coin_reward + p["reward_coin"], coin_reward)
+        reward = np.where(has_coins, reward + coin_reward, reward)
+        coins_done = ~self.coin_on.any(axis=1)
+        use_exit = p["use_exit"]
+        self.exit_open |= use_exit & coins_done
+        dx, dy = self.exit_x - self.cx, self.exit_y - self.cy
+        exit_reach = 20 / 2 * p["exit_scale"] + p["agent_radius"]
+        at_exit = use_exit & coins_done & (np.sqrt((dx * dx + dy * dy).astype(np.float64)) <= exit_reach)
+        reward = np.where(use_exit, reward + np.where(at_exit, p["reward_exit"], 0.0), reward)
+        won = ~dead & coins_done & np.where(use_exit, at_exit, has_coins)
+        self.success = won.astype(np.int64)
+        return reward, dead | won
+
+    def _draw_exit(self, buf: np.ndarray, local: np.ndarray, envs: np.ndarray) -> None:
+        keep = self.p["use_exit"][envs]
+        if keep.any():
+            envs, local = envs[keep], local[keep]
+            self.exit_sheet.blit(buf, local, self.exit_open[envs].astype(np.int64), self.exit_x[envs] - 5, self.exit_y[envs] - 5)
+
+    def _above_darkness(self, envs):
+        p = self.p
+        return p["coins_visible"][envs], p["exit_visible"][envs] & p["use_exit"][envs], p["agent_visible"][envs]
+
+    def episode_info(self, i: int) -> dict[str, Any]:
+        count = int(self.num_coins[i])
+        return {
+            "reward": float(self.episode_return[i]),
+            "length": int(self.length[i]),
+            "agent_health": float(self.health[i] / self.p["agent_health"][i]),
+            "coins_collected": float(self.coins_collected[i] / count) if count else float("nan"),
+            "success": int(self.success[i]),
+        }
+
+
+def _collect_in_list_order(reached: np.ndarray, on: np.ndarray) -> np.ndarray:
+    """Coins actually taken when several are in reach: taking one skips the next coin left."""
+    taken = np.zeros_like(reached)
+    skip = np.zeros(reached.shape[0], dtype=bool)
+    for k in range(reached.shape[1]):
+        taken[:, k] = reached[:, k] & ~skip
+        skip = np.where(on[:, k], taken[:, k], skip)
+    return taken
+
+
+class EndlessSearingSpotlightsGame(_SpotlightsGame):
+    env_id = "Endless-SearingSpotlights-v0"
+    endless = True
+    ground_truth_space = gym.spaces.Box(np.zeros(4, np.float32), np.ones(4, np.float32), (4,), np.float32)
+    defaults = {
+        "max_steps": -1,
+        "steps_per_coin": 160,
+        "initial_spawns": 3,
+        "spawn_interval": 50,
+        "spot_min_radius": 30.0 * SCALE,
+        "spot_max_radius": 55.0 * SCALE,
+        "spot_min_speed": 0.0025,
+        "spot_max_speed": 0.0075,
+        "spot_damage": 1.0,
+        "visual_feedback": True,
+        "black_background": False,
+        "hide_chessboard": False,
+        "light_dim_off_duration": 6,
+        "light_threshold": 255,
+        "coin_scale": 1.5 * SCALE,
+        "coin_show_duration": 6,
+        "coins_visible": False,
+        "agent_speed": 12.0 * SCALE,
+        "agent_health": 10,
+        "agent_scale": 1.0 * SCALE,
+        "agent_visible": False,
+        "sample_agent_position": True,
+        "show_last_action": True,
+        "show_last_positive_reward": True,
+        "reward_inside_spotlight": 0.0,
+        "reward_outside_spotlight": 0.0,
+        "reward_death": 0.0,
+        "reward_coin": 0.25,
+    }
+    _INTS = (*_SpotlightsGame._INTS, "initial_spawns", "steps_per_coin")
+    _REALS = (*_SpotlightsGame._REALS, "spawn_interval", "coin_show_duration")
+
+    def __init__(self, num_envs: int):
+        super().__init__(num_envs)
+        self.coin_t = np.zeros(num_envs, np.int64)
+
+    def _reset_entities(self, i: int, params: dict[str, Any], sampler: SpawnSampler) -> None:
+        self.coin_t[i] = 0
+        self.coin_on[i] = False
+        self._spawn_coin(i, previous=None)
+
+    def _spawn_coin(self, i: int, previous: tuple[int, int] | None) -> None:
+        # A fresh sampler: the first coin may land under the agent (collected at step 1).
+        sampler = SpawnSampler(self.rngs[i])
+        if previous is not None:
+            sampler.block(*previous, 28)
+        self.coin_x[i, 0], self.coin_y[i, 0] = _inside_edges(*sampler.jittered(28))
+        self.coin_on[i, 0] = True
+
+    def _spawn_due(self) -> np.ndarray:
+        return self.spawn_timer >= self.p["spawn_interval"]
+
+    def _entity_tasks(self, reward: np.ndarray, dead: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p = self.p
+        reached = self._coins_reached()[:, 0]
+        reward = reward + np.where(reached, 0.0 + p["reward_coin"], 0.0)
+        self.coins_collected += reached
+        self.coin_t = np.where(reached, 0, self.coin_t)
+        for i in np.flatnonzero(reached):
+            self._spawn_coin(int(i), previous=(int(self.coin_x[i, 0]), int(self.coin_y[i, 0])))
+        self.coin_t += 1
+        return reward, dead | (self.coin_t == p["steps_per_coin"])
+
+    def _above_darkness(self, envs):
+        p = self.p
+        shown = p["coins_visible"][envs] | (self.coin_t[envs] < p["coin_show_duration"][envs])
+        return shown, np.zeros(len(envs), dtype=bool), p["agent_visible"][envs]
+
+    def step_info(self) -> dict[str, np.ndarray]:
+        positions = np.stack([self.cx, self.cy, self.coin_x[:, 0], self.coin_y[:, 0]], axis=1)
+        return {"ground_truth": positions / SCREEN}
+
+    def episode_info(self, i: int) -> dict[str, Any]:
+        return {
+            "reward": float(self.episode_return[i]),
+            "length": int(self.length[i]),
+            "agent_health": float(self.health[i] / self.p["agent_health"][i]),
+            "coins_collected": int(self.coins_collected[i]),
+        }
