@@ -312,7 +312,7 @@ class EndlessMysteryPathGame(BatchedGame):
         self.tiles_visited[idx] = 0
         self.episode_return[idx] = 0.0
         self.fall_count[idx] = 0
-        self._draw(idx)
+        self._draw(idx, past_path=False)
 
     def _store_params(self, idx: np.ndarray, params: dict[str, Any]) -> None:
         scale = params["agent_scale"]
@@ -493,9 +493,10 @@ class EndlessMysteryPathGame(BatchedGame):
         codes[(env_pos * SCREEN + right)[narrow | (x0 + TILE - 1 < SCREEN)]] |= 128
         return codes.reshape(k, SCREEN)
 
-    def _draw(self, idx: np.ndarray) -> None:
+    def _draw(self, idx: np.ndarray, past_path: bool = True) -> None:
+        """Draw envs `idx`; `past_path=False` where none can show (at reset the agent is in column 0)."""
         background = BACKGROUND_CODES[self.show_background[idx].astype(np.int64), self.scroll[idx] % TILE]
-        codes = background + self._past_path_codes(idx)
+        codes = background + self._past_path_codes(idx) if past_path else background
         if len(idx) == self.num_envs:
             np.take(COLUMN_TABLE, codes, axis=0, out=self.screens, mode="clip")
         else:
@@ -526,7 +527,7 @@ class EndlessMysteryPathGame(BatchedGame):
         return self.screens
 
     def step_info(self) -> dict[str, np.ndarray]:
-        return {"ground_truth": self.ground_truth}
+        return {"ground_truth": self.ground_truth.copy()}  # the game updates its array in place
 
     def render_debug(self, i: int) -> np.ndarray:
         image = np.zeros((1, SCREEN, SCREEN, 3), dtype=np.uint8)

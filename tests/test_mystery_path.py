@@ -74,6 +74,19 @@ def test_spaces_attributes_and_render_modes(env_id):
     np.testing.assert_array_equal(picture, picture[::4, ::4].repeat(4, axis=0).repeat(4, axis=1))
 
 
+def test_returned_ground_truth_is_not_changed_by_later_steps():
+    env = gym.make("Endless-MysteryPath-v0")
+    _, info = env.reset(seed=0)
+    game = env.unwrapped.game
+    returned, copies = [info["ground_truth"]], [info["ground_truth"].copy()]
+    for _ in range(60):
+        _, _, _, _, info = env.step(endless_follow_action(game))
+        returned.append(info["ground_truth"])
+        copies.append(info["ground_truth"].copy())
+    assert len({tuple(value) for value in copies}) > 1
+    assert all(np.array_equal(a, b) for a, b in zip(returned, copies))
+
+
 def test_default_observation_shows_only_the_agent():
     env = gym.make("MysteryPath-v0")
     obs, _ = env.reset(seed=3)
