@@ -73,8 +73,8 @@ def _arena_layer(size: int, tile_sprite: Sprite) -> np.ndarray:
 
 
 # Index by arena size (2..6): all tiles blue, all tiles red.
-_BLUE_ARENAS = np.stack([_arena_layer(max(size, 1), _BLUE_TILE) for size in range(7)])
-_RED_ARENAS = np.stack([_arena_layer(max(size, 1), _RED_TILE) for size in range(7)])
+_BLUE_ARENAS = np.stack([_arena_layer(size, _BLUE_TILE) for size in range(7)])
+_RED_ARENAS = np.stack([_arena_layer(size, _RED_TILE) for size in range(7)])
 _RING = offsets_mask(*disk_offsets(TILE // 2), TILE, TILE // 2) & ~offsets_mask(*disk_offsets(TILE // 2 - 2), TILE, TILE // 2)
 
 
@@ -190,7 +190,6 @@ class MortarMayhemGame(BatchedGame):
         self.num_commands = np.ones(n, dtype=np.int64)
         self.show_duration = np.ones(n, dtype=np.int64)
         self.show_period = np.ones(n, dtype=np.int64)
-        # A period of 0 behaves like 1 (the reference's `x % 0` is 0), hence stored as max(., 1).
         self.stay_steps = np.ones(n, dtype=np.int64)
         self.reach_steps = np.ones(n, dtype=np.int64)
         self.visual_feedback = np.ones(n, dtype=bool)
@@ -244,22 +243,26 @@ class MortarMayhemGame(BatchedGame):
     # ---- parameters ------------------------------------------------------------------------
     def check_params(self, params: dict[str, Any]) -> None:
         env_id = self.env_id
-        for name in ("agent_scale", "agent_speed"):
-            if name in params and not (_is_real(params[name]) and (name == "agent_speed" or params[name] > 0)):
-                raise ValueError(f"{env_id}: {name} must be a finite real number{' > 0' if name == 'agent_scale' else ''}, got {params[name]!r}")
+        if "agent_scale" in params and not (_is_real(params["agent_scale"]) and params["agent_scale"] > 0):
+            raise ValueError(f"{env_id}: agent_scale must be a finite real number > 0, got {params['agent_scale']!r}")
+        if "agent_speed" in params and not _is_real(params["agent_speed"]):
+            raise ValueError(f"{env_id}: agent_speed must be a finite real number, got {params['agent_speed']!r}")
         if "arena_size" in params and not (_is_int(params["arena_size"]) and 2 <= params["arena_size"] <= 6):
             raise ValueError(f"{env_id}: arena_size must be an integer in 2..6, got {params['arena_size']!r}")
         if not (_is_int(params["allowed_commands"]) and 4 <= params["allowed_commands"] <= 9):
             raise ValueError(f"{env_id}: allowed_commands must be an integer in 4..9, got {params['allowed_commands']!r}")
         if self.endless:
-            if not (_is_int(params["initial_command_count"]) and params["initial_command_count"] >= 1):
-                raise ValueError(f"{env_id}: initial_command_count must be an integer >= 1, got {params['initial_command_count']!r}")
+            count = params["initial_command_count"]
+            if not (_is_int(count) and count >= 1):
+                raise ValueError(f"{env_id}: initial_command_count must be an integer >= 1, got {count!r}")
             if not _is_int(params["max_steps"]):
                 raise ValueError(f"{env_id}: max_steps must be an integer, got {params['max_steps']!r}")
         else:
             _int_list(env_id, "command_count", params["command_count"], 1)
             if self.vector_commands and max(params["command_count"]) > MAX_VECTOR_COMMANDS:
-                raise ValueError(f"{env_id}: command_count allows at most {MAX_VECTOR_COMMANDS} commands, got {params['command_count']!r}")
+                raise ValueError(
+                    f"{env_id}: command_count allows at most {MAX_VECTOR_COMMANDS} commands, got {params['command_count']!r}"
+                )
         if self.show_commands:
             _int_list(env_id, "command_show_duration", params["command_show_duration"], 0)
             _int_list(env_id, "command_show_delay", params["command_show_delay"], 0)
