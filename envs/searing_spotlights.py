@@ -25,7 +25,7 @@ import numpy as np
 from envs.agent import AgentPainter, continuous_step
 from envs.core import BatchedGame
 from envs.raster import Sprite, SpriteSheet, alpha_blend, disk_offsets, ring_offsets
-from envs.spotlights import CLEAR, RING, SCREEN, Spotlights, clear_mask, create_spot, ringed_codes
+from envs.spotlights import CLEAR, DARK, RING, SCREEN, Spotlights, clear_mask, create_spot, ringed_codes
 from envs.sprites import EXIT_CLOSED, EXIT_OPEN, agent_radius
 
 SCALE = 0.25
@@ -61,8 +61,8 @@ BACKGROUNDS = np.stack(
 # Darkness blend per alpha: DARKENED[a, v] blends value v towards black, LIGHTENED towards white.
 _VALUES = np.arange(256, dtype=np.uint8)[None, :]
 _ALPHAS = np.arange(256)[:, None]
-DARKENED = alpha_blend(np.repeat(_VALUES, 256, 0), 0, _ALPHAS).reshape(-1)
-LIGHTENED = alpha_blend(np.repeat(_VALUES, 256, 0), 255, _ALPHAS).reshape(-1)
+DARKENED = alpha_blend(np.repeat(_VALUES, 256, 0), 0, _ALPHAS)
+LIGHTENED = alpha_blend(np.repeat(_VALUES, 256, 0), 255, _ALPHAS)
 
 
 def coin_sprite(scale: float) -> Sprite:
@@ -176,7 +176,7 @@ class _SpotlightsGame(BatchedGame):
         self.coins_collected = np.zeros(n, np.int64)
         # Darkness: persistent across resets (the reference never clears it there).
         self.alpha = np.zeros(n, np.int64)
-        self.codes = np.zeros((n, SCREEN, SCREEN), dtype=np.uint8)
+        self.codes = np.zeros((n, SCREEN, SCREEN, 3), dtype=np.uint8)
         self.spawn_timer = np.zeros(n, np.int64)
         # Backgrounds: the kind each persistent board surface has turned into, and which is shown.
         self.blue_kind = np.full(n, BLUE_BOARD)
@@ -339,7 +339,7 @@ class _SpotlightsGame(BatchedGame):
         cx, cy = np.trunc(x).astype(np.int64), np.trunc(y).astype(np.int64)
         if p["black_background"].any():
             self.codes = np.where(
-                p["black_background"][:, None, None],
+                p["black_background"][:, None, None, None],
                 ringed_codes(cx, cy, spots.radius, visited & p["black_background"][:, None]),
                 clear_mask(cx, cy, spots.radius, visited),
             )
@@ -410,17 +410,29 @@ class _SpotlightsGame(BatchedGame):
         if len(envs):
             self.painter.draw(buf, local, cx, cy, rotation, scale)
 
-    def _darken(self, buf: np.ndarray, codes: np.ndarray, alpha: np.ndarray) -> None:
-        """Blend the darkness layer (black, or white on ring pixels; clear inside spots) over `buf`."""
-        rings = (codes == RING).any()
-        if not rings and (alpha == 255).all():
-            np.multiply(buf, codes[..., None], out=buf)
-            return
-        rows = np.flatnonzero(alpha > 0)
-        if len(rows):
-            part = buf[rows].astype(np.intp) + alpha[rows, None, None, None] * 256
-            code = codes[rows][..., None]
-            buf[rows] = np.where(code == CLEAR, buf[rows], np.where(code == RING, LIGHTENED[part], DARKENED[part]))
+    def _darken(self, buf: np.ndarray, codes: np.ndarray, alpha: np.ndarray, ringed: np.ndarray) -> None:
+        """Blend the darkness layer (black, or white on ring pixels; clear inside spots) over `buf`.
+
+        At full alpha the blend is a plain mask (black pixels become 0, ring pixels 255); the
+        lookup tables serve the few fading-in frames.
+        """
+        full = alpha >= 255
+        rows = slice(None) if full.all() else np.flatnonzero(full)
+        if ringed[rows].any():
+            part = buf[rows]
+            part *= codes[rows] != DARK
+            part[codes[rows] == RING] = 255
+            buf[rows] = part
+        elif isinstance(rows, slice):
+            np.multiply(buf, codes, out=buf)
+        elif len(rows):
+            buf[rows] *= codes[rows]
+        for row in np.flatnonzero((alpha > 0) & ~full):
+            old, code = buf[row], codes[row]
+            faded = np.where(code == CLEAR, old, np.take(DARKENED[alpha[row]], old))
+            if ringed[row]:
+                faded = np.where(code == RING, np.take(LIGHTENED[alpha[row]], old), faded)
+            buf[row] = faded
 
     def _compose(self, envs: np.ndarray, cx: np.ndarray, cy: np.ndarray, rotation: np.ndarray) -> np.ndarray:
         """The observation frames of `envs` (agents at `cx, cy` facing `rotation`), `(m, x, y, c)`."""
@@ -438,7 +450,7 @@ class _SpotlightsGame(BatchedGame):
         self._draw_coins(buf, local[~coins_up], envs[~coins_up])
         self._draw_exit(buf, local[~exit_up], envs[~exit_up])
         agent(~agent_up)
-        self._darken(buf, self.codes[envs], self.alpha[envs])
+        self._darken(buf, self.codes[envs], self.alpha[envs], p["black_background"][envs])
         # Above the darkness, the reference's insertion order puts the top bar after the
         # visible coins, after a visible exit only if coins are visible too, and after a
         # visible agent only if both coins and exit are.
@@ -463,7 +475,7 @@ class _SpotlightsGame(BatchedGame):
         local = np.array([0])
         kind = self.red_kind[i] if self.shows_red[i] else self.blue_kind[i]
         buf = BACKGROUNDS[[kind]]
-        self._darken(buf, self.codes[envs], self.alpha[envs])
+        self._darken(buf, self.codes[envs], self.alpha[envs], self.p["black_background"][envs])
         self._draw_exit(buf, local, envs)
         self._draw_coins(buf, local, envs)
         if self.stepped[i]:

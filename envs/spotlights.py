@@ -10,8 +10,9 @@ The reference walks its list once per step and removes a finished spot while ite
 spot right after a removed one is skipped for that step (not drawn, not hit-tested, not moved);
 `Spotlights.visit` reproduces that.
 
-The darkness layer is one code per pixel, `(num_envs, x, y)` uint8: `DARK` (black), `CLEAR`
-(inside a spot) or `RING` (the white outline spots get in black-background mode).
+The darkness layer is one code per pixel and channel, `(num_envs, x, y, 3)` uint8: `DARK`
+(black), `CLEAR` (inside a spot) or `RING` (the white outline spots get in black-background
+mode); the channel copies let it multiply a frame directly.
 """
 
 from __future__ import annotations
@@ -154,18 +155,23 @@ class DiskColumns:
 
 _COLUMNS = DiskColumns()
 _ONE = np.uint64(1)
+_WORDS = 4  # 84 rows x 3 channels = 252 bits per screen column
 
 
-def _row_bits(start: np.ndarray, stop: np.ndarray) -> np.ndarray:
-    """uint64 words with bits [start, stop) set (0 <= start <= stop <= 64)."""
-    return np.left_shift(_ONE, stop.astype(np.uint64)) - np.left_shift(_ONE, start.astype(np.uint64))
+def _bits(start: np.ndarray, stop: np.ndarray, word: int) -> np.ndarray:
+    """The part of the bit range [start, stop) that falls in uint64 word `word`."""
+    low, high = 64 * word, 64 * word + 64
+    start = (np.clip(start, low, high) - low).astype(np.uint64)
+    stop = (np.clip(stop, low, high) - low).astype(np.uint64)
+    return np.left_shift(_ONE, stop) - np.left_shift(_ONE, start)
 
 
 def clear_mask(cx: np.ndarray, cy: np.ndarray, radius: np.ndarray, visited: np.ndarray) -> np.ndarray:
-    """The union of the visited disks per env as a `(n, x, y)` uint8 0/1 mask (1 = inside a spot).
+    """The union of the visited disks per env as `(n, x, y, 3)` uint8 0/1 (1 = inside a spot).
 
-    Each disk column is a row interval; intervals become bit words (rows 0-63 and 64-83),
-    are OR-ed over the spots of an env and unpacked into pixels.
+    Each disk column is a row interval; an interval becomes a run of bits (3 per row, one per
+    colour channel, so the unpacked mask has the frame's own shape), runs are OR-ed over the
+    spots of an env and unpacked into pixels.
     """
     n = cx.shape[0]
     used = int(np.flatnonzero(visited.any(axis=0)).max(initial=-1)) + 1
@@ -174,17 +180,17 @@ def clear_mask(cx: np.ndarray, cy: np.ndarray, radius: np.ndarray, visited: np.n
     _COLUMNS.ensure(int(radius.max(initial=0)))
     lo, hi = _COLUMNS.lo[radius], _COLUMNS.hi[radius]  # (n, spots, columns)
     col = (cx - radius)[..., None] + np.arange(lo.shape[2])
-    y0 = np.clip(cy[..., None] + lo, 0, SCREEN)
-    y1 = np.clip(cy[..., None] + hi, y0, SCREEN)
-    per_spot = np.zeros((n, used, SCREEN + 1, 2), dtype=np.uint64)
+    y0 = 3 * np.clip(cy[..., None] + lo, 0, SCREEN)
+    y1 = 3 * np.clip(cy[..., None] + hi, 0, SCREEN)
+    per_spot = np.zeros((n, used, SCREEN + 1, _WORDS), dtype=np.uint64)
     # Columns off the screen all land in one spare column.
     where = np.where((col >= 0) & (col < SCREEN), col, SCREEN)
     e, s, _ = np.indices(col.shape, sparse=True)
-    per_spot[e, s, where, 0] = _row_bits(np.minimum(y0, 64), np.minimum(y1, 64))
-    per_spot[e, s, where, 1] = _row_bits(np.maximum(y0, 64) - 64, np.maximum(y1, 64) - 64)
+    for word in range(_WORDS):
+        per_spot[e, s, where, word] = _bits(y0, np.maximum(y1, y0), word)
     words = np.bitwise_or.reduce(per_spot[:, :, :SCREEN], axis=1)
     bits = np.unpackbits(words.view(np.uint8), axis=2, bitorder="little")
-    return bits[:, :, :SCREEN]
+    return bits[:, :, : 3 * SCREEN].reshape(n, SCREEN, SCREEN, 3)
 
 
 class _PaddedOffsets:
@@ -221,7 +227,7 @@ def ringed_codes(cx: np.ndarray, cy: np.ndarray, radius: np.ndarray, visited: np
     together; slots go in list order.
     """
     n, slots = cx.shape
-    codes = np.zeros((n, SCREEN, SCREEN), dtype=np.uint8)
+    codes = np.zeros((n, SCREEN, SCREEN, 3), dtype=np.uint8)
     _OFFSETS.ensure(int(np.where(visited, radius, 0).max(initial=0)))
     for k in range(slots):
         envs = np.flatnonzero(visited[:, k])

@@ -32,6 +32,8 @@ def _same(ours: Any, theirs: Any) -> bool:
         ours = ours.tolist()
     if isinstance(ours, np.generic):
         ours = ours.item()
+    if isinstance(theirs, float) and theirs != theirs:  # NaN (e.g. 0 / 0 coins) equals only NaN
+        return isinstance(ours, float) and ours != ours
     return ours == theirs
 
 
