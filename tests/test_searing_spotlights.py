@@ -1,0 +1,240 @@
+"""Searing Spotlights: golden replays against memory-gym 1.0.2, API, batching, rules, parameters."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import envs  # noqa: F401  (registers the ids)
+from envs.spotlights import Spotlights
+from tests.golden import fixture_files, replay
+from tools.golden_format import load_fixture
+
+SS, ESS = "SearingSpotlights-v0", "Endless-SearingSpotlights-v0"
+IDS = [SS, ESS]
+FIXTURES = fixture_files("searing_spotlights")
+
+
+def test_every_id_has_golden_fixtures():
+    recorded = {load_fixture(path)["env_id"] for path in FIXTURES}
+    assert recorded == set(IDS)
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=[path.name.removesuffix(".json.gz") for path in FIXTURES])
+def test_golden_trajectory_replays_identically(path):
+    assert replay(load_fixture(path)) > 0
+
+
+@pytest.mark.parametrize("env_id", IDS)
+@pytest.mark.parametrize("render_mode", ["rgb_array", "debug_rgb_array"])
+def test_check_env_passes(env_id, render_mode):
+    check_env(gym.make(env_id, render_mode=render_mode).unwrapped)
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_spaces_attributes_and_render_modes(env_id):
+    env = gym.make(env_id, render_mode="rgb_array")
+    obs, info = env.reset(seed=0)
+    assert env.observation_space == gym.spaces.Box(0, 255, (84, 84, 3), np.uint8)
+    assert env.action_space == gym.spaces.MultiDiscrete([3, 3])
+    assert env.observation_space.contains(obs)
+    np.testing.assert_array_equal(env.render(), obs.transpose(1, 0, 2))
+    endless = env_id == ESS
+    assert env.unwrapped.has_ground_truth_info is endless
+    assert hasattr(env.unwrapped, "ground_truth_space") is endless
+    assert ("ground_truth" in info) is endless
+    if endless:
+        assert env.unwrapped.ground_truth_space == gym.spaces.Box(0, 1, (4,), np.float32)
+        game = env.unwrapped.game
+        np.testing.assert_array_equal(info["ground_truth"], np.array([game.cx[0], game.cy[0], game.coin_x[0, 0], game.coin_y[0, 0]]) / 84)
+    debug = gym.make(env_id, render_mode="debug_rgb_array")
+    debug.reset(seed=0)
+    debug.step(np.array([2, 1]))
+    picture = debug.render()
+    assert picture.shape == (336, 336, 3) and picture.dtype == np.uint8
+    np.testing.assert_array_equal(picture, picture[::4, ::4].repeat(4, axis=0).repeat(4, axis=1))
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_vector_env_matches_single_envs_across_autoresets(env_id):
+    num_envs, steps = 3, 260
+    options = {"agent_health": 2, "max_steps": 120} if env_id == ESS else {"agent_health": 2}
+    vector = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **options)
+    singles = [gym.make(env_id, **options) for _ in range(num_envs)]
+    obs, _ = vector.reset(seed=7)
+    for i, env in enumerate(singles):
+        np.testing.assert_array_equal(env.reset(seed=7 + i)[0], obs[i])
+    actions = np.random.default_rng(0).integers(0, 3, (steps, num_envs, 2))
+    endings = 0
+    for t in range(steps):
+        obs, rewards, terminated, truncated, infos = vector.step(actions[t])
+        assert not truncated.any()
+        for i, env in enumerate(singles):
+            single_obs, reward, done, _, info = env.step(actions[t, i])
+            assert reward == rewards[i] and done == terminated[i], (t, i)
+            if done:
+                endings += 1
+                np.testing.assert_array_equal(infos["final_obs"][i], single_obs)
+                final = infos["final_info"]
+                for key, value in info.items():
+                    np.testing.assert_array_equal(final[key][i], value)
+                single_obs, info = env.reset()
+            np.testing.assert_array_equal(obs[i], single_obs, err_msg=f"step {t} env {i}")
+            if env_id == ESS:
+                np.testing.assert_array_equal(infos["ground_truth"][i], info["ground_truth"])
+    assert endings >= num_envs
+
+
+def test_spotlight_after_a_removed_one_is_skipped_for_that_step():
+    spots = Spotlights(1, slots=2)
+    for speed in (0.6, 0.1, 0.1):
+        spots.add(0, 5, speed, [0.0] * 6)
+    np.testing.assert_array_equal(spots.visit(), [[True, True, True, False]])
+    spots.move(spots.visit())
+    spots.move(spots.visit())  # the first spot reaches t = 1 and is marked done
+    assert spots.done[0, 0]
+    visited = spots.visit()  # removes it, which skips the second spot
+    np.testing.assert_array_equal(visited[0, :3], [False, False, True])
+    assert not spots.active[0, 0]
+    before = spots.t[0, 1]
+    spots.move(visited)
+    assert spots.t[0, 1] == before and spots.t[0, 2] == pytest.approx(0.3)
+    np.testing.assert_array_equal(spots.visit()[0, :3], [False, True, True])
+
+
+def _spot_positions(game, i):
+    """Where each live spot will be drawn next step (its curve at the current t)."""
+    s = game.spots
+    live = s.active[i] & ~s.done[i]
+    t = s.t[i]
+    qx, qy = s.p1x[i] * (1 - t) + s.p2x[i] * t, s.p1y[i] * (1 - t) + s.p2y[i] * t
+    x, y = s.p0x[i] * (1 - t) + qx * t, s.p0y[i] * (1 - t) + qy * t
+    return x[live], y[live], s.radius[i][live]
+
+
+MOVES = [((h, v), (dx * (2 if dx and dy else 3), dy * (2 if dx and dy else 3))) for h, dx in ((0, 0), (1, -1), (2, 1)) for v, dy in ((0, 0), (1, -1), (2, 1))]
+
+
+def dodge(game, i=0):
+    """Walk to the nearest coin (then the exit), keeping clear of the spotlights' next positions."""
+    x, y = int(game.cx[i]), int(game.cy[i])
+    coins = np.flatnonzero(game.coin_on[i])
+    if len(coins):
+        k = coins[np.argmin((game.coin_x[i, coins] - x) ** 2 + (game.coin_y[i, coins] - y) ** 2)]
+        target = int(game.coin_x[i, k]), int(game.coin_y[i, k])
+    else:
+        target = int(game.exit_x[i]), int(game.exit_y[i])
+    spots = list(zip(*_spot_positions(game, i)))
+    best, best_cost = (0, 0), math.inf
+    for action, (dx, dy) in MOVES:
+        nx, ny = min(max(x + dx, 6), 78), min(max(y + dy, 10), 78)
+        cost = math.hypot(target[0] - nx, target[1] - ny)
+        for sx, sy, radius in spots:
+            cost += 100 * max(0.0, radius + 6 + 4 - math.hypot(sx - nx, sy - ny))
+        if cost < best_cost:
+            best, best_cost = action, cost
+    return np.array(best)
+
+
+def test_scripted_policy_on_our_state_wins_most_finite_episodes():
+    env = gym.make(SS)
+    wins = 0
+    for seed in range(10):
+        env.reset(seed=seed, options={"num_coins": [2]})
+        for _ in range(256):
+            _, _, done, _, info = env.step(dodge(env.unwrapped.game))
+            if done:
+                wins += info["success"]
+                assert info["coins_collected"] == 1.0 or not info["success"]
+                break
+    assert wins >= 7
+
+
+def test_scripted_policy_on_our_state_collects_ten_coins_in_the_endless_game():
+    env = gym.make(ESS)
+    env.reset(seed=3)
+    for _ in range(3000):
+        _, _, done, _, info = env.step(dodge(env.unwrapped.game))
+        if done:
+            break
+    assert env.unwrapped.game.coins_collected[0] >= 10
+
+
+def test_use_exit_false_wins_once_the_coins_are_collected():
+    env = gym.make(SS, use_exit=False, coins_visible=True)
+    env.reset(seed=1)
+    for _ in range(256):
+        _, reward, done, _, info = env.step(dodge(env.unwrapped.game))
+        if done:
+            break
+    assert info["success"] == 1 and info["coins_collected"] == 1.0 and reward == 0.25
+    picture = gym.make(SS, use_exit=False, render_mode="debug_rgb_array")
+    picture.reset(seed=0)
+    assert picture.render().shape == (336, 336, 3)
+
+
+@pytest.mark.parametrize("num_coins", [[], [0]])
+def test_no_coins_opens_the_exit_at_once_and_reports_nan_fraction(num_coins):
+    env = gym.make(SS, num_coins=num_coins, agent_health=1)
+    env.reset(seed=4)
+    assert not env.unwrapped.game.coin_on.any()
+    for _ in range(256):
+        _, _, done, _, info = env.step(np.array([0, 0]))
+        if done:
+            break
+    assert env.unwrapped.game.exit_open[0]
+    assert math.isnan(info["coins_collected"])
+
+
+def test_endless_without_action_cells_keeps_the_bar_black_there():
+    env = gym.make(ESS, show_last_action=False, show_last_positive_reward=False)
+    obs, _ = env.reset(seed=0)
+    for _ in range(3):
+        obs, *_ = env.step(np.array([1, 2]))
+    np.testing.assert_array_equal(obs[42:, :4], 0)
+    np.testing.assert_array_equal(obs[:42, :4], np.broadcast_to([0, 255, 0], (42, 4, 3)))
+
+
+def test_action_cells_show_the_previous_action():
+    env = gym.make(SS)
+    env.reset(seed=0)
+    obs, *_ = env.step(np.array([1, 2]))
+    np.testing.assert_array_equal(obs[42:57, 0], np.broadcast_to([120, 120, 120], (15, 3)))
+    np.testing.assert_array_equal(obs[57:67, 0], np.broadcast_to([50, 50, 50], (10, 3)))
+    np.testing.assert_array_equal(obs[67:84, 0], np.broadcast_to([120, 120, 120], (17, 3)))
+    obs, *_ = env.step(np.array([0, 0]))
+    np.testing.assert_array_equal(obs[42:57, 0], np.broadcast_to([116, 1, 113], (15, 3)))
+    np.testing.assert_array_equal(obs[67:84, 0], np.broadcast_to([255, 94, 14], (17, 3)))
+
+
+@pytest.mark.parametrize(
+    "env_id, name, value",
+    [
+        (SS, "num_coins", 1),
+        (SS, "num_coins", [1, -1]),
+        (SS, "use_exit", "yes"),
+        (SS, "exit_scale", 0.75),
+        (SS, "spot_max_radius", 3.0),
+        (SS, "spot_min_speed", -0.1),
+        (SS, "agent_health", 0),
+        (SS, "light_dim_off_duration", -1),
+        (SS, "num_spawns", 2.5),
+        (SS, "steps_per_coin", 10),
+        (ESS, "coin_enabled", False),
+        (ESS, "coin_scale", 1.5),
+        (ESS, "agent_scale", 1.0),
+        (ESS, "spawn_interval", float("nan")),
+        (ESS, "initial_spawns", -2),
+        (ESS, "num_coins", [1]),
+    ],
+)
+def test_invalid_parameters_raise_value_error_naming_them(env_id, name, value):
+    with pytest.raises(ValueError, match=name):
+        gym.make(env_id, **{name: value})
+    env = gym.make(env_id)
+    with pytest.raises(ValueError, match=name):
+        env.reset(seed=0, options={name: value})
