@@ -15,6 +15,7 @@ Run `python ppo_gru.py --help` for every flag.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import io
 import json
 import math
@@ -79,7 +80,8 @@ class Args:
 
     # Environment
     env_id: str = "MortarMayhem-Grid-v0"
-    """the id of the environment (ours, or any gymnasium id with image/vector obs and discrete actions)"""
+    """the environment: one of ours, or any gymnasium id with image/vector obs and discrete actions
+    (`module:EnvId-v0` imports `module` first, for envs registered there)"""
     env_kwargs: str = "{}"
     """reset parameters of the environment as a JSON object, e.g. '{"max_steps": 2560}'"""
     total_timesteps: int = 200_000_000
@@ -225,16 +227,23 @@ def make_envs(args: Args, num_envs: int) -> gym.vector.VectorEnv:
         fail(f"--env-kwargs is not valid JSON: {e}")
     if not isinstance(env_kwargs, dict):
         fail("--env-kwargs must be a JSON object")
+    env_id = args.env_id
+    if ":" in env_id:  # "my_package.my_envs:MyEnv-v0" imports the module that registers MyEnv-v0
+        module, env_id = env_id.split(":", 1)
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            fail(f"cannot import {module!r} for environment {args.env_id!r}: {e}")
     try:
-        spec = gym.spec(args.env_id)
+        spec = gym.spec(env_id)
     except gym.error.Error as e:
         fail(f"unknown environment id {args.env_id!r} ({e})")
     try:
         if spec.vector_entry_point is not None:
-            envs = gym.make_vec(args.env_id, num_envs=num_envs, **env_kwargs)
+            envs = gym.make_vec(env_id, num_envs=num_envs, **env_kwargs)
         else:
             envs = gym.make_vec(
-                args.env_id,
+                env_id,
                 num_envs=num_envs,
                 vectorization_mode="sync",
                 vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
