@@ -211,6 +211,7 @@ class MortarMayhemGame(BatchedGame):
         self.cell_y = np.zeros(n, dtype=np.int64)
         self.target_x = np.zeros(n, dtype=np.int64)
         self.target_y = np.zeros(n, dtype=np.int64)
+        self.ground_truth = np.zeros((n, 2))
         # Command logic counters.
         self.current = np.zeros(n, dtype=np.int64)
         self.command_steps = np.zeros(n, dtype=np.int64)
@@ -314,6 +315,7 @@ class MortarMayhemGame(BatchedGame):
         first = self.commands[idx, 0]
         self.target_x[idx] = (cell_x + COMMAND_DX[first]) % size
         self.target_y[idx] = (cell_y + COMMAND_DY[first]) % size
+        self._update_ground_truth(idx)
         self.show_duration[idx] = duration
         self.show_period[idx] = duration + delay
         self.show_len[idx] = counts * (duration + delay) if self.show_commands else 0
@@ -469,6 +471,12 @@ class MortarMayhemGame(BatchedGame):
         size = self.arena_size[advance]
         self.target_x[advance] = (self.target_x[advance] + COMMAND_DX[command]) % size
         self.target_y[advance] = (self.target_y[advance] + COMMAND_DY[command]) % size
+        self._update_ground_truth(advance)
+
+    def _update_ground_truth(self, idx: np.ndarray) -> None:
+        """The target tile / 5 (the endless info's `ground_truth`), kept with the target."""
+        self.ground_truth[idx, 0] = self.target_x[idx] / 5.0
+        self.ground_truth[idx, 1] = self.target_y[idx] / 5.0
 
     def _append_command(self, finished: np.ndarray) -> None:
         """Endless: one new command, shown alone, then the whole sequence again."""
@@ -642,7 +650,7 @@ class EndlessMortarMayhemGame(MortarMayhemGame):
     }
 
     def step_info(self) -> dict[str, np.ndarray]:
-        return {"ground_truth": np.stack([self.target_x, self.target_y], axis=1) / 5.0}
+        return {"ground_truth": self.ground_truth}
 
     def episode_info(self, i: int) -> dict[str, Any]:
         length = int(self.num_commands[i])
