@@ -211,6 +211,19 @@ def _endless() -> list[Scenario]:
             frames=[(0, 30), (0, 250), (2, 400)],
             policy_seed=2,
         ),
+        Scenario(
+            # Paths with a westward step (segment 0 for seeds 811 and 1548, segment 1 for 156): the
+            # follower gets stuck there (there is no "left") and the ground truth keeps its value.
+            name="Endless-MysteryPath_westward",
+            env_id=env_id,
+            episodes=[
+                Episode(seed=811, policy=follow, max_steps=300, steps_after_done=5),
+                Episode(seed=1548, policy=follow, max_steps=300),
+                Episode(seed=156, policy=follow, max_steps=300),
+            ],
+            frames=[(0, 20)],
+            policy_seed=3,
+        ),
     ]
     variants = [
         {"show_background": True, "show_stamina": True, "camera_offset_scale": 2.3, "stamina_level": 30, "reward_path_progress": 0.2},
