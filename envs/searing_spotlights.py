@@ -437,30 +437,39 @@ class _SpotlightsGame(BatchedGame):
     def _compose(self, envs: np.ndarray, cx: np.ndarray, cy: np.ndarray, rotation: np.ndarray) -> np.ndarray:
         """The observation frames of `envs` (agents at `cx, cy` facing `rotation`), `(m, x, y, c)`."""
         p = self.p
-        m = len(envs)
-        local = np.arange(m)
-        kind = np.where(self.shows_red[envs], self.red_kind[envs], self.blue_kind[envs])
-        buf = BACKGROUNDS[kind]
+        every = len(envs) == self.num_envs  # then `envs` is every env in order: no gathers
+
+        def rows(array: np.ndarray) -> np.ndarray:
+            return array if every else array[envs]
+
+        buf = np.take(BACKGROUNDS, np.where(rows(self.shows_red), rows(self.red_kind), rows(self.blue_kind)), axis=0)
+        local = np.arange(len(envs))
+        scale = rows(p["agent_scale"])
+
+        def draw(entity: str, sel: np.ndarray) -> None:
+            if not sel.any():
+                return
+            pick = local if sel.all() else local[sel]
+            if entity == "agent":
+                self._draw_agent(buf, pick, envs[pick], cx[pick], cy[pick], rotation[pick], scale[pick])
+            else:
+                getattr(self, f"_draw_{entity}")(buf, pick, envs[pick])
+
         coins_up, exit_up, agent_up = self._above_darkness(envs)
-        scale = p["agent_scale"][envs]
-
-        def agent(sel):
-            self._draw_agent(buf, local[sel], envs[sel], cx[sel], cy[sel], rotation[sel], scale[sel])
-
-        self._draw_coins(buf, local[~coins_up], envs[~coins_up])
-        self._draw_exit(buf, local[~exit_up], envs[~exit_up])
-        agent(~agent_up)
-        self._darken(buf, self.codes[envs], self.alpha[envs], p["black_background"][envs])
+        draw("coins", ~coins_up)
+        draw("exit", ~exit_up)
+        draw("agent", ~agent_up)
+        self._darken(buf, rows(self.codes), rows(self.alpha), rows(p["black_background"]))
         # Above the darkness, the reference's insertion order puts the top bar after the
         # visible coins, after a visible exit only if coins are visible too, and after a
         # visible agent only if both coins and exit are.
-        self._draw_coins(buf, local[coins_up], envs[coins_up])
         both = coins_up & exit_up
-        self._draw_exit(buf, local[both], envs[both])
-        agent(agent_up & both)
-        buf[:, :, :BAR_HEIGHT] = self.bar[envs]
-        self._draw_exit(buf, local[exit_up & ~coins_up], envs[exit_up & ~coins_up])
-        agent(agent_up & ~both)
+        draw("coins", coins_up)
+        draw("exit", both)
+        draw("agent", agent_up & both)
+        buf[:, :, :BAR_HEIGHT] = rows(self.bar)
+        draw("exit", exit_up & ~coins_up)
+        draw("agent", agent_up & ~both)
         return buf
 
     def _above_darkness(self, envs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -128,69 +128,72 @@ class Spotlights:
         return x, y
 
 
-class DiskColumns:
-    """Per radius, the row interval `[lo, hi)` (relative to the centre) of each disk column.
+class DiskColumnBits:
+    """Per radius r, disk column j and centre row cy: the disk's pixels in that column as bits.
 
-    Column `j` of a disk of radius r is screen column `cx - r + j`; columns past `2r` are empty.
+    A screen column is 84 rows x 3 channels = 252 bits in four uint64 words, so the unpacked
+    bits have the frame's own `(x, y, 3)` shape. `words[r, j, cy + pad]` covers centre rows
+    -pad..83+pad (further out a disk misses the screen); column index `2 * max_radius` is empty.
     """
+
+    WORDS = 4
 
     def __init__(self):
         self.max_radius = -1
-        self.lo = self.hi = np.zeros((0, 0), dtype=np.int64)
 
     def ensure(self, max_radius: int) -> None:
         if max_radius <= self.max_radius:
             return
-        width = 2 * max(max_radius, 1)
-        lo = np.zeros((max_radius + 1, width), dtype=np.int64)
-        hi = np.zeros((max_radius + 1, width), dtype=np.int64)
+        columns = 2 * max_radius + 1
+        self.pad = max_radius + 1
+        rows = SCREEN + 2 * self.pad
+        lo = np.zeros((max_radius + 1, columns), dtype=np.int64)
+        hi = np.zeros((max_radius + 1, columns), dtype=np.int64)
         for r in range(1, max_radius + 1):
             dx, dy = disk_offsets(r)
             for j in range(2 * r):
-                rows = dy[dx == j - r]
-                lo[r, j], hi[r, j] = rows.min(), rows.max() + 1
-                assert hi[r, j] - lo[r, j] == len(rows), "disk columns are contiguous"
-        self.lo, self.hi, self.max_radius = lo, hi, max_radius
+                rows_here = dy[dx == j - r]
+                lo[r, j], hi[r, j] = rows_here.min(), rows_here.max() + 1
+                assert hi[r, j] - lo[r, j] == len(rows_here), "disk columns are contiguous"
+        cy = np.arange(rows) - self.pad
+        start = 3 * np.clip(cy[None, None, :] + lo[..., None], 0, SCREEN)
+        stop = np.maximum(3 * np.clip(cy[None, None, :] + hi[..., None], 0, SCREEN), start)
+        first = np.arange(self.WORDS) * 64
+        start = np.clip(start[..., None] - first, 0, 64).astype(np.uint64)
+        stop = np.clip(stop[..., None] - first, 0, 64).astype(np.uint64)
+        words = np.left_shift(_ONE, stop) - np.left_shift(_ONE, start)  # (radius, column, row, word)
+        self.columns, self.rows = columns, rows
+        self.words = words.reshape(-1, self.WORDS)
+        self.max_radius = max_radius
 
 
-_COLUMNS = DiskColumns()
 _ONE = np.uint64(1)
-_WORDS = 4  # 84 rows x 3 channels = 252 bits per screen column
-
-
-def _bits(start: np.ndarray, stop: np.ndarray, word: int) -> np.ndarray:
-    """The part of the bit range [start, stop) that falls in uint64 word `word`."""
-    low, high = 64 * word, 64 * word + 64
-    start = (np.clip(start, low, high) - low).astype(np.uint64)
-    stop = (np.clip(stop, low, high) - low).astype(np.uint64)
-    return np.left_shift(_ONE, stop) - np.left_shift(_ONE, start)
+_COLUMN_BITS = DiskColumnBits()
+_SCREEN_COLUMNS = np.arange(SCREEN)
 
 
 def clear_mask(cx: np.ndarray, cy: np.ndarray, radius: np.ndarray, visited: np.ndarray) -> np.ndarray:
     """The union of the visited disks per env as `(n, x, y, 3)` uint8 0/1 (1 = inside a spot).
 
-    Each disk column is a row interval; an interval becomes a run of bits (3 per row, one per
-    colour channel, so the unpacked mask has the frame's own shape), runs are OR-ed over the
-    spots of an env and unpacked into pixels.
+    Every screen column of every visited spot is looked up as bit words, OR-ed over the spots
+    of an env and unpacked into pixels.
     """
     n = cx.shape[0]
-    used = int(np.flatnonzero(visited.any(axis=0)).max(initial=-1)) + 1
-    cx, cy, visited = cx[:, :used], cy[:, :used], visited[:, :used]
-    radius = np.where(visited, radius[:, :used], 0)
-    _COLUMNS.ensure(int(radius.max(initial=0)))
-    lo, hi = _COLUMNS.lo[radius], _COLUMNS.hi[radius]  # (n, spots, columns)
-    col = (cx - radius)[..., None] + np.arange(lo.shape[2])
-    y0 = 3 * np.clip(cy[..., None] + lo, 0, SCREEN)
-    y1 = 3 * np.clip(cy[..., None] + hi, 0, SCREEN)
-    per_spot = np.zeros((n, used, SCREEN + 1, _WORDS), dtype=np.uint64)
-    # Columns off the screen all land in one spare column.
-    where = np.where((col >= 0) & (col < SCREEN), col, SCREEN)
-    e, s, _ = np.indices(col.shape, sparse=True)
-    for word in range(_WORDS):
-        per_spot[e, s, where, word] = _bits(y0, np.maximum(y1, y0), word)
-    words = np.bitwise_or.reduce(per_spot[:, :, :SCREEN], axis=1)
-    bits = np.unpackbits(words.view(np.uint8), axis=2, bitorder="little")
-    return bits[:, :, : 3 * SCREEN].reshape(n, SCREEN, SCREEN, 3)
+    # Gather each env's visited spots to the front: (n, most visited spots of an env).
+    count = visited.sum(axis=1)
+    most = max(int(count.max(initial=0)), 1)
+    order = np.argsort(~visited, axis=1, kind="stable")[:, :most]
+    cx, cy = np.take_along_axis(cx, order, 1), np.take_along_axis(cy, order, 1)
+    radius = np.where(np.arange(most) < count[:, None], np.take_along_axis(radius, order, 1), 0)
+    bits = _COLUMN_BITS
+    bits.ensure(int(radius.max(initial=0)))
+    column = _SCREEN_COLUMNS - (cx - radius)[..., None]  # (n, spots, screen column)
+    column = np.where((column >= 0) & (column < 2 * radius[..., None]), column, bits.columns - 1)
+    row = np.clip(cy + bits.pad, 0, bits.rows - 1)
+    index = (radius[..., None] * bits.columns + column) * bits.rows + row[..., None]
+    words = np.bitwise_or.reduce(np.take(bits.words, index, axis=0), axis=1)  # (n, screen column, word)
+    unpacked = np.unpackbits(words.view(np.uint8), axis=2, bitorder="little")
+    return unpacked[:, :, : 3 * SCREEN].reshape(n, SCREEN, SCREEN, 3)
 
 
 class _PaddedOffsets:
