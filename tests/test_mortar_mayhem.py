@@ -9,6 +9,8 @@ from gymnasium.utils.env_checker import check_env
 
 import envs  # noqa: F401  (registers the ids)
 from envs.mortar_mayhem import COMMAND_DX, COMMAND_DY, TILE
+from envs.raster import SpriteSheet, alpha_blend, blit, disk_offsets, rhaz, rotate_vector
+from envs.sprites import agent_sprites
 from tests.golden import fixture_files, replay
 from tools.golden_format import load_fixture
 
@@ -255,3 +257,41 @@ def test_commands_keep_the_target_inside_the_arena():
         for command in game.commands[0, 1 : game.num_commands[0]]:
             x, y = x + COMMAND_DX[command], y + COMMAND_DY[command]
             assert 0 <= x < 2 and 0 <= y < 2
+
+
+# ---- shared drawing primitives the family is built on --------------------------------------
+
+
+@pytest.mark.parametrize(("radius", "widths"), [(1, [2, 2]), (3, [2, 4, 6, 6, 4, 2]), (6, [4, 6, 8, 10, 12, 12, 12, 12, 10, 8, 6, 4])])
+def test_disk_rows_follow_the_midpoint_scan(radius, widths):
+    dx, dy = disk_offsets(radius)
+    assert [int((dy == row).sum()) for row in range(-radius, radius)] == widths
+    assert dx.min() == -radius and dx.max() == radius - 1
+    assert len(disk_offsets(0)[0]) == 0
+
+
+def test_alpha_blend_truncates_toward_zero():
+    dst = np.array([100, 0, 10, 200], dtype=np.uint8)
+    out = alpha_blend(dst, np.array([0, 255, 0, 255]), np.array([128, 1, 255, 300]))
+    assert out.tolist() == [50, 1, 0, 255]
+
+
+def test_rounding_and_quarter_turns_are_exact():
+    assert [rhaz(v) for v in (10.5, 11.5, -0.5, -2.5, 2.4)] == [11, 12, -1, -3, 2]
+    assert rotate_vector(-4.0, -4.0, 90) == (4.0, -4.0)
+    assert rotate_vector(3.0, 1.0, 360) == (3.0, 1.0)
+
+
+def test_batched_sprite_blit_clips_like_a_single_blit():
+    sprites = list(agent_sprites(0.25))
+    sheet = SpriteSheet(sprites)
+    rng = np.random.default_rng(0)
+    n = 16
+    screens = rng.integers(0, 255, (n, 84, 84, 3)).astype(np.uint8)
+    expected = screens.copy()
+    index = rng.integers(0, len(sprites), n)
+    x, y = rng.integers(-30, 90, n), rng.integers(-30, 90, n)
+    for i in range(n):
+        blit(expected[i], sprites[index[i]], x[i], y[i])
+    sheet.blit(screens, np.arange(n), index, x, y)
+    np.testing.assert_array_equal(screens, expected)
