@@ -619,17 +619,17 @@ def summarise(episodes: list[dict]) -> dict[str, float]:
 class VideoRecorder:
     """Records episodes of env 0, agent view beside the ground truth, as MP4 files.
 
-    Episodes 0, 1, 8, 27, ... (cubes) up to 1000 are recorded, then every 1000th.
+    Episodes 0, 1, 8, 27, ... (cubes) up to 1000 are recorded, then every 1000th (or all of them).
     """
 
-    def __init__(self, folder: str, fps: int):
-        self.folder, self.fps = folder, fps
+    def __init__(self, folder: str, fps: int, record_all: bool = False):
+        self.folder, self.fps, self.record_all = folder, fps, record_all
         self.episode, self.frames = 0, []
         self.finished: list[tuple[int, str, np.ndarray]] = []  # (episode, path, frames for logging)
 
     def recording(self) -> bool:
         e = self.episode
-        return round(e ** (1 / 3)) ** 3 == e if e < 1000 else e % 1000 == 0
+        return self.record_all or (round(e ** (1 / 3)) ** 3 == e if e < 1000 else e % 1000 == 0)
 
     def capture(self, images: np.ndarray | None, envs: gym.vector.VectorEnv) -> None:
         if not self.recording():

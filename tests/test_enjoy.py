@@ -1,0 +1,50 @@
+"""Watching a saved agent: metrics per episode and a video per episode that decodes."""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+
+import ppo_gru
+import ppo_trxl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = {
+    ppo_trxl: dict(trxl_dim=32, trxl_num_heads=2, trxl_num_layers=1, trxl_memory_length=8),
+    ppo_gru: dict(gru_hidden_size=32, embed_dim=32, hidden_dim=32),
+}
+
+
+@pytest.mark.parametrize("script", [ppo_trxl, ppo_gru], ids=["trxl", "gru"])
+@pytest.mark.parametrize("saved", ["model", "checkpoint"])
+def test_enjoy_plays_episodes_and_writes_decodable_videos(script, saved, tmp_path, monkeypatch):
+    import imageio_ffmpeg
+
+    monkeypatch.chdir(tmp_path)
+    script.train(script.Args(env_id="ProofOfMemoryImage-v0", num_envs=2, num_steps=16, num_minibatches=2,
+                             total_timesteps=32, save_model=True, checkpoint_interval=1, cuda=False, **SMALL[script]))
+    pattern = "runs/*/*.cleanrl_model" if saved == "model" else "runs/*/checkpoint.pt"
+    (path,) = glob.glob(pattern)
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "enjoy.py"), path, "--episodes", "2",
+                             "--video-folder", "watch"], capture_output=True, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": ROOT}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = [l for l in result.stdout.splitlines() if l.startswith("episode ")]
+    assert len(lines) == 2
+    for number, line in enumerate(lines):
+        length = int(line.split(" length ")[1].split()[0])
+        reader = imageio_ffmpeg.read_frames(os.path.join("watch", f"episode-{number}.mp4"))
+        reader.__next__()
+        assert sum(1 for _ in reader) == length
+
+
+def test_enjoy_refuses_a_file_that_is_not_a_model(tmp_path):
+    bogus = tmp_path / "bogus.pt"
+    bogus.write_bytes(b"not a model")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "enjoy.py"), str(bogus)], capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=60)
+    assert result.returncode != 0 and "corrupted or not a saved model" in result.stderr
