@@ -141,6 +141,8 @@ class Args:
     """the width of the embedding and of every layer"""
     trxl_memory_length: int = 119
     """W: each step attends over the hidden states of the previous W - 1 steps of its episode (1 = no memory)"""
+    trxl_memory_dtype: Literal["float32", "bfloat16"] = "float32"
+    """storage precision of the cached memory (bfloat16 halves its size; it is computed in float32)"""
     trxl_positional_encoding: Literal["absolute", "learned", "none"] = "absolute"
     """absolute: sinusoidal encoding of each memory slot's episode step (any step);
     learned: a learned attention bias per head and distance within the window; none"""
@@ -166,6 +168,7 @@ RUNTIME_FIELDS = ("config", "resume", "batch_size", "minibatch_size", "num_itera
 STRUCTURAL_FIELDS = (
     "env_id", "env_kwargs", "num_envs", "num_steps", "reconstruction_coef", "world_size",
     "trxl_num_layers", "trxl_num_heads", "trxl_dim", "trxl_memory_length", "trxl_positional_encoding",
+    "trxl_memory_dtype",
 )
 
 
@@ -419,6 +422,7 @@ class Agent(nn.Module):
         # Slots kept before the rollout; at least one so that a window is never empty (W = 1 masks it).
         self.context = max(self.memory_length - 1, 1)
         self.positional_encoding = args.trxl_positional_encoding
+        self.memory_dtype = getattr(torch, args.trxl_memory_dtype)
         self.encoder = Encoder(image_shape, vector_size, dim)
         self.layers = nn.ModuleList(TransformerLayer(dim, heads) for _ in range(layers))
         if self.positional_encoding == "learned":
@@ -504,7 +508,7 @@ def new_rollout(agent: Agent, envs: gym.vector.VectorEnv, num_steps: int, first_
         rewards=torch.zeros((S, E), device=device),
         dones=torch.zeros((S, E), device=device),
         steps=torch.zeros((S, E), dtype=torch.long, device=device),
-        memory=torch.zeros((E, agent.context + S, agent.num_layers, agent.dim), device=device),
+        memory=torch.zeros((E, agent.context + S, agent.num_layers, agent.dim), dtype=agent.memory_dtype, device=device),
         memory_steps=torch.zeros((E, agent.context + S), dtype=torch.long, device=device),
         next_obs=split_observation(first_obs, envs.single_observation_space),
         next_step=torch.zeros(E, dtype=torch.long, device=device),
@@ -551,9 +555,11 @@ def collect_rollout(agent: Agent, envs: gym.vector.VectorEnv, ro: Rollout, devic
         if recorder is not None:
             recorder.capture(ro.next_obs[0], envs)
         image, vector, logits, value, layer_inputs = act(agent, ro, cache, slot, device)
-        ro.memory[:, slot] = layer_inputs[:, 0]
+        # Keys/values come from the stored (possibly rounded) states, exactly as the update will see them.
+        stored = layer_inputs.to(agent.memory_dtype)
+        ro.memory[:, slot] = stored[:, 0]
         ro.memory_steps[:, slot] = ro.next_step
-        for (keys, values), (k, v) in zip(cache, agent.memory_keys_values(layer_inputs, ro.next_step[:, None])):
+        for (keys, values), (k, v) in zip(cache, agent.memory_keys_values(stored, ro.next_step[:, None])):
             keys[:, :, slot], values[:, :, slot] = k[:, :, 0], v[:, :, 0]
         dists = [torch.distributions.Categorical(logits=l) for l in logits]
         action = torch.stack([d.sample() for d in dists], dim=1)
@@ -813,7 +819,7 @@ def rank_state(envs, ro: Rollout, stats: EpisodeStats, device) -> dict:
     S = ro.values.shape[0]
     return {
         "envs": None if game is None else game.get_state(),
-        "memory_tail": ro.memory[:, S:].cpu(),
+        "memory_tail": ro.memory[:, S:].float().cpu(),
         "memory_steps_tail": ro.memory_steps[:, S:].cpu(),
         "next_obs": [None if part is None else torch.from_numpy(np.asarray(part)) for part in ro.next_obs],
         "next_step": ro.next_step.cpu(),
@@ -825,7 +831,7 @@ def rank_state(envs, ro: Rollout, stats: EpisodeStats, device) -> dict:
 def load_rank_state(state: dict, envs, ro: Rollout, stats: EpisodeStats, device) -> bool:
     """Restore one rank; returns False where the envs could not be restored (they start afresh)."""
     S = ro.values.shape[0]
-    ro.memory[:, S:] = state["memory_tail"].to(device)
+    ro.memory[:, S:] = state["memory_tail"].to(device, ro.memory.dtype)
     ro.memory_steps[:, S:] = state["memory_steps_tail"].to(device)
     ro.next_step = state["next_step"].to(device)
     stats.load(state["stats"])

@@ -41,6 +41,12 @@ MEMORYLESS = {ppo_trxl: dict(trxl_memory_length=1), ppo_gru: dict(zero_memory=Tr
 SCRIPTS = pytest.mark.parametrize("script", [ppo_trxl, ppo_gru], ids=["trxl", "gru"])
 
 
+def test_trxl_learns_with_bfloat16_memory():
+    args = ppo_trxl.Args(**{**LEARN, **LEARN_MODEL[ppo_trxl], "trxl_memory_dtype": "bfloat16"})
+    history = ppo_trxl.train(args)
+    assert np.mean([h["episode/success"] for h in history[-5:]]) >= 0.95
+
+
 def small_args(script, **overrides):
     return script.Args(**{"cuda": False, **SMALL[script], **overrides})
 
@@ -85,6 +91,7 @@ def test_logprobs_recomputed_equal_stored(script, env_id, extra):
     """Before any optimizer step, the update's minibatches reproduce what acting stored."""
     if script is ppo_trxl:
         variants = [{"trxl_positional_encoding": pe} for pe in ("absolute", "learned", "none")]
+        variants.append({"trxl_memory_dtype": "bfloat16"})
     else:
         variants = [{}, {"sequence_length": 3}]
     for variant in variants:
