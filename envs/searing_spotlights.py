@@ -413,26 +413,24 @@ class _SpotlightsGame(BatchedGame):
     def _darken(self, buf: np.ndarray, codes: np.ndarray, alpha: np.ndarray, ringed: np.ndarray) -> None:
         """Blend the darkness layer (black, or white on ring pixels; clear inside spots) over `buf`.
 
-        At full alpha the blend is a plain mask (black pixels become 0, ring pixels 255); the
-        lookup tables serve the few fading-in frames.
+        At full alpha the blend is a plain mask (black pixels become 0, ring pixels 255); frames
+        still fading in (few: the first steps of an episode) go through the blend tables.
         """
-        full = alpha >= 255
-        rows = slice(None) if full.all() else np.flatnonzero(full)
-        if ringed[rows].any():
-            part = buf[rows]
-            part *= codes[rows] != DARK
-            part[codes[rows] == RING] = 255
-            buf[rows] = part
-        elif isinstance(rows, slice):
+        fading = np.flatnonzero(alpha < 255)
+        before = buf[fading]
+        if ringed.any():
+            np.multiply(buf, codes != DARK, out=buf)
+            buf[(codes == RING) & ringed[:, None, None, None]] = 255
+        else:
             np.multiply(buf, codes, out=buf)
-        elif len(rows):
-            buf[rows] *= codes[rows]
-        for row in np.flatnonzero((alpha > 0) & ~full):
-            old, code = buf[row], codes[row]
-            faded = np.where(code == CLEAR, old, np.take(DARKENED[alpha[row]], old))
-            if ringed[row]:
-                faded = np.where(code == RING, np.take(LIGHTENED[alpha[row]], old), faded)
-            buf[row] = faded
+        for level in np.unique(alpha[fading]):
+            pick = alpha[fading] == level
+            old, code = before[pick], codes[fading[pick]]
+            faded = np.take(DARKENED[level], old)
+            np.copyto(faded, old, where=code == CLEAR)
+            if ringed[fading[pick]].any():
+                np.copyto(faded, np.take(LIGHTENED[level], old), where=(code == RING) & ringed[fading[pick], None, None, None])
+            buf[fading[pick]] = faded
 
     def _compose(self, envs: np.ndarray, cx: np.ndarray, cy: np.ndarray, rotation: np.ndarray) -> np.ndarray:
         """The observation frames of `envs` (agents at `cx, cy` facing `rotation`), `(m, x, y, c)`."""

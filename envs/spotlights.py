@@ -169,7 +169,7 @@ class DiskColumnBits:
 
 _ONE = np.uint64(1)
 _COLUMN_BITS = DiskColumnBits()
-_SCREEN_COLUMNS = np.arange(SCREEN)
+_SCREEN_COLUMNS = np.arange(SCREEN, dtype=np.int32)
 
 
 def clear_mask(cx: np.ndarray, cy: np.ndarray, radius: np.ndarray, visited: np.ndarray) -> np.ndarray:
@@ -187,13 +187,14 @@ def clear_mask(cx: np.ndarray, cy: np.ndarray, radius: np.ndarray, visited: np.n
     radius = np.where(np.arange(most) < count[:, None], np.take_along_axis(radius, order, 1), 0)
     bits = _COLUMN_BITS
     bits.ensure(int(radius.max(initial=0)))
-    column = _SCREEN_COLUMNS - (cx - radius)[..., None]  # (n, spots, screen column)
-    column = np.where((column >= 0) & (column < 2 * radius[..., None]), column, bits.columns - 1)
+    # Disk column of each screen column; those outside the disk read the empty column.
+    column = _SCREEN_COLUMNS - (cx - radius).astype(np.int32)[..., None]
+    column = np.where(column.view(np.uint32) < (2 * radius).astype(np.uint32)[..., None], column, bits.columns - 1)
     row = np.clip(cy + bits.pad, 0, bits.rows - 1)
-    index = (radius[..., None] * bits.columns + column) * bits.rows + row[..., None]
+    index = column * np.int32(bits.rows) + (radius * (bits.columns * bits.rows) + row).astype(np.int32)[..., None]
     words = np.bitwise_or.reduce(np.take(bits.words, index, axis=0), axis=1)  # (n, screen column, word)
-    unpacked = np.unpackbits(words.view(np.uint8), axis=2, bitorder="little")
-    return unpacked[:, :, : 3 * SCREEN].reshape(n, SCREEN, SCREEN, 3)
+    unpacked = np.unpackbits(words.view(np.uint8), axis=2, count=3 * SCREEN, bitorder="little")
+    return unpacked.reshape(n, SCREEN, SCREEN, 3)
 
 
 class _PaddedOffsets:
