@@ -42,6 +42,14 @@ COIN_FILL, COIN_RIM = (255, 255, 0), (255, 165, 0)
 ACTION_CELLS = ((2 * QUARTER, 3 * QUARTER), (3 * QUARTER, 4 * QUARTER))
 REWARD_CELL = (int(QUARTER * 2.75), int(QUARTER * 2.75) + int(QUARTER * 0.5))  # beside the action cells
 REWARD_BAR = (2 * QUARTER, 4 * QUARTER)  # without action cells
+# The two action cells for each (horizontal, vertical) action, as one image per combination.
+ACTION_CELL_IMAGES = np.concatenate(
+    [
+        np.broadcast_to(ACTION_COLOURS[np.arange(9) // 3, None, None], (9, QUARTER, BAR_HEIGHT, 3)),
+        np.broadcast_to(ACTION_COLOURS[np.arange(9) % 3, None, None], (9, QUARTER, BAR_HEIGHT, 3)),
+    ],
+    axis=1,
+)
 
 
 def _chessboard(colour) -> np.ndarray:
@@ -160,6 +168,8 @@ class _SpotlightsGame(BatchedGame):
         self._coin_sheets: dict[float, SpriteSheet] = {}
         # Per-env copies of the parameters used in array code.
         self.p: dict[str, np.ndarray] = {}
+        self._stored_params: dict[str, Any] | None = None
+        self._stored_items: list[tuple[str, Any]] = []
         # Agent.
         self.cx = np.zeros(n, np.int64)
         self.cy = np.zeros(n, np.int64)
@@ -215,17 +225,19 @@ class _SpotlightsGame(BatchedGame):
         _require(0 < params["agent_scale"] < 2 / 3, env_id, "agent_scale", "a number in (0, 2/3)", params["agent_scale"])
 
     def _store_params(self, i: int, params: dict[str, Any]) -> None:
-        for name, value in params.items():
-            if isinstance(value, (bool, np.bool_, Integral, Real)):
+        if params is not self._stored_params:
+            # Autoresets pass the same dict every time: sort out its numbers once.
+            items = [(name, value) for name, value in params.items() if isinstance(value, (bool, np.bool_, Integral, Real))]
+            items += [("agent_radius", agent_radius(params["agent_scale"])), ("coin_radius", int(10 * params["coin_scale"]))]
+            for name, value in items:
+                dtype = bool if _is_bool(value) else (np.int64 if _is_int(value) else np.float64)
                 if name not in self.p:
-                    dtype = bool if _is_bool(value) else (np.int64 if _is_int(value) else np.float64)
                     self.p[name] = np.zeros(self.num_envs, dtype=dtype)
-                column = self.p[name]
-                if column.dtype != np.float64 and not (_is_bool(value) or _is_int(value)):
-                    self.p[name] = column = column.astype(np.float64)
-                column[i] = value
-        self.p.setdefault("agent_radius", np.zeros(self.num_envs, np.int64))[i] = agent_radius(params["agent_scale"])
-        self.p.setdefault("coin_radius", np.zeros(self.num_envs, np.int64))[i] = int(10 * params["coin_scale"])
+                elif dtype == np.float64 and self.p[name].dtype != np.float64:
+                    self.p[name] = self.p[name].astype(np.float64)
+            self._stored_params, self._stored_items = params, items
+        for name, value in self._stored_items:
+            self.p[name][i] = value
         self.params[i] = params
 
     # ---- reset -----------------------------------------------------------------------------
@@ -309,13 +321,13 @@ class _SpotlightsGame(BatchedGame):
 
     def _paint_action_cells(self, actions: np.ndarray) -> None:
         shown = self.p["show_last_action"]
-        colours = ACTION_COLOURS[self.last_action]  # (n, 2, 3), the previous step's action
-        for cell, (x0, x1) in enumerate(ACTION_CELLS):
-            if shown.all():
-                self.bar[:, x0:x1] = colours[:, None, None, cell]
-            else:
-                self.bar[shown, x0:x1] = colours[shown, None, None, cell]
-        self.last_action = np.where(shown[:, None], actions, self.last_action)
+        cells = ACTION_CELL_IMAGES[self.last_action[:, 0] * 3 + self.last_action[:, 1]]  # the previous action
+        if shown.all():
+            self.bar[:, ACTION_CELLS[0][0] :] = cells
+            self.last_action = actions.copy()
+        else:
+            self.bar[shown, ACTION_CELLS[0][0] :] = cells[shown]
+            self.last_action = np.where(shown[:, None], actions, self.last_action)
 
     def _dim_lights(self) -> None:
         p = self.p
