@@ -71,8 +71,9 @@ def fixture_path(family: str, name: str) -> Path:
 def save_fixture(fixture: dict[str, Any]) -> Path:
     path = fixture_path(fixture["family"], fixture["name"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.open(path, "wt", encoding="utf-8", compresslevel=9) as file:
-        json.dump(fixture, file, separators=(",", ":"))
+    data = json.dumps(fixture, separators=(",", ":")).encode("utf-8")
+    # mtime=0: re-recording identical content gives an identical file.
+    path.write_bytes(gzip.compress(data, compresslevel=9, mtime=0))
     return path
 
 

@@ -28,11 +28,11 @@ sys.path.insert(0, str(TOOLS))
 from golden_format import Scenario, encode_image, obs_hash, save_fixture, to_jsonable  # noqa: E402
 
 
-def discover() -> dict[str, list[Scenario]]:
-    """Family name -> scenarios, one module per family under `golden_scenarios/`."""
+def discover(family: str | None = None) -> dict[str, list[Scenario]]:
+    """Family name -> scenarios, one module per family under `golden_scenarios/` (only `family` if given)."""
     families = {}
     for path in sorted((TOOLS / "golden_scenarios").glob("*.py")):
-        if path.name.startswith("_"):
+        if path.name.startswith("_") or (family and path.stem != family):
             continue
         spec = importlib.util.spec_from_file_location(f"golden_scenarios.{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
@@ -102,9 +102,10 @@ def main() -> None:
     parser.add_argument("--family", help="record only this family (module name under golden_scenarios/)")
     parser.add_argument("--scenario", help="record only the scenario with this name")
     args = parser.parse_args()
-    for family, scenarios in discover().items():
-        if args.family and family != args.family:
-            continue
+    families = discover(args.family)
+    if args.family and not families:
+        raise SystemExit(f"no scenario module tools/golden_scenarios/{args.family}.py")
+    for family, scenarios in families.items():
         for scenario in scenarios:
             if args.scenario and scenario.name != args.scenario:
                 continue
