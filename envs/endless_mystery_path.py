@@ -391,8 +391,10 @@ class EndlessMysteryPathGame(BatchedGame):
         self.num_fails += fell
         self.cross_shown = fell & self.visual_feedback
         self.off_path = fell
-        self.cross_x = rhaz(self.cx - self.camera_x)
-        self.cross_y = self.cy.copy()
+        # The cross follows the agent every step but shows only on a fall-off: place it then.
+        shown = np.flatnonzero(fell)
+        self.cross_x[shown] = rhaz(self.cx[shown] - self.camera_x[shown])
+        self.cross_y[shown] = self.cy[shown]
         self.tiles_visited += progress
 
         rewards = np.where(progress, self.reward_progress, 0.0)

@@ -88,7 +88,7 @@ def draw_start_and_end(draws: Draws, origins: list[int]) -> tuple[tuple[int, int
     }[origin]
 
 
-def generate_layout(rng: np.random.Generator, origins: list[int]):
+def generate_layout(rng: np.random.Generator, origins: list[int]) -> tuple[list[tuple[int, int]], list[bool]]:
     """One episode's path (cells from start to end) and walls, drawing from `rng` like the reference."""
     with Draws(rng) as draws:
         start, end = draw_start_and_end(draws, origins)
@@ -252,7 +252,10 @@ class MysteryPathGame(BatchedGame):
 
     # ---- drawing ---------------------------------------------------------------------------
     def _draw(self, idx: np.ndarray) -> None:
-        self.screens[idx] = self.layer[idx]
+        if len(idx) == self.num_envs:
+            np.copyto(self.screens, self.layer)
+        else:
+            self.screens[idx] = self.layer[idx]
         self._draw_agent_and_cross(self.screens, idx)
 
     def _draw_agent_and_cross(self, screens: np.ndarray, idx: np.ndarray, rows: np.ndarray | None = None) -> None:
