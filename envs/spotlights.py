@@ -183,8 +183,9 @@ def clear_mask(cx: np.ndarray, cy: np.ndarray, radius: np.ndarray, visited: np.n
     count = visited.sum(axis=1)
     most = max(int(count.max(initial=0)), 1)
     order = np.argsort(~visited, axis=1, kind="stable")[:, :most]
-    cx, cy = np.take_along_axis(cx, order, 1), np.take_along_axis(cy, order, 1)
-    radius = np.where(np.arange(most) < count[:, None], np.take_along_axis(radius, order, 1), 0)
+    env = np.arange(n)[:, None]
+    cx, cy = cx[env, order], cy[env, order]
+    radius = np.where(np.arange(most) < count[:, None], radius[env, order], 0)
     bits = _COLUMN_BITS
     bits.ensure(int(radius.max(initial=0)))
     # Disk column of each screen column; those outside the disk read the empty column.

@@ -65,9 +65,11 @@ def test_vector_env_matches_single_envs_across_autoresets(env_id):
     options = {"agent_health": 2, "max_steps": 120} if env_id == ESS else {"agent_health": 2}
     vector = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **options)
     singles = [gym.make(env_id, **options) for _ in range(num_envs)]
-    obs, _ = vector.reset(seed=7)
+    # The first episodes run with other parameters than the standing ones autoresets use.
+    first = {"agent_visible": True, "black_background": True, "light_dim_off_duration": 2}
+    obs, _ = vector.reset(seed=7, options=first)
     for i, env in enumerate(singles):
-        np.testing.assert_array_equal(env.reset(seed=7 + i)[0], obs[i])
+        np.testing.assert_array_equal(env.reset(seed=7 + i, options=first)[0], obs[i])
     actions = np.random.default_rng(0).integers(0, 3, (steps, num_envs, 2))
     endings = 0
     for t in range(steps):
