@@ -60,6 +60,8 @@ STAMINA_EMPTY_COLOUR = (255, 0, 0)
 STAMINA_WIDTH = 4
 PATH_LAYER_ALPHA = 200
 EAST, NORTH, SOUTH = np.eye(3, dtype=np.int64)
+CELL_BITS = np.left_shift(np.uint64(1), np.arange(SEGMENT_CELLS, dtype=np.uint64))
+ZERO_BITS = np.uint64(0)
 # Discrete action -> [horizontal, vertical]: no-op, right, up, down (there is no "left").
 ACTION_PAIRS = np.array([[0, 0], [2, 0], [0, 1], [0, 2]], dtype=np.int64)
 
@@ -188,6 +190,9 @@ class EndlessMysteryPathGame(BatchedGame):
         self.replay_next = np.zeros(n, dtype=np.int64)
         self.replay_end_row = np.zeros(n, dtype=np.int64)
         # Episode state.
+        self.rows = np.arange(n)
+        self.spawn_x = np.zeros(n, dtype=np.int64)
+        self.spawn_y = np.zeros(n, dtype=np.int64)
         self.cx = np.zeros(n, dtype=np.int64)
         self.cy = np.zeros(n, dtype=np.int64)
         self.rotation = np.zeros(n, dtype=np.int64)
@@ -296,7 +301,10 @@ class EndlessMysteryPathGame(BatchedGame):
         self.camera_x[idx] = self.camera_offset[idx]
         self.scroll[idx] = 0
         self.rotation[idx] = 270
-        self.cx[idx], self.cy[idx] = self._spawn(idx)
+        # The first cell's top-left plus the agent radius (its centre only at the default scale).
+        self.spawn_x[idx] = self.radius[idx]
+        self.spawn_y[idx] = self.start_row[idx] * TILE + self.radius[idx]
+        self.cx[idx], self.cy[idx] = self.spawn_x[idx], self.spawn_y[idx]
         self.tx[idx], self.ty[idx] = self.cx[idx] // TILE, self.cy[idx] // TILE
         self.current_segment[idx] = 0
         self.current_node[idx] = 0
@@ -337,25 +345,21 @@ class EndlessMysteryPathGame(BatchedGame):
         self.agent_draw_x[idx] = int(radius - size // 2 - camera_offset)
         self.agent_half[idx] = size // 2
 
-    def _spawn(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.radius[idx].copy(), self.start_row[idx] * TILE + self.radius[idx]
-
     # ---- step ------------------------------------------------------------------------------
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = self.num_envs
-        rows = np.arange(n)
+        rows = self.rows
         off = self.off_path
         pairs = ACTION_PAIRS[np.asarray(actions).reshape(n)]
         pairs[off] = 0
-        spawn_x, spawn_y = self._spawn(rows)
-        old_x = np.where(off, spawn_x, self.cx)
+        old_x = np.where(off, self.spawn_x, self.cx)
         self.cx, self.cy, self.rotation = continuous_step(
-            old_x, np.where(off, spawn_y, self.cy), self.rotation, pairs, self.speed
+            old_x, np.where(off, self.spawn_y, self.cy), self.rotation, pairs, self.speed
         )
         # The camera follows the agent's x velocity; a respawn puts it back at its offset.
-        velocity = (self.cx - old_x).astype(np.float64)
+        velocity = self.cx - old_x
         self.camera_x = np.where(off, self.camera_offset, self.camera_x + velocity)
-        scroll = self.scroll - (self.cx - old_x)
+        scroll = self.scroll - velocity
         self.scroll = np.where(off | (np.abs(scroll) >= TILE), 0, scroll)
 
         tx, ty = self.cx // TILE, self.cy // TILE
@@ -372,12 +376,11 @@ class EndlessMysteryPathGame(BatchedGame):
         inside = (ty >= 0) & (ty < GRID)
         node = np.where(inside, self.ring_node[rows, slot, np.where(inside, local, 0)], -1)
         on = node >= 0
-        bit = np.left_shift(np.uint64(1), np.where(on, local, 0).astype(np.uint64))
-        zero = np.uint64(0)
-        progress = on & ((self.reward_marks[rows, segment] & bit) == zero)
-        self.reward_marks[rows[progress], segment[progress]] |= bit[progress]
-        refill = on & ((self.stamina_marks[rows, slot] & bit) == zero)
-        self.stamina_marks[rows[refill], slot[refill]] |= bit[refill]
+        bit = np.where(on, CELL_BITS[np.where(on, local, 0)], ZERO_BITS)
+        progress = (self.reward_marks[rows, segment] & bit) != bit
+        self.reward_marks[rows, segment] |= bit
+        refill = (self.stamina_marks[rows, slot] & bit) != bit
+        self.stamina_marks[rows, slot] |= bit
         moved = np.flatnonzero(on & ((segment != self.current_segment) | (node != self.current_node)))
         self.current_segment = np.where(on, segment, self.current_segment)
         self.current_node = np.where(on, node, self.current_node)
@@ -385,8 +388,11 @@ class EndlessMysteryPathGame(BatchedGame):
         self.ground_truth[moved] = self._direction(moved, self.ground_truth[moved])
 
         fell = ~on
-        done = self._record_falls(fell, tx, ty) if fell.any() else np.zeros(n, dtype=bool)
-        self.stamina_marks[fell] = 0
+        if fell.any():
+            done = self._record_falls(fell, tx, ty)
+            self.stamina_marks[fell] = 0
+        else:
+            done = np.zeros(n, dtype=bool)
         self.stamina = np.where(refill | fell, self.stamina_level, self.stamina)
         self.num_fails += fell
         self.cross_shown = fell & self.visual_feedback
