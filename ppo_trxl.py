@@ -372,7 +372,13 @@ def sinusoidal_encoding(positions: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class TransformerLayer(nn.Module):
-    """Pre-LayerNorm attention of queries over cached memory, then a position-wise layer."""
+    """Pre-LayerNorm attention of queries over cached memory, then a position-wise layer.
+
+    Keys and values are never materialised: with per-head key/value weights K_h, V_h, a query's
+    score for slot j is (K_h^T q_h) . n_j and its output is V_h (sum_j a_j n_j), where n_j is the
+    normalised memory. Only the normalisation is computed per stored state, which is much cheaper
+    than projecting every state when queries x heads < dim.
+    """
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
@@ -381,20 +387,23 @@ class TransformerLayer(nn.Module):
         self.norm_memory = nn.LayerNorm(dim)
         self.norm_ff = nn.LayerNorm(dim)
         self.query = nn.Linear(dim, dim, bias=False)
-        self.key_value = nn.Linear(dim, 2 * dim, bias=False)
+        self.key = nn.Linear(dim, dim, bias=False)
+        self.value = nn.Linear(dim, dim, bias=False)
         self.out = nn.Linear(dim, dim)
         self.ff = nn.Linear(dim, dim)
 
-    def keys_values(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, dim) memory -> keys and values (B, heads, T, head_dim)."""
-        kv = self.key_value(self.norm_memory(memory)).unflatten(-1, (2, self.num_heads, -1))
-        return kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
-
-    def forward(self, x, keys, values, attn_mask, has_memory) -> torch.Tensor:
-        """x (B, Q, dim); keys/values (B, heads, T, head_dim); attn_mask (B, 1 or heads, Q, T);
-        has_memory (B, Q, 1): queries without any visible slot get no attention contribution."""
-        q = self.query(self.norm_query(x)).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
-        attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask)
+    def forward(self, x, memory, attn_bias, has_memory) -> torch.Tensor:
+        """x (B, Q, dim); memory (B, T, dim) normalised; attn_bias (B, 1 or heads, Q, T) added to the
+        scores (-inf hides a slot); has_memory (B, Q, 1): queries without any visible slot get no
+        attention contribution."""
+        batch, queries, dim = x.shape
+        heads, head_dim = self.num_heads, dim // self.num_heads
+        q = self.query(self.norm_query(x)).unflatten(-1, (heads, head_dim)).transpose(1, 2)  # (B, H, Q, hd)
+        q_memory = (q @ self.key.weight.view(heads, head_dim, dim)).flatten(1, 2)  # (B, H*Q, dim)
+        scores = (q_memory @ memory.transpose(1, 2)).unflatten(1, (heads, queries)) / math.sqrt(head_dim)
+        weights = (scores + attn_bias).softmax(-1).flatten(1, 2)  # (B, H*Q, T)
+        mixed = (weights @ memory).unflatten(1, (heads, queries))  # (B, H, Q, dim)
+        attended = mixed @ self.value.weight.view(heads, head_dim, dim).transpose(1, 2)  # (B, H, Q, hd)
         x = x + has_memory * self.out(attended.transpose(1, 2).flatten(2))
         return x + F.relu(self.ff(self.norm_ff(x)))
 
@@ -435,15 +444,15 @@ class Agent(nn.Module):
         if args.reconstruction_coef > 0 and image_shape is not None:
             self.decoder = Decoder(dim, image_shape[2])
 
-    def memory_keys_values(self, memory: torch.Tensor, steps: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Project every cached state once: memory (B, T, layers, dim), steps (B, T) -> per layer (keys, values)."""
+    def normalise_memory(self, memory: torch.Tensor, steps: torch.Tensor) -> list[torch.Tensor]:
+        """memory (B, T, layers, dim), steps (B, T) -> per layer the normalised memory (B, T, dim)."""
         memory = memory.float()
         if self.positional_encoding == "absolute":
             memory = memory + sinusoidal_encoding(steps, self.dim)[:, :, None]
-        return [layer.keys_values(memory[:, :, i]) for i, layer in enumerate(self.layers)]
+        return [layer.norm_memory(memory[:, :, i]) for i, layer in enumerate(self.layers)]
 
-    def forward(self, image, vector, keys_values, query_slots, query_steps):
-        """Queries (B, Q) attend over (B, T) memory slots.
+    def forward(self, image, vector, memories, query_slots, query_steps):
+        """Queries (B, Q) attend over (B, T) memory slots (`memories`: per layer, normalised).
 
         Returns features (B, Q, dim) and the input each layer received, (B, Q, layers, dim): the
         states this step adds to the memory.
@@ -452,22 +461,21 @@ class Agent(nn.Module):
         x = self.encoder(
             None if image is None else image.flatten(0, 1), None if vector is None else vector.flatten(0, 1)
         ).unflatten(0, (batch, queries))
-        num_keys = keys_values[0][0].shape[2]
-        visible, distance = window_mask(query_slots, query_steps, num_keys, self.memory_length)
+        visible, distance = window_mask(query_slots, query_steps, memories[0].shape[1], self.memory_length)
         # A query without memory (episode start) attends to nothing; its row is unmasked only to
         # keep the softmax finite, and the layer zeroes what it returns.
         has_memory = visible.any(-1, keepdim=True)
-        attn_mask = (visible | ~has_memory)[:, None]
+        hidden = (~(visible | ~has_memory))[:, None]  # (B, 1, Q, T)
+        mask_bias = torch.zeros(hidden.shape, device=x.device).masked_fill(hidden, float("-inf"))
         if self.positional_encoding == "learned":
             bias_index = (distance - 1).clamp(0, self.distance_bias.shape[-1] - 1)
         layer_inputs = []
         for i, layer in enumerate(self.layers):
             layer_inputs.append(x)
-            mask = attn_mask
+            bias = mask_bias
             if self.positional_encoding == "learned":
-                bias = self.distance_bias[i][:, bias_index].transpose(0, 1)  # (B, heads, Q, T)
-                mask = bias.masked_fill(~attn_mask, float("-inf"))
-            x = layer(x, *keys_values[i], mask, has_memory)
+                bias = mask_bias + self.distance_bias[i][:, bias_index].transpose(0, 1)  # (B, heads, Q, T)
+            x = layer(x, memories[i], bias, has_memory)
         return self.post(x), torch.stack(layer_inputs, dim=2)
 
     def heads(self, features: torch.Tensor):
@@ -520,9 +528,9 @@ def to_device(obs: tuple, device: torch.device) -> tuple:
 
 
 def act(agent: Agent, ro: Rollout, cache: list, slot: int, device: torch.device):
-    """One forward pass of every env at timeline `slot` over the window of cached keys/values."""
+    """One forward pass of every env at timeline `slot` over the window of the normalised-memory cache."""
     image, vector = to_device(ro.next_obs, device)
-    window = [(k[:, :, slot - agent.context : slot], v[:, :, slot - agent.context : slot]) for k, v in cache]
+    window = [normalised[:, slot - agent.context : slot] for normalised in cache]
     query_slots = torch.full_like(ro.next_step, agent.context)[:, None]
     features, layer_inputs = agent(
         None if image is None else image[:, None],
@@ -542,25 +550,23 @@ def collect_rollout(agent: Agent, envs: gym.vector.VectorEnv, ro: Rollout, devic
     # The last C slots of the previous rollout become the context of this one.
     ro.memory[:, :C] = ro.memory[:, S : S + C].clone()
     ro.memory_steps[:, :C] = ro.memory_steps[:, S : S + C].clone()
-    # Keys/values of every slot under the current parameters: the context now, each new slot when written.
+    # The normalised memory of every slot under the current parameters: the context now, each new
+    # slot when it is written.
     cache = []
-    for k, v in agent.memory_keys_values(ro.memory[:, :C], ro.memory_steps[:, :C]):
-        keys = k.new_zeros((*k.shape[:2], C + S, k.shape[3]))
-        values = torch.zeros_like(keys)
-        keys[:, :, :C], values[:, :, :C] = k, v
-        cache.append((keys, values))
+    for normalised in agent.normalise_memory(ro.memory[:, :C], ro.memory_steps[:, :C]):
+        cache.append(torch.cat([normalised, normalised.new_zeros((normalised.shape[0], S, normalised.shape[2]))], 1))
 
     for s in range(S):
         slot = C + s
         if recorder is not None:
             recorder.capture(ro.next_obs[0], envs)
         image, vector, logits, value, layer_inputs = act(agent, ro, cache, slot, device)
-        # Keys/values come from the stored (possibly rounded) states, exactly as the update will see them.
+        # The cache holds the stored (possibly rounded) states, exactly as the update will see them.
         stored = layer_inputs.to(agent.memory_dtype)
         ro.memory[:, slot] = stored[:, 0]
         ro.memory_steps[:, slot] = ro.next_step
-        for (keys, values), (k, v) in zip(cache, agent.memory_keys_values(stored, ro.next_step[:, None])):
-            keys[:, :, slot], values[:, :, slot] = k[:, :, 0], v[:, :, 0]
+        for normalised, new in zip(cache, agent.normalise_memory(stored, ro.next_step[:, None])):
+            normalised[:, slot] = new[:, 0]
         dists = [torch.distributions.Categorical(logits=l) for l in logits]
         action = torch.stack([d.sample() for d in dists], dim=1)
         if image is not None:
@@ -603,14 +609,14 @@ def compute_advantages(args: Args, ro: Rollout, next_value: torch.Tensor) -> tup
 def recompute(agent: Agent, ro: Rollout, sel: torch.Tensor):
     """Recompute the policy and value of the samples `sel` (num_envs, Q): step indices per env.
 
-    Every query attends over its env's whole timeline through the window mask, with keys and
-    values projected once per stored state.
+    Every query attends over its env's whole timeline through the window mask; the memory is
+    normalised once per stored state.
     """
     envs_index = torch.arange(sel.shape[0], device=sel.device)[:, None]
     image = None if ro.images is None else ro.images[sel, envs_index]
     vector = None if ro.vectors is None else ro.vectors[sel, envs_index]
-    keys_values = agent.memory_keys_values(ro.memory, ro.memory_steps)
-    features, _ = agent(image, vector, keys_values, agent.context + sel, ro.steps[sel, envs_index])
+    memories = agent.normalise_memory(ro.memory, ro.memory_steps)
+    features, _ = agent(image, vector, memories, agent.context + sel, ro.steps[sel, envs_index])
     logits, value = agent.heads(features)
     actions = ro.actions[sel, envs_index]
     dists = [torch.distributions.Categorical(logits=l) for l in logits]

@@ -136,9 +136,9 @@ def test_trxl_window_holds_exactly_the_previous_steps_of_the_episode():
                 assert window_steps.tolist() == [list(range(t - n, t))], "window slots belong to this episode"
                 if n == 0:
                     continue
-                kv = agent.memory_keys_values(window, window_steps)
+                memories = agent.normalise_memory(window, window_steps)
                 obs = rollout.vectors[s, env][None, None]
-                features, _ = agent(None, obs, kv, torch.tensor([[n]]), torch.tensor([[t]]))
+                features, _ = agent(None, obs, memories, torch.tensor([[n]]), torch.tensor([[t]]))
                 logits, value = agent.heads(features[:, 0])
                 assert abs(float(value[0]) - float(rollout.values[s, env])) < 1e-5
 
