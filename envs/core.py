@@ -284,10 +284,16 @@ class NativeVectorEnv(VectorEnv):
             # `_index` copies each ended env's row; a copy of the whole batch here would only
             # add a large allocation per step (and allocator churn).
             final_obs = self.game.observe()
+            infos["final_obs"] = np.full(self.num_envs, None, dtype=object)
+            infos["_final_obs"] = terminated.astype(bool)
+            episodes = []
             for i in ended:
+                infos["final_obs"][i] = _index(final_obs, i)
                 episode = {key: _index(value, i) for key, value in self.game.step_info().items()}
                 episode.update(self.game.episode_info(int(i)))
-                infos = self._add_info(infos, {"final_obs": _index(final_obs, i), "final_info": episode}, int(i))
+                episodes.append(episode)
+            infos["final_info"] = self._batch_infos(ended, episodes)
+            infos["_final_info"] = infos["_final_obs"].copy()
             self.game.reset_envs(ended, self.params)
         infos.update(self._every_step_info())
         return self._observation(), rewards.astype(np.float64), terminated.astype(bool), truncated, infos
@@ -304,6 +310,25 @@ class NativeVectorEnv(VectorEnv):
         if isinstance(obs, dict):
             return {key: value.copy() for key, value in obs.items()}
         return obs.copy()
+
+    def _batch_infos(self, ended: np.ndarray, episodes: list[dict[str, Any]]) -> dict[str, Any]:
+        """Per-env info dicts of the ended envs -> gymnasium's batched layout (`key` array + `_key` mask)."""
+        batched: dict[str, Any] = {}
+        for key in dict.fromkeys(k for episode in episodes for k in episode):
+            present = [(i, e[key]) for i, e in zip(ended, episodes) if key in e]
+            first = present[0][1]
+            if isinstance(first, np.ndarray):
+                array = np.zeros((self.num_envs, *first.shape), dtype=first.dtype)
+            elif type(first) in (int, float, bool) or isinstance(first, np.number):
+                array = np.zeros(self.num_envs, dtype=type(first))
+            else:
+                array = np.full(self.num_envs, None, dtype=object)
+            mask = np.zeros(self.num_envs, dtype=bool)
+            for i, value in present:
+                array[i] = value
+                mask[i] = True
+            batched[key], batched[f"_{key}"] = array, mask
+        return batched
 
     def _every_step_info(self) -> dict[str, Any]:
         infos: dict[str, Any] = {}
