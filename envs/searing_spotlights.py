@@ -63,7 +63,12 @@ def _chessboard(colour) -> np.ndarray:
 # Background images by kind: the blue and red boards, and the fills that mutate them for good.
 BLUE_BOARD, RED_BOARD, WHITE_FILL, BLACK_FILL = range(4)
 BACKGROUNDS = np.stack(
-    [_chessboard((0, 0, 255)), _chessboard((255, 0, 0)), np.full((SCREEN, SCREEN, 3), 255, np.uint8), np.zeros((SCREEN, SCREEN, 3), np.uint8)]
+    [
+        _chessboard((0, 0, 255)),
+        _chessboard((255, 0, 0)),
+        np.full((SCREEN, SCREEN, 3), 255, np.uint8),
+        np.zeros((SCREEN, SCREEN, 3), np.uint8),
+    ]
 )
 
 # Darkness blend per alpha: DARKENED[a, v] blends value v towards black, LIGHTENED towards white.
@@ -179,7 +184,7 @@ class _SpotlightsGame(BatchedGame):
         self.shown_cx, self.shown_cy = np.zeros(n, np.int64), np.zeros(n, np.int64)
         self.shown_rotation, self.shown_scale = np.zeros(n, np.int64), np.full(n, SCALE)
         self.stepped = np.zeros(n, dtype=bool)
-        # Coins (finite game: up to `coin_slots` per env; endless game: one).
+        # Coins: slots per env (as many as the largest coin count drawn so far; endless: one).
         self.coin_x = np.zeros((n, 1), np.int64)
         self.coin_y = np.zeros((n, 1), np.int64)
         self.coin_on = np.zeros((n, 1), dtype=bool)
@@ -214,7 +219,8 @@ class _SpotlightsGame(BatchedGame):
         _require(_is_int(duration) and duration >= 0, env_id, "light_dim_off_duration", "an integer >= 0", duration)
         low, high = params["spot_min_radius"], params["spot_max_radius"]
         _require(low >= 0, env_id, "spot_min_radius", "a number >= 0", low)
-        _require(int(low) < int(high + 1), env_id, "spot_max_radius", f"a number whose integer part is >= that of spot_min_radius ({low})", high)
+        whole = f"a number whose integer part is at least that of spot_min_radius ({low})"
+        _require(int(low) < int(high + 1), env_id, "spot_max_radius", whole, high)
         low, high = params["spot_min_speed"], params["spot_max_speed"]
         _require(low >= 0, env_id, "spot_min_speed", "a number >= 0", low)
         _require(high >= low, env_id, "spot_max_speed", f"a number >= spot_min_speed ({low})", high)
@@ -227,7 +233,7 @@ class _SpotlightsGame(BatchedGame):
     def _store_params(self, i: int, params: dict[str, Any]) -> None:
         if params is not self._stored_params:
             # Autoresets pass the same dict every time: sort out its numbers once.
-            items = [(name, value) for name, value in params.items() if isinstance(value, (bool, np.bool_, Integral, Real))]
+            items = [(name, value) for name, value in params.items() if isinstance(value, (np.bool_, Real))]
             items += [("agent_radius", agent_radius(params["agent_scale"])), ("coin_radius", int(10 * params["coin_scale"]))]
             for name, value in items:
                 dtype = bool if _is_bool(value) else (np.int64 if _is_int(value) else np.float64)

@@ -207,7 +207,8 @@ class _PaddedOffsets:
     def ensure(self, max_radius: int) -> None:
         if max_radius <= self.max_radius:
             return
-        shapes = [(disk_offsets(r), ring_offsets(r)) if r >= 1 else ((np.zeros(0, np.int64),) * 2,) * 2 for r in range(max_radius + 1)]
+        empty = (np.zeros(0, np.int64),) * 2
+        shapes = [(disk_offsets(r), ring_offsets(r)) if r >= 1 else (empty, empty) for r in range(max_radius + 1)]
         self.tables = []
         for part in (0, 1):
             longest = max(max(len(s[part][0]) for s in shapes), 1)

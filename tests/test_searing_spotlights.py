@@ -50,7 +50,8 @@ def test_spaces_attributes_and_render_modes(env_id):
     if endless:
         assert env.unwrapped.ground_truth_space == gym.spaces.Box(0, 1, (4,), np.float32)
         game = env.unwrapped.game
-        np.testing.assert_array_equal(info["ground_truth"], np.array([game.cx[0], game.cy[0], game.coin_x[0, 0], game.coin_y[0, 0]]) / 84)
+        where = np.array([game.cx[0], game.cy[0], game.coin_x[0, 0], game.coin_y[0, 0]])
+        np.testing.assert_array_equal(info["ground_truth"], where / 84)
     debug = gym.make(env_id, render_mode="debug_rgb_array")
     debug.reset(seed=0)
     debug.step(np.array([2, 1]))
@@ -118,7 +119,11 @@ def _spot_positions(game, i):
     return x[live], y[live], s.radius[i][live]
 
 
-MOVES = [((h, v), (dx * (2 if dx and dy else 3), dy * (2 if dx and dy else 3))) for h, dx in ((0, 0), (1, -1), (2, 1)) for v, dy in ((0, 0), (1, -1), (2, 1))]
+MOVES = [
+    ((h, v), (dx * (2 if dx and dy else 3), dy * (2 if dx and dy else 3)))
+    for h, dx in ((0, 0), (1, -1), (2, 1))
+    for v, dy in ((0, 0), (1, -1), (2, 1))
+]
 
 
 def dodge(game, i=0):

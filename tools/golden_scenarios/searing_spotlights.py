@@ -18,7 +18,11 @@ from golden_format import Episode, Scenario  # noqa: E402
 
 SS, ESS = "SearingSpotlights-v0", "Endless-SearingSpotlights-v0"
 # (horizontal, vertical) action -> pixel step at the default speed (diagonals move 2 px per axis).
-MOVES = [((h, v), (dx * (2 if dx and dy else 3), dy * (2 if dx and dy else 3))) for h, dx in ((0, 0), (1, -1), (2, 1)) for v, dy in ((0, 0), (1, -1), (2, 1))]
+MOVES = [
+    ((h, v), (dx * (2 if dx and dy else 3), dy * (2 if dx and dy else 3)))
+    for h, dx in ((0, 0), (1, -1), (2, 1))
+    for v, dy in ((0, 0), (1, -1), (2, 1))
+]
 
 
 def random_pair(env, rng, obs, t):
@@ -93,10 +97,19 @@ ENDLESS_OPTIONS = [
     {"agent_visible": True, "coins_visible": True},
     {"black_background": True, "coin_show_duration": 0},
     {"hide_chessboard": True, "light_dim_off_duration": 0, "sample_agent_position": False},
-    {"show_last_positive_reward": False, "steps_per_coin": 40, "spawn_interval": 7, "spot_min_speed": 0.02, "spot_max_speed": 0.05},
+    {
+        "show_last_positive_reward": False, "steps_per_coin": 40, "spawn_interval": 7,
+        "spot_min_speed": 0.02, "spot_max_speed": 0.05,
+    },
     {"agent_health": 3, "max_steps": 50, "light_threshold": 50, "light_dim_off_duration": 4},
     {"coin_scale": 0.7, "agent_scale": 0.5, "reward_coin": 1.5, "reward_outside_spotlight": 0.001, "reward_death": -2.0},
-]
+]  # fmt: skip
+
+
+def _seed_sweep(env_id: str, short: str) -> Scenario:
+    """Short random episodes over a dozen more seeds (layouts, spotlight curves, spawns)."""
+    episodes = [Episode(seed=seed, policy=random_pair, max_steps=80) for seed in range(10, 22)]
+    return Scenario(name=f"{short}_seeds", env_id=env_id, episodes=episodes, frames=[(5, 60)], policy_seed=5)
 
 
 def _options_scenarios(env_id: str, options: list[dict], short: str) -> list[Scenario]:
@@ -139,6 +152,7 @@ SCENARIOS = [
         frames=[(0, 20)],
         policy_seed=2,
     ),
+    _seed_sweep(SS, "SearingSpotlights"),
     *_options_scenarios(SS, FINITE_OPTIONS, "SearingSpotlights"),
     Scenario(
         name="Endless-SearingSpotlights_random",
@@ -161,5 +175,6 @@ SCENARIOS = [
         frames=[(0, 50), (0, 900)],
         policy_seed=4,
     ),
+    _seed_sweep(ESS, "Endless-SearingSpotlights"),
     *_options_scenarios(ESS, ENDLESS_OPTIONS, "Endless-SearingSpotlights"),
 ]
