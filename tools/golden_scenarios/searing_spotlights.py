@@ -131,6 +131,22 @@ def _options_scenarios(env_id: str, options: list[dict], short: str) -> list[Sce
     return scenarios
 
 
+def _changing_options(env_id: str, short: str) -> Scenario:
+    """Options that change between episodes of one instance: the board fills and the darkness
+    layer persist (a reset frame with `light_dim_off_duration=0` shows the last episode's holes)."""
+    plan = [
+        (0, {}),
+        (None, {"light_dim_off_duration": 0}),
+        (1, {"black_background": True}),
+        (None, {}),
+        (2, {"hide_chessboard": True}),
+        (None, {"agent_visible": True}),
+    ]
+    episodes = [Episode(seed=seed, policy=random_pair, options=opts, max_steps=90) for seed, opts in plan]
+    frames = [(1, 0), (3, 0), (5, 0)]
+    return Scenario(name=f"{short}_changing_options", env_id=env_id, episodes=episodes, frames=frames, policy_seed=6)
+
+
 SCENARIOS = [
     Scenario(
         name="SearingSpotlights_random",
@@ -153,6 +169,7 @@ SCENARIOS = [
         policy_seed=2,
     ),
     _seed_sweep(SS, "SearingSpotlights"),
+    _changing_options(SS, "SearingSpotlights"),
     *_options_scenarios(SS, FINITE_OPTIONS, "SearingSpotlights"),
     Scenario(
         name="Endless-SearingSpotlights_random",
@@ -176,5 +193,6 @@ SCENARIOS = [
         policy_seed=4,
     ),
     _seed_sweep(ESS, "Endless-SearingSpotlights"),
+    _changing_options(ESS, "Endless-SearingSpotlights"),
     *_options_scenarios(ESS, ENDLESS_OPTIONS, "Endless-SearingSpotlights"),
 ]
