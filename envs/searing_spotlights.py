@@ -42,6 +42,7 @@ COIN_FILL, COIN_RIM = (255, 255, 0), (255, 165, 0)
 ACTION_CELLS = ((2 * QUARTER, 3 * QUARTER), (3 * QUARTER, 4 * QUARTER))
 REWARD_CELL = (int(QUARTER * 2.75), int(QUARTER * 2.75) + int(QUARTER * 0.5))  # beside the action cells
 REWARD_BAR = (2 * QUARTER, 4 * QUARTER)  # without action cells
+REWARD_COLOURS = np.array([GREY, YELLOW], dtype=np.uint8)  # previous reward not positive / positive
 # The two action cells for each (horizontal, vertical) action, as one image per combination.
 ACTION_CELL_IMAGES = np.concatenate(
     [
@@ -393,11 +394,14 @@ class _SpotlightsGame(BatchedGame):
     def _paint_reward_cell(self, reward: np.ndarray) -> None:
         shown = self.p["show_last_positive_reward"]
         if shown.any():
-            colour = np.where((self.last_reward > 0)[:, None], YELLOW, GREY).astype(np.uint8)
+            colour = REWARD_COLOURS[(self.last_reward > 0).view(np.int8)]
             narrow = self.p["show_last_action"]
-            for cells, envs in ((REWARD_CELL, shown & narrow), (REWARD_BAR, shown & ~narrow)):
-                if envs.any():
-                    self.bar[envs, cells[0] : cells[1]] = colour[envs, None, None]
+            if shown.all() and narrow.all():
+                self.bar[:, REWARD_CELL[0] : REWARD_CELL[1]] = colour[:, None, None]
+            else:
+                for cells, envs in ((REWARD_CELL, shown & narrow), (REWARD_BAR, shown & ~narrow)):
+                    if envs.any():
+                        self.bar[envs, cells[0] : cells[1]] = colour[envs, None, None]
             self.last_reward = np.where(shown, reward, self.last_reward)
 
     # ---- drawing ---------------------------------------------------------------------------
@@ -413,11 +417,12 @@ class _SpotlightsGame(BatchedGame):
         rows, slots = np.nonzero(on)
         if len(rows) == 0:
             return
-        scale = self.p["coin_scale"][envs[rows]]
-        radius = self.p["coin_radius"][envs[rows]]
-        x = self.coin_x[envs[rows], slots] - radius
-        y = self.coin_y[envs[rows], slots] - radius
-        for value in np.unique(scale):
+        owners = envs[rows]
+        scale = self.p["coin_scale"][owners]
+        radius = self.p["coin_radius"][owners]
+        x = self.coin_x[owners, slots] - radius
+        y = self.coin_y[owners, slots] - radius
+        for value in (scale[:1] if (scale == scale[0]).all() else np.unique(scale)):
             pick = scale == value
             self._coin_sheet(float(value)).blit(buf, local[rows[pick]], np.zeros(pick.sum(), np.int64), x[pick], y[pick])
 
@@ -604,26 +609,31 @@ class SearingSpotlightsGame(_SpotlightsGame):
         return due
 
     def _entity_tasks(self, reward: np.ndarray, dead: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # Rewards here are never -0.0, so adding 0.0 for envs without an event changes nothing.
         p = self.p
-        has_coins = self.num_coins > 0
         reached = self._coins_reached()
-        if reached.sum(axis=1).max(initial=0) > 1:
-            reached = _collect_in_list_order(reached, self.coin_on)
-        collected = reached.sum(axis=1)
-        self.coin_on &= ~reached
-        self.coins_collected += collected
-        coin_reward = np.zeros(self.num_envs)
-        for k in range(int(collected.max(initial=0))):
-            coin_reward = np.where(collected > k, coin_reward + p["reward_coin"], coin_reward)
-        reward = np.where(has_coins, reward + coin_reward, reward)
+        if reached.any():
+            if reached.sum(axis=1).max() > 1:
+                reached = _collect_in_list_order(reached, self.coin_on)
+            collected = reached.sum(axis=1)
+            self.coin_on &= ~reached
+            self.coins_collected += collected
+            coin_reward = np.zeros(self.num_envs)
+            for k in range(int(collected.max())):
+                coin_reward = np.where(collected > k, coin_reward + p["reward_coin"], coin_reward)
+            reward = reward + coin_reward
         coins_done = ~self.coin_on.any(axis=1)
         use_exit = p["use_exit"]
-        self.exit_open |= use_exit & coins_done
-        dx, dy = self.exit_x - self.cx, self.exit_y - self.cy
-        exit_reach = 20 / 2 * p["exit_scale"] + p["agent_radius"]
-        at_exit = use_exit & coins_done & (np.sqrt((dx * dx + dy * dy).astype(np.float64)) <= exit_reach)
-        reward = np.where(use_exit, reward + np.where(at_exit, p["reward_exit"], 0.0), reward)
-        won = ~dead & coins_done & np.where(use_exit, at_exit, has_coins)
+        # Without an exit, collecting every coin (of at least one) wins.
+        won = ~dead & coins_done & ~use_exit & (self.num_coins > 0)
+        opening = use_exit & coins_done
+        if opening.any():
+            self.exit_open |= opening
+            dx, dy = self.exit_x - self.cx, self.exit_y - self.cy
+            exit_reach = 20 / 2 * p["exit_scale"] + p["agent_radius"]
+            at_exit = opening & (np.sqrt((dx * dx + dy * dy).astype(np.float64)) <= exit_reach)
+            reward = reward + np.where(at_exit, p["reward_exit"], 0.0)
+            won |= ~dead & at_exit
         self.success = won.astype(np.int64)
         return reward, dead | won
 
