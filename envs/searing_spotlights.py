@@ -349,9 +349,11 @@ class _SpotlightsGame(BatchedGame):
     def _spotlight_task(self) -> tuple[np.ndarray, np.ndarray]:
         p = self.p
         self.spawn_timer += 1
-        for i in np.flatnonzero(self._spawn_due()):
-            self._add_spot(int(i))
-            self.spawn_timer[i] = 0
+        due = self._spawn_due()
+        if due.any():
+            for i in np.flatnonzero(due):
+                self._add_spot(int(i))
+            self.spawn_timer[due] = 0
         spots = self.spots
         visited = spots.visit()
         x, y = spots.move(visited)
@@ -367,18 +369,20 @@ class _SpotlightsGame(BatchedGame):
         dx, dy = x - self.cx[:, None], y - self.cy[:, None]
         reach = spots.radius + p["agent_radius"][:, None]
         hit = (visited & (np.sqrt(dx * dx + dy * dy) <= reach)).any(axis=1)
-        self.health = np.where(hit, self.health - p["spot_damage"], self.health)
         reward = 0.0 + np.where(hit, p["reward_inside_spotlight"], p["reward_outside_spotlight"])
         if hit.any():
+            self.health = np.where(hit, self.health - p["spot_damage"], self.health)
             # The health bar turns red from the left as health is lost (it may run past half).
             width = np.trunc(HALF * (1 - self.health / p["agent_health"]))
             self.bar[hit[:, None] & (np.arange(SCREEN) < width[:, None])] = RED
         self.shows_red = hit & p["visual_feedback"]
         black = p["black_background"]
-        self.red_kind = np.where(black & self.shows_red, BLACK_FILL, self.red_kind)
-        self.blue_kind = np.where(black & ~self.shows_red, BLACK_FILL, self.blue_kind)
+        if black.any():
+            self.red_kind = np.where(black & self.shows_red, BLACK_FILL, self.red_kind)
+            self.blue_kind = np.where(black & ~self.shows_red, BLACK_FILL, self.blue_kind)
         dead = self.health <= 0
-        reward = np.where(dead, reward + p["reward_death"], reward)
+        if dead.any():
+            reward = np.where(dead, reward + p["reward_death"], reward)
         return reward, dead
 
     def _entity_tasks(self, reward: np.ndarray, dead: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
