@@ -24,7 +24,7 @@ import numpy as np
 
 from envs.agent import AgentPainter, continuous_step
 from envs.core import BatchedGame
-from envs.raster import Sprite, SpriteSheet, alpha_blend, disk_offsets, ring_offsets
+from envs.raster import Sprite, SpriteSheet, disk_offsets, ring_offsets
 from envs.spotlights import CLEAR, DARK, RING, SCREEN, Spotlights, clear_mask, create_spot, ringed_codes
 from envs.sprites import EXIT_CLOSED, EXIT_OPEN, agent_radius
 
@@ -72,11 +72,16 @@ BACKGROUNDS = np.stack(
     ]
 )
 
-# Darkness blend per alpha: DARKENED[a, v] blends value v towards black, LIGHTENED towards white.
-_VALUES = np.arange(256, dtype=np.uint8)[None, :]
-_ALPHAS = np.arange(256)[:, None]
-DARKENED = alpha_blend(np.repeat(_VALUES, 256, 0), 0, _ALPHAS)
-LIGHTENED = alpha_blend(np.repeat(_VALUES, 256, 0), 255, _ALPHAS)
+
+
+def _blend_step(distance: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """`floor(distance * alpha / 255)` for uint16 arrays with both factors in 0..255.
+
+    Blending towards black moves a value v down by `floor(v A / 255)`, towards white up by
+    `floor((255 - v) A / 255)`: the integer alpha blend, without a division.
+    """
+    product = distance * alpha
+    return (product + 1 + (product >> 8)) >> 8
 
 
 def coin_sprite(scale: float) -> Sprite:
@@ -441,23 +446,26 @@ class _SpotlightsGame(BatchedGame):
         """Blend the darkness layer (black, or white on ring pixels; clear inside spots) over `buf`.
 
         At full alpha the blend is a plain mask (black pixels become 0, ring pixels 255); frames
-        still fading in (few: the first steps of an episode) go through the blend tables.
+        still fading in (few: the first steps of an episode) get the integer blend.
         """
+        if not alpha.any():  # fully transparent (reset frames while the lights fade)
+            return
         fading = np.flatnonzero(alpha < 255)
-        before = buf[fading]
+        if len(fading):
+            old = buf[fading].astype(np.uint16)
+            level = alpha[fading].astype(np.uint16)[:, None, None, None]
+            code = codes[fading]
+            faded = old - _blend_step(old, level) * (code == DARK)
+            if ringed[fading].any():
+                ring = (code == RING) & ringed[fading, None, None, None]
+                faded = np.where(ring, old + _blend_step(255 - old, level), faded)
         if ringed.any():
             np.multiply(buf, codes != DARK, out=buf)
             buf[(codes == RING) & ringed[:, None, None, None]] = 255
         else:
             np.multiply(buf, codes, out=buf)
-        for level in np.unique(alpha[fading]):
-            pick = alpha[fading] == level
-            old, code = before[pick], codes[fading[pick]]
-            faded = np.take(DARKENED[level], old)
-            np.copyto(faded, old, where=code == CLEAR)
-            if ringed[fading[pick]].any():
-                np.copyto(faded, np.take(LIGHTENED[level], old), where=(code == RING) & ringed[fading[pick], None, None, None])
-            buf[fading[pick]] = faded
+        if len(fading):
+            buf[fading] = faded
 
     def _compose(self, envs: np.ndarray, cx: np.ndarray, cy: np.ndarray, rotation: np.ndarray) -> np.ndarray:
         """The observation frames of `envs` (agents at `cx, cy` facing `rotation`), `(m, x, y, c)`."""

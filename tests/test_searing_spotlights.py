@@ -10,6 +10,8 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import envs  # noqa: F401  (registers the ids)
+from envs.raster import alpha_blend
+from envs.searing_spotlights import _blend_step
 from envs.spotlights import Spotlights
 from tests.golden import fixture_files, replay
 from tools.golden_format import load_fixture
@@ -90,6 +92,16 @@ def test_vector_env_matches_single_envs_across_autoresets(env_id):
             if env_id == ESS:
                 np.testing.assert_array_equal(infos["ground_truth"][i], info["ground_truth"])
     assert endings >= num_envs
+
+
+def test_darkness_fade_equals_the_integer_alpha_blend_for_every_value_and_alpha():
+    value = np.arange(256, dtype=np.uint16)[None, :]
+    alpha = np.arange(256, dtype=np.uint16)[:, None]
+    values = np.repeat(value.astype(np.uint8), 256, axis=0)
+    towards_black = value - _blend_step(value, alpha)
+    towards_white = value + _blend_step(255 - value, alpha)
+    np.testing.assert_array_equal(towards_black, alpha_blend(values, 0, alpha.astype(np.int64)))
+    np.testing.assert_array_equal(towards_white, alpha_blend(values, 255, alpha.astype(np.int64)))
 
 
 def test_spotlight_after_a_removed_one_is_skipped_for_that_step():
