@@ -488,7 +488,10 @@ class _SpotlightsGame(BatchedGame):
             else:
                 getattr(self, f"_draw_{entity}")(buf, pick, envs[pick])
 
-        coins_up, exit_up, agent_up = self._above_darkness(envs)
+        flags = np.stack(self._above_darkness(envs))  # (coins, exit, agent) x envs
+        if (flags == flags[:, :1]).all():
+            flags = flags[:, 0]  # the same for every env: one flag each (0-d selections)
+        coins_up, exit_up, agent_up = flags
         draw("coins", ~coins_up)
         draw("exit", ~exit_up)
         draw("agent", ~agent_up)
