@@ -465,7 +465,7 @@ class Agent(nn.Module):
         # A query without memory (episode start) attends to nothing; its row is unmasked only to
         # keep the softmax finite, and the layer zeroes what it returns.
         has_memory = visible.any(-1, keepdim=True)
-        hidden = (~(visible | ~has_memory))[:, None]  # (B, 1, Q, T)
+        hidden = (~visible & has_memory)[:, None]  # (B, 1, Q, T)
         mask_bias = torch.zeros(hidden.shape, device=x.device).masked_fill(hidden, float("-inf"))
         if self.positional_encoding == "learned":
             bias_index = (distance - 1).clamp(0, self.distance_bias.shape[-1] - 1)
