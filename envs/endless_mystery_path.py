@@ -129,6 +129,10 @@ def make_segment(draws: Draws, index: int, start_row: int | None) -> tuple[list[
     return columns, rows, end_row
 
 
+_FIRST_FRAMES: dict[tuple, np.ndarray] = {}
+"""Episodes' first observations by (show_background, show_stamina, agent scale, agent column)."""
+
+
 class EndlessMysteryPathGame(BatchedGame):
     env_id = "Endless-MysteryPath-v0"
     observation_space = OBSERVATION_SPACE
@@ -235,31 +239,46 @@ class EndlessMysteryPathGame(BatchedGame):
             raise ValueError(f"{env_id}: stamina_level must be an integer >= 1, got {params['stamina_level']!r}")
 
     # ---- path storage ----------------------------------------------------------------------
-    def _store_segment(self, i: int, index: int, columns: list[int], rows: list[int]) -> None:
-        slot = index % RING
-        length = len(columns)
-        self.ring_segment[i, slot] = index
-        self.ring_columns[i, slot, :length] = columns
-        self.ring_rows[i, slot, :length] = rows
-        self.ring_length[i, slot] = length
-        local = (np.asarray(columns) - index * SEGMENT_COLUMNS) * GRID + np.asarray(rows)
-        self.ring_node[i, slot] = -1
-        self.ring_node[i, slot, local] = np.arange(length)
-        self.stamina_marks[i, slot] = 0
-        if index >= self.reward_marks.shape[1]:
+    def _store_segments(self, envs: list[int], indices: list[int], segments: list[tuple[list[int], list[int]]]) -> None:
+        """Put segment `indices[k]` (its world columns and rows) of env `envs[k]` in its ring slot, for every k.
+
+        One batch of array writes for all of them; no two of them may share an env's slot.
+        """
+        envs, indices = np.array(envs), np.array(indices)
+        slots = indices % RING
+        lengths = np.array([len(columns) for columns, _ in segments])
+        # Padded to a full row (the padding is never read: reads stop at the segment's length).
+        columns = np.array([columns + [0] * (MAX_NODES - len(columns)) for columns, _ in segments])
+        rows = np.array([rows + [0] * (MAX_NODES - len(rows)) for _, rows in segments])
+        self.ring_segment[envs, slots] = indices
+        self.ring_columns[envs, slots] = columns
+        self.ring_rows[envs, slots] = rows
+        self.ring_length[envs, slots] = lengths
+        self.ring_node[envs, slots] = -1
+        k, node = np.nonzero(np.arange(MAX_NODES) < lengths[:, None])
+        local = (columns[k, node] - indices[k] * SEGMENT_COLUMNS) * GRID + rows[k, node]
+        self.ring_node[envs[k], slots[k], local] = node
+        self.stamina_marks[envs, slots] = 0
+        if indices.max() >= self.reward_marks.shape[1]:
             grown = np.zeros((self.num_envs, 2 * self.reward_marks.shape[1]), dtype=np.uint64)
             grown[:, : self.reward_marks.shape[1]] = self.reward_marks
             self.reward_marks = grown
 
-    def _extend_path(self, i: int, count: int = 1) -> None:
-        """Generate the next `count` segments from the env's own generator (the reference's RNG order)."""
-        with Draws(self.rngs[i]) as draws:
-            for _ in range(count):
-                index = int(self.num_segments[i])
-                start_row = None if index == 0 else int(self.last_end_row[i])
-                columns, rows, self.last_end_row[i] = make_segment(draws, index, start_row)
-                self._store_segment(i, index, columns, rows)
-                self.num_segments[i] = index + 1
+    def _extend_paths(self, envs: np.ndarray, count: int = 1) -> None:
+        """Generate the next `count` segments of envs `envs` from their own generators (the reference's RNG order)."""
+        owners, indices, segments = [], [], []
+        for i in envs.tolist():
+            first = int(self.num_segments[i])
+            end_row = None if first == 0 else int(self.last_end_row[i])
+            with Draws(self.rngs[i]) as draws:
+                for index in range(first, first + count):
+                    columns, rows, end_row = make_segment(draws, index, end_row)
+                    owners.append(i)
+                    indices.append(index)
+                    segments.append((columns, rows))
+            self.last_end_row[i] = end_row
+            self.num_segments[i] = first + count
+        self._store_segments(owners, indices, segments)
 
     def _restore_segments(self, i: int, first: int, last: int) -> None:
         """Regenerate segments `first..last` (all generated once already) by replaying the stream."""
@@ -272,7 +291,7 @@ class EndlessMysteryPathGame(BatchedGame):
                 index = int(self.replay_next[i])
                 start_row = None if index == 0 else int(self.replay_end_row[i])
                 columns, rows, self.replay_end_row[i] = make_segment(draws, index, start_row)
-                self._store_segment(i, index, columns, rows)
+                self._store_segments([i], [index], [(columns, rows)])
                 self.replay_next[i] = index + 1
 
     def _ensure_segments(self, segment: np.ndarray) -> None:
@@ -290,12 +309,12 @@ class EndlessMysteryPathGame(BatchedGame):
         self._store_params(idx, params)
         self.reward_marks[idx] = 0
         self.ring_segment[idx] = -1
-        for i in idx:
+        for i in idx.tolist():
             self.episode_start_state[i] = self.rngs[i].bit_generator.state
-            self.replay_next[i] = np.iinfo(np.int64).max  # the replay starts from the episode's start state
-            self.num_segments[i] = 0
-            self._extend_path(i, INITIAL_SEGMENTS)
-            self.start_row[i] = self.ring_rows[i, 0, 0]
+        self.replay_next[idx] = np.iinfo(np.int64).max  # the replay starts from the episode's start state
+        self.num_segments[idx] = 0
+        self._extend_paths(idx, INITIAL_SEGMENTS)
+        self.start_row[idx] = self.ring_rows[idx, 0, 0]
         # The very first cell never pays a reward.
         self.reward_marks[idx, 0] = np.left_shift(np.uint64(1), self.start_row[idx].astype(np.uint64))
         self.camera_x[idx] = self.camera_offset[idx]
@@ -320,7 +339,30 @@ class EndlessMysteryPathGame(BatchedGame):
         self.tiles_visited[idx] = 0
         self.episode_return[idx] = 0.0
         self.fall_count[idx] = 0
-        self._draw(idx, past_path=False)
+        self.screens[idx] = self._first_frames(params)[self.start_row[idx]]
+
+    def _first_frames(self, params: dict[str, Any]) -> np.ndarray:
+        """The first observation of an episode for each start row, `(7, 84, 84, 3)`.
+
+        At reset no past path shows, the background has not scrolled, the agent faces east at its
+        spawn point, the stamina bar is full and no cross shows: the frame depends on a few
+        parameters and the start row only, so it is drawn once per parameter set.
+        """
+        scale = float(params["agent_scale"])
+        radius, size = agent_radius(scale), agent_sprites(scale)[0].size[0]
+        draw_x = int(radius - size // 2 + TILE * max(0, min(5.5, params["camera_offset_scale"])))
+        key = (bool(params["show_background"]), bool(params["show_stamina"]), scale, draw_x)
+        frames = _FIRST_FRAMES.get(key)
+        if frames is None:
+            rows = np.arange(GRID)
+            codes = BACKGROUND_CODES[int(key[0]), 0]
+            frames = np.ascontiguousarray(np.broadcast_to(COLUMN_TABLE[codes], (GRID, SCREEN, SCREEN, 3)))
+            centre_y = rows * TILE + radius
+            self.painter.draw(frames, rows, np.full(GRID, draw_x + size // 2), centre_y, np.full(GRID, 270), scale)
+            if key[1]:
+                frames[:, SCREEN - STAMINA_WIDTH :] = STAMINA_TABLE[0]
+            _FIRST_FRAMES[key] = frames
+        return frames
 
     def _store_params(self, idx: np.ndarray, params: dict[str, Any]) -> None:
         scale = params["agent_scale"]
@@ -365,8 +407,9 @@ class EndlessMysteryPathGame(BatchedGame):
         tx, ty = self.cx // TILE, self.cy // TILE
         self.tx, self.ty = tx, ty
         segment = tx // SEGMENT_COLUMNS
-        for i in np.flatnonzero(segment > self.num_segments - 2):
-            self._extend_path(int(i))
+        growing = np.flatnonzero(segment > self.num_segments - 2)
+        if len(growing):
+            self._extend_paths(growing)
         if (segment != self.ensured_segment).any():
             self._ensure_segments(segment)
             self.ensured_segment = segment
@@ -501,10 +544,10 @@ class EndlessMysteryPathGame(BatchedGame):
         codes[(env_pos * SCREEN + right)[narrow | (x0 + TILE - 1 < SCREEN)]] |= 128
         return codes.reshape(k, SCREEN)
 
-    def _draw(self, idx: np.ndarray, past_path: bool = True) -> None:
-        """Draw envs `idx`; `past_path=False` where none can show (at reset the agent is in column 0)."""
+    def _draw(self, idx: np.ndarray) -> None:
+        """Draw envs `idx`."""
         background = BACKGROUND_CODES[self.show_background[idx].astype(np.int64), self.scroll[idx] % TILE]
-        codes = background + self._past_path_codes(idx) if past_path else background
+        codes = background + self._past_path_codes(idx)
         if len(idx) == self.num_envs:
             np.take(COLUMN_TABLE, codes, axis=0, out=self.screens, mode="clip")
         else:
