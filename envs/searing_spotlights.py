@@ -22,11 +22,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from envs.agent import AgentPainter, continuous_step
+from envs.agent import continuous_step
 from envs.core import BatchedGame
-from envs.raster import Sprite, SpriteSheet, disk_offsets, ring_offsets
+from envs.raster import PIXEL, Sprite, disk_offsets, ring_offsets
 from envs.spotlights import CLEAR, DARK, RING, SCREEN, Spotlights, clear_mask, create_spot, ringed_codes
-from envs.sprites import EXIT_CLOSED, EXIT_OPEN, agent_radius
+from envs.sprites import EXIT_CLOSED, EXIT_OPEN, agent_radius, agent_sprites
 
 SCALE = 0.25
 TILE = int(50 * SCALE)
@@ -97,6 +97,64 @@ def coin_sprite(scale: float) -> Sprite:
         rx, ry = ring_offsets(radius)
         colour[rx + radius, ry + radius] = COIN_RIM
     return Sprite(colour, mask)
+
+
+class SpriteAtlas:
+    """Every sprite a frame can show, packed so that one scatter draws any mix of them.
+
+    Sprites are registered per kind and scale (`register`) and get consecutive ids. Each one is
+    stored as its opaque pixels' offsets from the entity's centre (`dx, dy`) and their colours
+    as packed 3-byte pixels; lists shorter than the longest repeat their first pixel, so the
+    padding rewrites an already drawn pixel with its own colour. A sprite without opaque
+    pixels points far off screen, where clipping drops it.
+    """
+
+    _OFF_SCREEN = 1 << 20
+
+    def __init__(self):
+        self.ids: dict[tuple[str, float], int] = {}
+        self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.dx = self.dy = np.zeros((0, 1), np.int64)
+        self.pixels = np.zeros((0, 1), PIXEL)
+
+    def register(self, kind: str, scale: float, sprites: list[Sprite], corner: int) -> int:
+        """The id of the first of `sprites` (drawn with their top-left `corner` px up-left of the centre)."""
+        key = (kind, float(scale))
+        if key not in self.ids:
+            self.ids[key] = len(self._parts)
+            for sprite in sprites:
+                xs, ys = np.nonzero(sprite.mask)
+                if len(xs):
+                    self._parts.append((xs - corner, ys - corner, sprite.colour[xs, ys]))
+                else:
+                    self._parts.append((np.full(1, self._OFF_SCREEN), np.full(1, self._OFF_SCREEN), np.zeros((1, 3), np.uint8)))
+            self._pack()
+        return self.ids[key]
+
+    def _pack(self) -> None:
+        longest = max(len(dx) for dx, _, _ in self._parts)
+        pad = [np.r_[np.arange(len(dx)), np.zeros(longest - len(dx), np.int64)] for dx, _, _ in self._parts]
+        self.dx = np.stack([dx[k] for (dx, _, _), k in zip(self._parts, pad)])
+        self.dy = np.stack([dy[k] for (_, dy, _), k in zip(self._parts, pad)])
+        colour = np.stack([c[k] for (_, _, c), k in zip(self._parts, pad)])
+        self.pixels = np.ascontiguousarray(colour).view(PIXEL)[..., 0]
+
+    def blit(self, screens: np.ndarray, env: np.ndarray, sprite: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
+        """Draw sprite `sprite[k]` centred at (`x[k]`, `y[k]`) on `screens[env[k]]`, in order of k, clipped.
+
+        `screens` is a C-contiguous `(m, SCREEN, SCREEN, 3)` batch. One fancy-indexed assignment
+        writes every pixel; it goes through the indices in order, so later sprites cover earlier ones.
+        """
+        px = x[:, None] + self.dx[sprite]
+        py = y[:, None] + self.dy[sprite]
+        flat = (env[:, None] * SCREEN + px) * SCREEN + py
+        colour = self.pixels[sprite]
+        pixels = screens.reshape(-1, 3).view(PIXEL)[:, 0]
+        inside = (px.view(np.uint64) < SCREEN) & (py.view(np.uint64) < SCREEN)
+        if inside.all():
+            pixels[flat] = colour
+        else:
+            pixels[flat[inside]] = colour[inside]
 
 
 # ---- reset-time helpers (per env, Python) ----------------------------------------------------
@@ -174,9 +232,8 @@ class _SpotlightsGame(BatchedGame):
         n = num_envs
         self.params: list[dict[str, Any] | None] = [None] * n
         self.spots = Spotlights(n)
-        self.painter = AgentPainter()
-        self.exit_sheet = SpriteSheet([EXIT_CLOSED, EXIT_OPEN])
-        self._coin_sheets: dict[float, SpriteSheet] = {}
+        self.atlas = SpriteAtlas()
+        self.atlas.register("exit", 0.5, [EXIT_CLOSED, EXIT_OPEN], 5)  # ids 0 (closed) and 1 (open)
         # Per-env copies of the parameters used in array code.
         self.p: dict[str, np.ndarray] = {}
         self._stored_params: dict[str, Any] | None = None
@@ -241,6 +298,7 @@ class _SpotlightsGame(BatchedGame):
             # Autoresets pass the same dict every time: sort out its numbers once.
             items = [(name, value) for name, value in params.items() if isinstance(value, (np.bool_, Real))]
             items += [("agent_radius", agent_radius(params["agent_scale"])), ("coin_radius", int(10 * params["coin_scale"]))]
+            items += [("coin_sprite", self._coin_sprite(params["coin_scale"])), ("agent_sprite", self._agent_sprite(params["agent_scale"]))]
             for name, value in items:
                 dtype = bool if _is_bool(value) else (np.int64 if _is_int(value) else np.float64)
                 if name not in self.p:
@@ -414,33 +472,33 @@ class _SpotlightsGame(BatchedGame):
             self.last_reward = np.where(shown, reward, self.last_reward)
 
     # ---- drawing ---------------------------------------------------------------------------
-    def _coin_sheet(self, scale: float) -> SpriteSheet:
-        if scale not in self._coin_sheets:
-            self._coin_sheets[scale] = SpriteSheet([coin_sprite(scale)])
-        return self._coin_sheets[scale]
+    def _coin_sprite(self, scale: float) -> int:
+        return self.atlas.register("coin", scale, [coin_sprite(scale)], int(10 * scale))
 
-    def _draw_coins(self, buf: np.ndarray, local: np.ndarray, envs: np.ndarray) -> None:
-        if len(envs) == 0:
-            return
-        on = self.coin_on[envs]
-        rows, slots = np.nonzero(on)
-        if len(rows) == 0:
-            return
-        owners = envs[rows]
-        scale = self.p["coin_scale"][owners]
-        radius = self.p["coin_radius"][owners]
-        x = self.coin_x[owners, slots] - radius
-        y = self.coin_y[owners, slots] - radius
-        for value in (scale[:1] if (scale == scale[0]).all() else np.unique(scale)):
-            pick = scale == value
-            self._coin_sheet(float(value)).blit(buf, local[rows[pick]], np.zeros(pick.sum(), np.int64), x[pick], y[pick])
+    def _agent_sprite(self, scale: float) -> int:
+        """The id of the agent facing rotation 0 at `scale`; rotation r is `r // 45` ids further."""
+        sprites = agent_sprites(float(scale))
+        return self.atlas.register("agent", scale, list(sprites), sprites[0].size[0] // 2)
 
-    def _draw_exit(self, buf: np.ndarray, local: np.ndarray, envs: np.ndarray) -> None:
-        pass
+    # Each `_*_places` gives an entity's sprites in `envs` as (local env, sprite id, centre x, centre y).
+    def _coin_places(self, local: np.ndarray, envs: np.ndarray, every: bool):
+        rows, slots = np.nonzero(self.coin_on if every else self.coin_on[envs])
+        owners = rows if every else envs[rows]
+        return local[rows], self.p["coin_sprite"][owners], self.coin_x[owners, slots], self.coin_y[owners, slots]
 
-    def _draw_agent(self, buf, local, envs, cx, cy, rotation, scale) -> None:
-        if len(envs):
-            self.painter.draw(buf, local, cx, cy, rotation, scale)
+    def _exit_places(self, local: np.ndarray, envs: np.ndarray, every: bool):
+        return None
+
+    def _agent_places(self, local, cx, cy, rotation, sprite):
+        return local, sprite + rotation // 45, cx, cy
+
+    def _blit(self, buf: np.ndarray, parts: list) -> None:
+        """Draw the places of `parts` (entities in drawing order; None: none) with one scatter."""
+        parts = [part for part in parts if part is not None and len(part[0])]
+        if len(parts) == 1:
+            self.atlas.blit(buf, *parts[0])
+        elif parts:
+            self.atlas.blit(buf, *(np.concatenate(column) for column in zip(*parts)))
 
     def _darken(self, buf: np.ndarray, codes: np.ndarray, alpha: np.ndarray, ringed: np.ndarray) -> None:
         """Blend the darkness layer (black, or white on ring pixels; clear inside spots) over `buf`.
@@ -477,35 +535,39 @@ class _SpotlightsGame(BatchedGame):
 
         buf = np.take(BACKGROUNDS, np.where(rows(self.shows_red), rows(self.red_kind), rows(self.blue_kind)), axis=0)
         local = np.arange(len(envs))
-        scale = rows(p["agent_scale"])
-
-        def draw(entity: str, sel: np.ndarray) -> None:
-            if not sel.any():
-                return
-            pick = local if sel.all() else local[sel]
-            if entity == "agent":
-                self._draw_agent(buf, pick, envs[pick], cx[pick], cy[pick], rotation[pick], scale[pick])
-            else:
-                getattr(self, f"_draw_{entity}")(buf, pick, envs[pick])
-
+        places = (
+            self._coin_places(local, envs, every),
+            self._exit_places(local, envs, every),
+            self._agent_places(local, cx, cy, rotation, rows(p["agent_sprite"])),
+        )
         flags = np.stack(self._above_darkness(envs))  # (coins, exit, agent) x envs
         if (flags == flags[:, :1]).all():
-            flags = flags[:, 0]  # the same for every env: one flag each (0-d selections)
+            flags = flags[:, 0]  # the same for every env: one flag each (0-d)
         coins_up, exit_up, agent_up = flags
-        draw("coins", ~coins_up)
-        draw("exit", ~exit_up)
-        draw("agent", ~agent_up)
-        self._darken(buf, rows(self.codes), rows(self.alpha), rows(p["black_background"]))
-        # Above the darkness, the reference's insertion order puts the top bar after the
-        # visible coins, after a visible exit only if coins are visible too, and after a
-        # visible agent only if both coins and exit are.
+        # Layer of each entity: 0 under the darkness, 1 above it, 2 above the top bar. The
+        # reference's insertion order puts the bar after the visible coins, after a visible
+        # exit only if coins are visible too, and after a visible agent only if both are.
         both = coins_up & exit_up
-        draw("coins", coins_up)
-        draw("exit", both)
-        draw("agent", agent_up & both)
+        levels = (coins_up.astype(np.int64), np.where(exit_up, 2 - both, 0), np.where(agent_up, 2 - both, 0))
+
+        def draw(layer: int) -> None:
+            parts = []
+            for place, level in zip(places, levels):
+                if place is None:
+                    continue
+                if level.ndim == 0:
+                    if level == layer:
+                        parts.append(place)
+                else:
+                    keep = level[place[0]] == layer
+                    parts.append(tuple(column[keep] for column in place))
+            self._blit(buf, parts)
+
+        draw(0)
+        self._darken(buf, rows(self.codes), rows(self.alpha), rows(p["black_background"]))
+        draw(1)
         buf[:, :, :BAR_HEIGHT] = rows(self.bar)
-        draw("exit", exit_up & ~coins_up)
-        draw("agent", agent_up & ~both)
+        draw(2)
         return buf
 
     def _above_darkness(self, envs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -521,13 +583,14 @@ class _SpotlightsGame(BatchedGame):
         kind = self.red_kind[i] if self.shows_red[i] else self.blue_kind[i]
         buf = BACKGROUNDS[[kind]]
         self._darken(buf, self.codes[envs], self.alpha[envs], self.p["black_background"][envs])
-        self._draw_exit(buf, local, envs)
-        self._draw_coins(buf, local, envs)
         if self.stepped[i]:
-            pose = self.shown_cx[envs], self.shown_cy[envs], self.shown_rotation[envs], self.shown_scale[envs]
+            pose = self.shown_cx[envs], self.shown_cy[envs], self.shown_rotation[envs]
+            sprite = np.array([self._agent_sprite(self.shown_scale[i])])
         else:
-            pose = self.cx[envs], self.cy[envs], np.zeros(1, np.int64), self.p["agent_scale"][envs]
-        self._draw_agent(buf, local, envs, *pose)
+            pose = self.cx[envs], self.cy[envs], np.zeros(1, np.int64)
+            sprite = self.p["agent_sprite"][envs]
+        agent = self._agent_places(local, *pose, sprite)
+        self._blit(buf, [self._exit_places(local, envs, False), self._coin_places(local, envs, False), agent])
         buf[:, :, :BAR_HEIGHT] = self.bar[envs]
         return np.ascontiguousarray(buf[0].transpose(1, 0, 2).repeat(4, axis=0).repeat(4, axis=1))
 
@@ -652,11 +715,14 @@ class SearingSpotlightsGame(_SpotlightsGame):
         self.success = won.astype(np.int64)
         return reward, dead | won
 
-    def _draw_exit(self, buf: np.ndarray, local: np.ndarray, envs: np.ndarray) -> None:
-        keep = self.p["use_exit"][envs]
-        if keep.any():
-            envs, local = envs[keep], local[keep]
-            self.exit_sheet.blit(buf, local, self.exit_open[envs].astype(np.int64), self.exit_x[envs] - 5, self.exit_y[envs] - 5)
+    def _exit_places(self, local: np.ndarray, envs: np.ndarray, every: bool):
+        # Exit sprite ids: 0 closed, 1 open.
+        shown = self.p["use_exit"] if every else self.p["use_exit"][envs]
+        if shown.all():
+            owners = envs
+        else:
+            local, owners = local[shown], envs[shown]
+        return local, self.exit_open[owners].view(np.int8).astype(np.int64), self.exit_x[owners], self.exit_y[owners]
 
     def _above_darkness(self, envs):
         p = self.p
