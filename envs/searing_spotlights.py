@@ -103,10 +103,13 @@ class SpriteAtlas:
     """Every sprite a frame can show, packed so that one scatter draws any mix of them.
 
     Sprites are registered per kind and scale (`register`) and get consecutive ids. Each one is
-    stored as its opaque pixels' offsets from the entity's centre (`dx, dy`) and their colours
-    as packed 3-byte pixels; lists shorter than the longest repeat their first pixel, so the
-    padding rewrites an already drawn pixel with its own colour. A sprite without opaque
-    pixels points far off screen, where clipping drops it.
+    stored as its opaque pixels' offsets from the entity's centre, as `(dx, dy)` and as the
+    flat pixel offset `dx * SCREEN + dy`, with their colours as packed 3-byte pixels. Lists
+    shorter than the longest repeat their first pixel, so the padding rewrites an already drawn
+    pixel with its own colour. A sprite without opaque pixels points far off screen, where
+    clipping drops it. `low` and `room` per sprite and axis (the smallest offset, and how far
+    the centre may move from `-low` before the sprite leaves the screen) tell cheaply which
+    placements need clipping.
     """
 
     _OFF_SCREEN = 1 << 20
@@ -114,8 +117,6 @@ class SpriteAtlas:
     def __init__(self):
         self.ids: dict[tuple[str, float], int] = {}
         self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self.dx = self.dy = np.zeros((0, 1), np.int64)
-        self.pixels = np.zeros((0, 1), PIXEL)
 
     def register(self, kind: str, scale: float, sprites: list[Sprite], corner: int) -> int:
         """The id of the first of `sprites` (drawn with their top-left `corner` px up-left of the centre)."""
@@ -136,25 +137,33 @@ class SpriteAtlas:
         pad = [np.r_[np.arange(len(dx)), np.zeros(longest - len(dx), np.int64)] for dx, _, _ in self._parts]
         self.dx = np.stack([dx[k] for (dx, _, _), k in zip(self._parts, pad)])
         self.dy = np.stack([dy[k] for (_, dy, _), k in zip(self._parts, pad)])
+        self.offset = self.dx * SCREEN + self.dy
         colour = np.stack([c[k] for (_, _, c), k in zip(self._parts, pad)])
         self.pixels = np.ascontiguousarray(colour).view(PIXEL)[..., 0]
+        self.low_x, self.low_y = self.dx.min(axis=1), self.dy.min(axis=1)
+        self.room_x = (SCREEN - 1 - self.dx.max(axis=1) + self.low_x).astype(np.uint64)
+        self.room_y = (SCREEN - 1 - self.dy.max(axis=1) + self.low_y).astype(np.uint64)
 
     def blit(self, screens: np.ndarray, env: np.ndarray, sprite: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
         """Draw sprite `sprite[k]` centred at (`x[k]`, `y[k]`) on `screens[env[k]]`, in order of k, clipped.
 
-        `screens` is a C-contiguous `(m, SCREEN, SCREEN, 3)` batch. One fancy-indexed assignment
-        writes every pixel; it goes through the indices in order, so later sprites cover earlier ones.
+        `screens` is a C-contiguous `(m, SCREEN, SCREEN, 3)` batch. One `np.put` writes every
+        pixel; it goes through the indices in order, so later sprites cover earlier ones.
         """
-        px = x[:, None] + self.dx[sprite]
-        py = y[:, None] + self.dy[sprite]
-        flat = (env[:, None] * SCREEN + px) * SCREEN + py
+        flat = ((env * SCREEN + x) * SCREEN + y)[:, None] + self.offset[sprite]
         colour = self.pixels[sprite]
-        pixels = screens.reshape(-1, 3).view(PIXEL)[:, 0]
-        inside = (px.view(np.uint64) < SCREEN) & (py.view(np.uint64) < SCREEN)
-        if inside.all():
-            pixels[flat] = colour
-        else:
-            pixels[flat[inside]] = colour[inside]
+        # Placements whose bounding box leaves the screen keep only their pixels on it.
+        clipped = np.flatnonzero(
+            ((x + self.low_x[sprite]).view(np.uint64) > self.room_x[sprite])
+            | ((y + self.low_y[sprite]).view(np.uint64) > self.room_y[sprite])
+        )
+        if len(clipped):
+            px = x[clipped, None] + self.dx[sprite[clipped]]
+            py = y[clipped, None] + self.dy[sprite[clipped]]
+            keep = np.ones(flat.shape, dtype=bool)
+            keep[clipped] = (px.view(np.uint64) < SCREEN) & (py.view(np.uint64) < SCREEN)
+            flat, colour = flat[keep], colour[keep]
+        np.put(screens.reshape(-1, 3).view(PIXEL), flat, colour)
 
 
 # ---- reset-time helpers (per env, Python) ----------------------------------------------------
