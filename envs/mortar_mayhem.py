@@ -42,8 +42,13 @@ COMMAND_AT = 31
 COMMAND_NAMES = ("right", "down", "left", "up", "stay", "right_down", "right_up", "left_down", "left_up")
 COMMAND_DX = np.array([1, 0, -1, 0, 0, 1, 1, -1, -1], dtype=np.int64)
 COMMAND_DY = np.array([0, 1, 0, -1, 0, 1, -1, 1, -1], dtype=np.int64)
+_DX, _DY = tuple(COMMAND_DX.tolist()), tuple(COMMAND_DY.tolist())
 ONE_HOT_SLOT = np.array([1, 4, 2, 3, 0, 5, 6, 7, 8], dtype=np.int64)
 """Slot of each command in the MM-B vector observation (stay, right, left, up, down, diagonals)."""
+PAD = len(COMMAND_NAMES)
+"""Fills command lists up to a common width; it encodes as nine zeros in the vector observation."""
+_ONE_HOT = np.zeros((PAD + 1, 9), dtype=np.float32)
+_ONE_HOT[np.arange(PAD), ONE_HOT_SLOT] = 1.0
 MAX_VECTOR_COMMANDS = 20
 
 BLUE, BLUE_BORDER = (21, 43, 77), (29, 60, 107)
@@ -53,7 +58,6 @@ DEBUG_SCALE = 4
 
 _COMMANDS = SpriteSheet([COMMAND_SPRITES[name] for name in COMMAND_NAMES])
 _BLUE_TILE = tile(TILE, BLUE, BLUE_BORDER)
-_BLUE_TILES = SpriteSheet([_BLUE_TILE])
 _RED_TILE = tile(TILE, RED, RED_BORDER)
 
 
@@ -75,6 +79,26 @@ def _arena_layer(size: int, tile_sprite: Sprite) -> np.ndarray:
 # Index by arena size (2..6): all tiles blue, all tiles red.
 _BLUE_ARENAS = np.stack([_arena_layer(size, _BLUE_TILE) for size in range(7)])
 _RED_ARENAS = np.stack([_arena_layer(size, _RED_TILE) for size in range(7)])
+
+
+def _explosion_layers() -> tuple[np.ndarray, np.ndarray]:
+    """Every red arena with its blue target tile, and where each size's layers start.
+
+    The layer of arena size `s` and target cell `(x, y)` is `layers[start[s] + x * s + y]`.
+    """
+    layers, start = [], np.zeros(7, dtype=np.int64)
+    for size in range(7):
+        start[size] = len(layers)
+        origin = int(arena_origin(size))
+        for x in range(size):
+            for y in range(size):
+                layer = _RED_ARENAS[size].copy()
+                blit(layer, _BLUE_TILE, origin + TILE * x, origin + TILE * y)
+                layers.append(layer)
+    return np.stack(layers), start
+
+
+_EXPLOSION_LAYERS, _EXPLOSION_START = _explosion_layers()
 _RING = offsets_mask(*disk_offsets(TILE // 2), TILE, TILE // 2) & ~offsets_mask(*disk_offsets(TILE // 2 - 2), TILE, TILE // 2)
 
 
@@ -95,7 +119,11 @@ def _int_list(env_id: str, name: str, value: Any, minimum: int) -> None:
 
 @lru_cache(maxsize=None)
 def _valid_commands(size: int, allowed: int) -> tuple[tuple[int, ...], ...]:
-    """For each cell `x * size + y`: the first-`allowed` commands that keep it inside the arena."""
+    """For each cell `x * size + y`: the first-`allowed` commands that keep it inside the arena.
+
+    With `size >= 2` and `allowed >= 4` every cell has at least two (a horizontal and a vertical
+    move), so drawing a command always draws from the generator.
+    """
     table = []
     for x in range(size):
         for y in range(size):
@@ -109,46 +137,93 @@ def _valid_commands(size: int, allowed: int) -> tuple[tuple[int, ...], ...]:
     return tuple(table)
 
 
-def _pick(rng: np.random.Generator, values) -> int:
-    """`rng.choice(values)`, drawn the same way but without building an array.
+class Draws:
+    """`rng.integers(0, k)` draws served from 32-bit generator outputs read ahead in one block.
 
-    A choice among one value draws nothing from the generator, so the call is skipped.
+    For `2 <= k < 2**32`, `Generator.integers(0, k)` (and each element of `integers(low, low + k,
+    size)`) turns the next 32-bit output `u` of the bit generator into `(u * k) >> 32`, taking a
+    new `u` while the low 32 bits of `u * k` fall below `2**32 % k` (Lemire's method); `k == 1`
+    reads nothing. `integers(0, 2**32, m, dtype=np.uint32)` returns the next `m` outputs as they
+    are, so one such call plus the rule here consumes the generator exactly like `m` separate
+    draws: one NumPy call per episode layout instead of one per random choice. The block must
+    never hold outputs that no draw will use, hence `ahead` asks for a count the caller is about
+    to draw; the rare rejected outputs are read one at a time when the block runs out.
     """
-    if len(values) == 1:
-        return int(values[0])
-    return int(values[int(rng.integers(0, len(values)))])
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+        self.block: list[int] = []
+        self.used = 0
+
+    def ahead(self, count: int) -> None:
+        """Read ahead for `count` draws (each of `k >= 2`) that the caller is certain to make next."""
+        missing = count - (len(self.block) - self.used)
+        if missing > 0:
+            self.block += self.rng.integers(0, 1 << 32, missing, dtype=np.uint32).tolist()
+
+    def below(self, k: int) -> int:
+        """The value of `int(rng.integers(0, k))`."""
+        if k == 1:
+            return 0
+        threshold = (1 << 32) % k
+        while True:
+            if self.used < len(self.block):
+                u = self.block[self.used]
+                self.used += 1
+            else:
+                u = int(self.rng.integers(0, 1 << 32, dtype=np.uint32))
+            scaled = u * k
+            if scaled & 0xFFFFFFFF >= threshold:
+                return scaled >> 32
+
+    def pick(self, values) -> int:
+        """The value of `rng.choice(values)` (which draws `integers(0, len(values))`)."""
+        return int(values[self.below(len(values))])
+
+
+_PICKED = ("command_show_duration", "command_show_delay", "explosion_duration", "explosion_delay")
 
 
 def draw_layout(rng: np.random.Generator, params: dict[str, Any], size: int, offset: bool, endless: bool, show: bool):
     """One episode's random layout, drawn in the reference's order.
 
-    Returns `(cell_x, cell_y, offset_x, offset_y, show_duration, show_delay, explosion_duration,
-    explosion_delay, commands)`; parameters a variant lacks come back as 0.
+    Returns the row `[cell_x, cell_y, offset_x, offset_y, show_duration, show_delay,
+    explosion_duration, explosion_delay, *commands]`; parameters a variant lacks come back as 0.
     """
-    spawn = int(rng.integers(0, size * size))
+    picked = [name for name in _PICKED if show or not name.startswith("command_")]
+    counts = [params["initial_command_count"]] if endless else params["command_count"]
+    # Read ahead for every draw known in advance: spawn, offset, the command count (or the
+    # commands themselves when the count is fixed) and the phase durations that vary.
+    head = 1 + 2 * offset
+    tail = sum(len(params[name]) > 1 for name in picked)
+    draws = Draws(rng)
+    draws.ahead(head + (int(counts[0]) if len(counts) == 1 else 1) + tail)
+    spawn = draws.below(size * size)
     cell_x, cell_y = spawn // size, spawn % size
     offset_x = offset_y = 0
     if offset:
-        offset_x, offset_y = (int(v) for v in rng.integers(-2, 2, 2))
+        offset_x, offset_y = draws.below(4) - 2, draws.below(4) - 2
     allowed = int(params["allowed_commands"])
+    count = int(counts[0]) if len(counts) == 1 else draws.pick(counts)
+    draws.ahead(count + tail)
     if endless:
-        commands = [int(c) for c in rng.integers(0, allowed, int(params["initial_command_count"]))]
+        commands = [draws.below(allowed) for _ in range(count)]
     else:
         # Each command is drawn among those that keep the simulated position in the arena.
         valid = _valid_commands(size, allowed)
         commands = []
         x, y = cell_x, cell_y
-        for _ in range(_pick(rng, params["command_count"])):
-            command = _pick(rng, valid[x * size + y])
+        for _ in range(count):
+            command = draws.pick(valid[x * size + y])
             commands.append(command)
-            x, y = x + int(COMMAND_DX[command]), y + int(COMMAND_DY[command])
-    duration = delay = 0
-    if show:
-        duration = _pick(rng, params["command_show_duration"])
-        delay = _pick(rng, params["command_show_delay"])
-    stay = _pick(rng, params["explosion_duration"])
-    reach = _pick(rng, params["explosion_delay"])
-    return cell_x, cell_y, offset_x, offset_y, duration, delay, stay, reach, commands
+            x, y = x + _DX[command], y + _DY[command]
+    drawn = {name: int(params[name][0]) if len(params[name]) == 1 else draws.pick(params[name]) for name in picked}
+    duration, delay = drawn.get("command_show_duration", 0), drawn.get("command_show_delay", 0)
+    return [cell_x, cell_y, offset_x, offset_y, duration, delay, drawn["explosion_duration"], drawn["explosion_delay"], *commands]
+
+
+LAYOUT_FIELDS = 8
+"""Fields of a `draw_layout` row before its commands."""
 
 
 class MortarMayhemGame(BatchedGame):
@@ -183,6 +258,7 @@ class MortarMayhemGame(BatchedGame):
         super().__init__(num_envs)
         n = num_envs
         self.all_envs = np.arange(n)
+        self.everyone = np.ones(n, dtype=bool)
         # Episode parameters.
         self.arena_size = np.full(n, 5, dtype=np.int64)
         self.origin = np.zeros(n, dtype=np.int64)
@@ -240,6 +316,8 @@ class MortarMayhemGame(BatchedGame):
         self.arena = np.zeros((n, SCREEN, SCREEN, 3), dtype=np.uint8)
         self.screen = np.zeros((n, SCREEN, SCREEN, 3), dtype=np.uint8)
         self.painter = AgentPainter()
+        self.single_scale: float | None = 0.25
+        """The agent scale of every env and every drawn sprite so far, None once two differ."""
 
     # ---- parameters ------------------------------------------------------------------------
     def check_params(self, params: dict[str, Any]) -> None:
@@ -290,8 +368,11 @@ class MortarMayhemGame(BatchedGame):
 
         size = 6 if self.endless else int(params["arena_size"])
         scale = GRID_SCALE if self.grid else float(params["agent_scale"])
+        if scale != self.single_scale:
+            self.single_scale = None
+        origin = int(arena_origin(size))
         self.arena_size[idx] = size
-        self.origin[idx] = arena_origin(size)
+        self.origin[idx] = origin
         self.allowed[idx] = params["allowed_commands"]
         self.visual_feedback[idx] = bool(params["visual_feedback"])
         self.reward_success[idx] = params["reward_command_success"]
@@ -301,35 +382,39 @@ class MortarMayhemGame(BatchedGame):
         self.scale[idx] = scale
         self.radius[idx] = agent_radius(scale)
         self.max_steps[idx] = params.get("max_steps", -1)
-        layouts = [draw_layout(self.rngs[i], params, size, self.spawn_offset, self.endless, self.show_commands) for i in idx]
-        cell_x, cell_y, offset_x, offset_y, duration, delay, stay, reach = np.array([layout[:8] for layout in layouts]).T
-        origin = arena_origin(size)
-        self.cell_x[idx], self.cell_y[idx] = cell_x, cell_y
-        self.cx[idx] = origin + TILE * cell_x + TILE // 2 + offset_x
-        self.cy[idx] = origin + TILE * cell_y + TILE // 2 + offset_y
-        counts = np.array([len(layout[8]) for layout in layouts])
-        self._reserve_commands(int(counts.max()))
-        for i, layout in zip(idx, layouts):
-            self.commands[i, : len(layout[8])] = layout[8]
+
+        # All layouts as one integer table; the command lists padded with `PAD` to one width
+        # (the vector observation's, if there is one).
+        rows = [draw_layout(self.rngs[i], params, size, self.spawn_offset, self.endless, self.show_commands) for i in idx]
+        counts = [len(row) - LAYOUT_FIELDS for row in rows]
+        width = MAX_VECTOR_COMMANDS if self.vector_commands else max(counts)
+        layout = np.array([row + [PAD] * (width - count) for row, count in zip(rows, counts)])
+        cell_x, cell_y, offset_x, offset_y, duration, delay, stay, reach = layout[:, :LAYOUT_FIELDS].T
+        commands = layout[:, LAYOUT_FIELDS:]
+        self._reserve_commands(width)
+        self.commands[idx, :width] = commands
         self.num_commands[idx] = counts
-        first = self.commands[idx, 0]
+        if self.vector_commands:
+            self.vector[idx] = _ONE_HOT[commands].reshape(len(idx), -1)
+        self.cell_x[idx], self.cell_y[idx] = cell_x, cell_y
+        self.cx[idx] = origin + TILE // 2 + TILE * cell_x + offset_x
+        self.cy[idx] = origin + TILE // 2 + TILE * cell_y + offset_y
+        first = commands[:, 0]
         self.target_x[idx] = (cell_x + COMMAND_DX[first]) % size
         self.target_y[idx] = (cell_y + COMMAND_DY[first]) % size
-        self._update_ground_truth(idx)
-        self.show_duration[idx] = duration
-        self.show_period[idx] = duration + delay
-        self.show_len[idx] = counts * (duration + delay) if self.show_commands else 0
-        self.show_pos[idx] = 0
-        self.show_first[idx] = 0
-        self.debug_pos[idx] = 0
+        if self.endless:
+            self._update_ground_truth(idx)
         # A period of 0 behaves like 1 (the reference's `x % 0` is 0).
         self.stay_steps[idx] = np.maximum(stay, 1)
         self.reach_steps[idx] = np.maximum(reach, 1)
-        if self.vector_commands:
-            self.vector[idx] = 0.0
-            for i in idx:
-                count = int(self.num_commands[i])
-                self.vector[i, 9 * np.arange(count) + ONE_HOT_SLOT[self.commands[i, :count]]] = 1.0
+        if self.show_commands:
+            self.show_duration[idx] = duration
+            self.show_period[idx] = duration + delay
+            self.show_len[idx] = self.num_commands[idx] * self.show_period[idx]
+            self.show_pos[idx] = 0
+            self.show_first[idx] = 0
+            self.debug_pos[idx] = 0
+
         self.current[idx] = 0
         self.command_steps[idx] = 0
         self.verify_steps[idx] = 0
@@ -339,10 +424,10 @@ class MortarMayhemGame(BatchedGame):
         self.t[idx] = 0
         self.episode_return[idx] = 0.0
         self.rotation[idx] = 0
-        self.arena[idx] = _BLUE_ARENAS[size]
         # The reset frame: the fresh agent facing up, and the first command entry.
-        command = self._pop_command(idx) if self.show_commands else np.full(len(idx), -1)
-        self._draw(idx, self.rotation[idx], *self._agent_centre(idx), self.scale[idx], command)
+        self.arena[idx] = self.screen[idx] = _BLUE_ARENAS[size]
+        command = self._pop_command(idx) if self.show_commands else None
+        self._draw_sprites(idx, self.rotation[idx], *self._agent_centre(idx), self.scale[idx], command)
 
     def _reserve_commands(self, count: int) -> None:
         """Grow the command table to hold `count` commands per env."""
@@ -355,12 +440,17 @@ class MortarMayhemGame(BatchedGame):
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = self.num_envs
         actions = np.asarray(actions, dtype=np.int64).reshape((n,) if self.grid else (n, 2))
-        showing = self.show_pos < self.show_len
-        command = np.full(n, -1, dtype=np.int64)
-        if showing.any():
-            shown = np.flatnonzero(showing)
-            command[shown] = self._pop_command(shown)
-        moving = ~showing
+        # Agents are frozen while a command is shown; the B variants show none.
+        command = None
+        if self.show_commands:
+            showing = self.show_pos < self.show_len
+            moving = ~showing
+            if showing.any():
+                shown = np.flatnonzero(showing)
+                command = np.full(n, -1, dtype=np.int64)
+                command[shown] = self._pop_command(shown)
+        else:
+            moving = self.everyone
         self._move(moving, actions)
         if self.endless:
             # Frozen agents keep whatever sprite was drawn last (the fresh one on a new instance).
@@ -372,7 +462,7 @@ class MortarMayhemGame(BatchedGame):
             self.drawn_valid |= refresh
         else:
             # Frozen agents are drawn facing up.
-            self.drawn_rotation = np.where(moving, self.rotation, 0)
+            self.drawn_rotation = np.where(moving, self.rotation, 0) if self.show_commands else self.rotation.copy()
             self.drawn_scale[:] = self.scale
             self.drawn_live[:] = True
             self.drawn_valid[:] = True
@@ -387,25 +477,29 @@ class MortarMayhemGame(BatchedGame):
         if self.endless:
             cx = np.where(self.drawn_live, cx, self.drawn_x)
             cy = np.where(self.drawn_live, cy, self.drawn_y)
-        self._draw(self.all_envs, self.drawn_rotation, cx, cy, self.drawn_scale, command)
+        self.screen[...] = self.arena
+        self._draw_sprites(self.all_envs, self.drawn_rotation, cx, cy, self.drawn_scale, command)
         return rewards, done
 
     def _move(self, moving: np.ndarray, actions: np.ndarray) -> None:
+        """Move the agents of `moving` (everyone when there is no show phase)."""
         if self.grid:
             x, y, rotation = grid_step(self.cell_x, self.cell_y, self.rotation, actions, self.arena_size)
-            self.cell_x = np.where(moving, x, self.cell_x)
-            self.cell_y = np.where(moving, y, self.cell_y)
+        elif self.endless:
+            bounds = (0, 0, SCREEN, SCREEN)
+            x, y, rotation = wrap_step(self.cx, self.cy, self.rotation, actions, self.speed, self.radius, bounds)
         else:
-            if self.endless:
-                bounds = (0, 0, SCREEN, SCREEN)
-                cx, cy, rotation = wrap_step(self.cx, self.cy, self.rotation, actions, self.speed, self.radius, bounds)
-            else:
-                side = TILE * self.arena_size
-                bounds = (self.origin, self.origin, side, side)
-                cx, cy, rotation = continuous_step(self.cx, self.cy, self.rotation, actions, self.speed, self.radius, bounds)
-            self.cx = np.where(moving, cx, self.cx)
-            self.cy = np.where(moving, cy, self.cy)
-        self.rotation = np.where(moving, rotation, self.rotation)
+            side = TILE * self.arena_size
+            bounds = (self.origin, self.origin, side, side)
+            x, y, rotation = continuous_step(self.cx, self.cy, self.rotation, actions, self.speed, self.radius, bounds)
+        old_x, old_y = (self.cell_x, self.cell_y) if self.grid else (self.cx, self.cy)
+        if self.show_commands:
+            x, y, rotation = np.where(moving, x, old_x), np.where(moving, y, old_y), np.where(moving, rotation, self.rotation)
+        if self.grid:
+            self.cell_x, self.cell_y = x, y
+        else:
+            self.cx, self.cy = x, y
+        self.rotation = rotation
 
     def _agent_tile(self) -> tuple[np.ndarray, np.ndarray]:
         if self.grid:
@@ -502,18 +596,11 @@ class MortarMayhemGame(BatchedGame):
         if len(recolour) == 0:
             return
         size = self.arena_size[recolour]
-        if not on:
+        if on:
+            layer = _EXPLOSION_START[size] + self.target_x[recolour] * size + self.target_y[recolour]
+            self.arena[recolour] = _EXPLOSION_LAYERS[layer]
+        else:
             self.arena[recolour] = _BLUE_ARENAS[size]
-            return
-        self.arena[recolour] = _RED_ARENAS[size]
-        origin = self.origin[recolour]
-        _BLUE_TILES.blit(
-            self.arena,
-            recolour,
-            np.zeros(len(recolour), dtype=np.int64),
-            origin + TILE * self.target_x[recolour],
-            origin + TILE * self.target_y[recolour],
-        )
 
     # ---- show phase ------------------------------------------------------------------------
     def _entry(self, idx: np.ndarray, position: np.ndarray) -> np.ndarray:
@@ -529,16 +616,19 @@ class MortarMayhemGame(BatchedGame):
         return command
 
     # ---- drawing ---------------------------------------------------------------------------
-    def _draw(self, idx, rotation, cx, cy, scale, command) -> None:
-        if len(idx) == self.num_envs:
-            self.screen[...] = self.arena
+    def _draw_sprites(self, idx, rotation, cx, cy, scale, command) -> None:
+        """Draw the agents and the shown commands (-1: none; None: none anywhere) of envs `idx`."""
+        if self.single_scale is not None:
+            # Every env has had the same agent scale since the start: skip the painter's grouping.
+            sheet, size = self.painter.sheet(self.single_scale)
+            sheet.blit(self.screen, idx, rotation // 45, cx - size // 2, cy - size // 2)
         else:
-            self.screen[idx] = self.arena[idx]
-        self.painter.draw(self.screen, idx, cx, cy, rotation, scale)
-        with_command = command >= 0
-        if with_command.any():
-            at = np.full(int(with_command.sum()), COMMAND_AT)
-            _COMMANDS.blit(self.screen, idx[with_command], command[with_command], at, at)
+            self.painter.draw(self.screen, idx, cx, cy, rotation, scale)
+        if command is not None:
+            shown = np.flatnonzero(command >= 0)
+            if len(shown):
+                at = np.full(len(shown), COMMAND_AT)
+                _COMMANDS.blit(self.screen, idx[shown], command[shown], at, at)
 
     def observe(self):
         if self.vector_commands:
