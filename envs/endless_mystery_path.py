@@ -28,7 +28,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from envs.agent import AgentPainter, continuous_step
+from envs.agent import AgentPainter
 from envs.core import BatchedGame
 from envs.mystery_path import (
     CROSS,
@@ -62,8 +62,12 @@ PATH_LAYER_ALPHA = 200
 EAST, NORTH, SOUTH = np.eye(3, dtype=np.int64)
 CELL_BITS = np.left_shift(np.uint64(1), np.arange(SEGMENT_CELLS, dtype=np.uint64))
 ZERO_BITS = np.uint64(0)
-# Discrete action -> [horizontal, vertical]: no-op, right, up, down (there is no "left").
-ACTION_PAIRS = np.array([[0, 0], [2, 0], [0, 1], [0, 2]], dtype=np.int64)
+# Discrete actions: no-op, right, up, down (there is no "left"). None moves diagonally, so the
+# continuous controller's truncated velocity is `stride = int(agent_speed)` pixels along one axis;
+# the facing is east, north or south (-1: kept).
+ACTION_DX = np.array([0, 1, 0, 0], dtype=np.int64)
+ACTION_DY = np.array([0, 0, -1, 1], dtype=np.int64)
+ACTION_ROTATION = np.array([-1, 270, 0, 180], dtype=np.int64)
 
 
 def _column_table() -> np.ndarray:
@@ -163,7 +167,7 @@ class EndlessMysteryPathGame(BatchedGame):
         self.max_steps = np.zeros(n, dtype=np.int64)
         self.scale = np.full(n, 0.25)
         self.radius = np.zeros(n, dtype=np.int64)
-        self.speed = np.zeros(n)
+        self.stride = np.zeros(n, dtype=np.int64)
         self.show_past_path = np.zeros(n, dtype=bool)
         self.show_background = np.zeros(n, dtype=bool)
         self.show_stamina = np.zeros(n, dtype=bool)
@@ -372,7 +376,7 @@ class EndlessMysteryPathGame(BatchedGame):
         self.max_steps[idx] = params["max_steps"]
         self.scale[idx] = scale
         self.radius[idx] = radius
-        self.speed[idx] = params["agent_speed"]
+        self.stride[idx] = int(params["agent_speed"])  # agent_speed >= 0: int() truncates
         self.show_past_path[idx] = params["show_past_path"]
         self.show_background[idx] = params["show_background"]
         self.show_stamina[idx] = params["show_stamina"]
@@ -392,14 +396,14 @@ class EndlessMysteryPathGame(BatchedGame):
         n = self.num_envs
         rows = self.rows
         off = self.off_path
-        pairs = ACTION_PAIRS[np.asarray(actions).reshape(n)]
-        pairs[off] = 0
-        old_x = np.where(off, self.spawn_x, self.cx)
-        self.cx, self.cy, self.rotation = continuous_step(
-            old_x, np.where(off, self.spawn_y, self.cy), self.rotation, pairs, self.speed
-        )
+        # A respawning agent ignores its action and moves from the spawn point.
+        actions = np.where(off, 0, np.asarray(actions).reshape(n))
+        velocity = ACTION_DX[actions] * self.stride
+        self.cx = np.where(off, self.spawn_x, self.cx) + velocity
+        self.cy = np.where(off, self.spawn_y, self.cy) + ACTION_DY[actions] * self.stride
+        facing = ACTION_ROTATION[actions]
+        self.rotation = np.where(facing < 0, self.rotation, facing)
         # The camera follows the agent's x velocity; a respawn puts it back at its offset.
-        velocity = self.cx - old_x
         self.camera_x = np.where(off, self.camera_offset, self.camera_x + velocity)
         scroll = self.scroll - velocity
         self.scroll = np.where(off | (np.abs(scroll) >= TILE), 0, scroll)
