@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 
 from envs.raster import disk_offsets, ring_offsets, rotate_vector
@@ -128,15 +129,8 @@ class Spotlights:
         return x, y
 
 
-class DiskColumnBits:
-    """Per radius r, disk column j and centre row cy: the disk's pixels in that column as bits.
-
-    A screen column is 84 rows x 3 channels = 252 bits in four uint64 words, so the unpacked
-    bits have the frame's own `(x, y, 3)` shape. `words[r, j, cy + pad]` covers centre rows
-    -pad..83+pad (further out a disk misses the screen); column index `2 * max_radius` is empty.
-    """
-
-    WORDS = 4
+class DiskSpans:
+    """Per radius r and disk column j (`x = cx - r + j`): the disk's rows there, `cy + lo .. cy + hi - 1`."""
 
     def __init__(self):
         self.max_radius = -1
@@ -144,58 +138,44 @@ class DiskColumnBits:
     def ensure(self, max_radius: int) -> None:
         if max_radius <= self.max_radius:
             return
-        columns = 2 * max_radius + 1
-        self.pad = max_radius + 1
-        rows = SCREEN + 2 * self.pad
-        lo = np.zeros((max_radius + 1, columns), dtype=np.int64)
-        hi = np.zeros((max_radius + 1, columns), dtype=np.int64)
+        self.lo = np.zeros((max_radius + 1, 2 * max_radius), dtype=np.int64)
+        self.hi = np.zeros_like(self.lo)
         for r in range(1, max_radius + 1):
             dx, dy = disk_offsets(r)
             for j in range(2 * r):
-                rows_here = dy[dx == j - r]
-                lo[r, j], hi[r, j] = rows_here.min(), rows_here.max() + 1
-                assert hi[r, j] - lo[r, j] == len(rows_here), "disk columns are contiguous"
-        cy = np.arange(rows) - self.pad
-        start = 3 * np.clip(cy[None, None, :] + lo[..., None], 0, SCREEN)
-        stop = np.maximum(3 * np.clip(cy[None, None, :] + hi[..., None], 0, SCREEN), start)
-        first = np.arange(self.WORDS) * 64
-        start = np.clip(start[..., None] - first, 0, 64).astype(np.uint64)
-        stop = np.clip(stop[..., None] - first, 0, 64).astype(np.uint64)
-        words = np.left_shift(_ONE, stop) - np.left_shift(_ONE, start)  # (radius, column, row, word)
-        self.columns, self.rows = columns, rows
-        self.words = words.reshape(-1, self.WORDS)
+                rows = dy[dx == j - r]
+                self.lo[r, j], self.hi[r, j] = rows.min(), rows.max() + 1
+                assert self.hi[r, j] - self.lo[r, j] == len(rows), "disk columns are contiguous"
         self.max_radius = max_radius
 
 
-_ONE = np.uint64(1)
-_COLUMN_BITS = DiskColumnBits()
-_SCREEN_COLUMNS = np.arange(SCREEN, dtype=np.int32)
+_SPANS = DiskSpans()
 
 
 def clear_mask(cx: np.ndarray, cy: np.ndarray, radius: np.ndarray, visited: np.ndarray) -> np.ndarray:
-    """The union of the visited disks per env as `(n, x, y, 3)` uint8 0/1 (1 = inside a spot).
+    """The union of the visited disks per env as `(n, x, y, 3)` uint8 0/1 (1 = inside a spot)."""
+    codes = np.zeros((cx.shape[0], SCREEN, SCREEN, 3), dtype=np.uint8)
+    _SPANS.ensure(int(np.where(visited, radius, 0).max(initial=0)))
+    _fill_disks(codes, cx, cy, radius, visited, _SPANS.lo, _SPANS.hi)
+    return codes
 
-    Every screen column of every visited spot is looked up as bit words, OR-ed over the spots
-    of an env and unpacked into pixels.
-    """
-    n = cx.shape[0]
-    # Gather each env's visited spots to the front: (n, most visited spots of an env).
-    count = visited.sum(axis=1)
-    most = max(int(count.max(initial=0)), 1)
-    order = np.argsort(~visited, axis=1, kind="stable")[:, :most]
-    env = np.arange(n)[:, None]
-    cx, cy = cx[env, order], cy[env, order]
-    radius = np.where(np.arange(most) < count[:, None], radius[env, order], 0)
-    bits = _COLUMN_BITS
-    bits.ensure(int(radius.max(initial=0)))
-    # Disk column of each screen column; those outside the disk read the empty column.
-    column = _SCREEN_COLUMNS - (cx - radius).astype(np.int32)[..., None]
-    column = np.where(column.view(np.uint32) < (2 * radius).astype(np.uint32)[..., None], column, bits.columns - 1)
-    row = np.clip(cy + bits.pad, 0, bits.rows - 1)
-    index = column * np.int32(bits.rows) + (radius * (bits.columns * bits.rows) + row).astype(np.int32)[..., None]
-    words = np.bitwise_or.reduce(np.take(bits.words, index, axis=0), axis=1)  # (n, screen column, word)
-    unpacked = np.unpackbits(words.view(np.uint8), axis=2, count=3 * SCREEN, bitorder="little")
-    return unpacked.reshape(n, SCREEN, SCREEN, 3)
+
+@numba.njit(cache=True, nogil=True)
+def _fill_disks(codes, cx, cy, radius, visited, lo, hi):  # pragma: no cover (compiled)
+    """Set the pixels of every visited disk to 1, column by column (a column of a disk is one run of rows)."""
+    for env in range(cx.shape[0]):
+        for k in range(cx.shape[1]):
+            if not visited[env, k]:
+                continue
+            r = radius[env, k]
+            for j in range(2 * r):
+                x = cx[env, k] - r + j
+                if x < 0 or x >= SCREEN:
+                    continue
+                top = max(cy[env, k] + lo[r, j], 0)
+                bottom = min(cy[env, k] + hi[r, j], SCREEN)
+                if top < bottom:  # (a negative bound would count from the end)
+                    codes[env, x, top:bottom, :] = 1
 
 
 class _PaddedOffsets:
