@@ -11,12 +11,18 @@ generator's raw output in bulk and computes the bounded values itself (numpy's L
 sampler on 32-bit words), then leaves the generator in exactly the state the equivalent
 `Generator.integers` calls would have left it. A segment needs about a hundred draws; calling
 `Generator.integers` for each would cost more than the search itself.
+
+The walls and the search of one segment are a small sequential program (about a hundred draws
+and forty node expansions) that no array operation batches, and the endless env runs three of
+them at every reset; it is compiled with numba (`_segment`), a pure function of the words and
+the read position, so running out of words just means refilling and running it again.
 """
 
 from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 
 GRID = 7
@@ -25,8 +31,7 @@ GRID = 7
 _MASK32 = (1 << 32) - 1
 _MASK128 = (1 << 128) - 1
 _PCG_MULTIPLIER = 0x2360ED051FC65DA44385DF649FCCF645
-_RAW_CHUNK = 64
-_WALL_BELOW = 33 << 32
+_RAW_CHUNK = 128
 
 
 class _LcgJumps:
@@ -65,31 +70,27 @@ class Draws:
         self._uinteger = state["uinteger"]
         # A buffered upper half-word from an earlier 32-bit draw is handed out first.
         self._buffered = int(state["has_uint32"])
-        self.words: list[int] = [state["uinteger"]] if self._buffered else []
+        self.words = np.array([state["uinteger"]] if self._buffered else [], dtype=np.uint32)
         """The 32-bit words in the order the sampler consumes them; `pos` is the next unused one."""
         self.pos = 0
         return self
 
     def refill(self) -> None:
         """Append the words of the next 64-bit outputs (low half first, as numpy hands them out)."""
-        self.words.extend(self._bitgen.random_raw(_RAW_CHUNK).view(np.uint32).tolist())
+        self.words = np.concatenate([self.words, self._bitgen.random_raw(_RAW_CHUNK).view(np.uint32)])
 
     def below(self, n: int) -> int:
         """A uniform integer in [0, n) (numpy's Lemire sampler on 32-bit words; n < 2**32)."""
         if n <= 1:
             return 0  # numpy returns the lower bound of an empty range without drawing
-        if self.pos >= len(self.words):
+        while True:
+            if self.pos >= len(self.words):
+                self.refill()
+            value, pos = _below(self.words, self.pos, n)
+            if pos >= 0:
+                self.pos = pos
+                return value
             self.refill()
-        product = self.words[self.pos] * n
-        self.pos += 1
-        if product & _MASK32 < n:
-            threshold = ((1 << 32) - n) % n
-            while product & _MASK32 < threshold:
-                if self.pos >= len(self.words):
-                    self.refill()
-                product = self.words[self.pos] * n
-                self.pos += 1
-        return product >> 32
 
     def __exit__(self, *exc) -> None:
         consumed = self.pos - self._buffered  # words taken from fresh 64-bit outputs
@@ -98,7 +99,7 @@ class Draws:
         else:
             has_uint32 = consumed % 2
         outputs = (consumed + 1) // 2
-        uinteger = self.words[self._buffered + 2 * outputs - 1] if outputs else self._uinteger
+        uinteger = int(self.words[self._buffered + 2 * outputs - 1]) if outputs else self._uinteger
         self._bitgen.state = {
             "bit_generator": "PCG64",
             "state": {"state": _JUMPS.advance(self._start, self._increment, outputs), "inc": self._increment},
@@ -113,113 +114,167 @@ def _cell(x: int, y: int) -> int:
 
 # Neighbour lists in the reference's order: 4-neighbours (+x, -x, +y, -y), then diagonals
 # (+1,+1), (-1,-1), (+1,-1), (-1,+1); cells outside the grid are left out.
-def _neighbours(steps: tuple[tuple[int, int], ...]) -> tuple[tuple[int, ...], ...]:
+def _neighbours(steps: tuple[tuple[int, int], ...]) -> list[list[int]]:
     table = []
     for x in range(GRID):
         for y in range(GRID):
             inside = [(x + dx, y + dy) for dx, dy in steps if 0 <= x + dx < GRID and 0 <= y + dy < GRID]
-            table.append(tuple(_cell(*cell) for cell in inside))
-    return tuple(table)
+            table.append([_cell(*cell) for cell in inside])
+    return table
 
 
 def _bits(cells) -> int:
     return sum(1 << cell for cell in set(cells))
 
 
-_NEIGHBOURS = _neighbours(((1, 0), (-1, 0), (0, 1), (0, -1)))
-_DIAGONALS = _neighbours(((1, 1), (-1, -1), (1, -1), (-1, 1)))
-_AROUND = tuple(_bits(_NEIGHBOURS[cell] + _DIAGONALS[cell]) for cell in range(GRID * GRID))
+_CELLS = GRID * GRID
+_FOUR = _neighbours(((1, 0), (-1, 0), (0, 1), (0, -1)))
+_NEIGHBOURS = np.array([cells + [-1] * (4 - len(cells)) for cells in _FOUR], dtype=np.int64)
+"""The 4-neighbours of each cell in the reference's order, padded with -1."""
+_AROUND = np.array(
+    [_bits(_FOUR[cell] + diagonals) for cell, diagonals in enumerate(_neighbours(((1, 1), (-1, -1), (1, -1), (-1, 1))))],
+    dtype=np.int64,
+)
 """Bit mask of the 8 cells around each cell."""
-_CROSS = tuple(_bits((cell, *_NEIGHBOURS[cell])) for cell in range(GRID * GRID))
+_CROSS = np.array([_bits((cell, *_FOUR[cell])) for cell in range(_CELLS)], dtype=np.int64)
 """Bit mask of each cell and its 4-neighbours."""
-_INTERIOR = tuple(_cell(x, y) for x in range(1, GRID - 2) for y in range(1, GRID - 2))
-_BORDER = tuple(_cell(x, y) for x in range(GRID) for y in range(GRID) if x in (0, GRID - 1) or y in (0, GRID - 1))
-_HEURISTICS: dict[int, tuple[float, ...]] = {
-    _cell(ex, ey): tuple(math.sqrt((x - ex) ** 2 + (y - ey) ** 2) for x in range(GRID) for y in range(GRID))
-    for ex in range(GRID)
-    for ey in range(GRID)
-}
+_INTERIOR = np.array([_cell(x, y) for x in range(1, GRID - 2) for y in range(1, GRID - 2)], dtype=np.int64)
+_BORDER = np.array(
+    [_cell(x, y) for x in range(GRID) for y in range(GRID) if x in (0, GRID - 1) or y in (0, GRID - 1)], dtype=np.int64
+)
+_HEURISTICS = np.array(
+    [[math.sqrt((x - ex) ** 2 + (y - ey) ** 2) for x in range(GRID) for y in range(GRID)] for ex in range(GRID) for ey in range(GRID)]
+)
+"""`_HEURISTICS[end, cell]`: the Euclidean distance between two cells."""
+_OUT_OF_WORDS = -1
+_NO_PATH = -2
 
 
 def generate_segment(
     draws: Draws, start: tuple[int, int], end: tuple[int, int]
 ) -> tuple[list[tuple[int, int]], list[bool]]:
     """Walls and path of one segment; returns (path cells from start to end, wall flag per cell x*7+y)."""
-    wall = [False] * (GRID * GRID)
-    walls = 0  # the same as a bit mask
-    # Interior walls: one draw `below(100) < 33` per cell of columns/rows 1..4, in column-major order,
-    # inlined (a method call per draw would cost a third of the segment). For n = 100 the sampler
-    # rejects exactly the words whose product has a low half below (2**32 - 100) % 100 = 96, and
-    # `below(100) < 33` is `product < 33 << 32`.
-    words, pos = draws.words, draws.pos
-    for cell in _INTERIOR:
-        if pos >= len(words):
+    wall = np.zeros(_CELLS, dtype=np.bool_)
+    path = np.zeros(_CELLS, dtype=np.int64)
+    while True:
+        if len(draws.words) - draws.pos < 2 * _RAW_CHUNK:
             draws.refill()
-        product = words[pos] * 100
+        pos, length = _segment(draws.words, draws.pos, _cell(*start), _cell(*end), wall, path)
+        if pos >= 0:
+            break
+        if pos == _NO_PATH:
+            raise RuntimeError("no path between the segment's start and end")
+        draws.refill()
+    draws.pos = pos
+    return [divmod(cell, GRID) for cell in path[:length].tolist()], wall.tolist()
+
+
+@numba.njit(cache=True)
+def _below(words: np.ndarray, pos: int, n: int) -> tuple[int, int]:
+    """`Draws.below(n)` for n >= 2 from `words[pos:]`: (value, next position), position -1 if the words ran out."""
+    while True:
+        if pos >= len(words):
+            return 0, _OUT_OF_WORDS
+        product = np.int64(words[pos]) * n  # < 2**64: the product of two 32-bit values
         pos += 1
-        while product & _MASK32 < 96:
-            if pos >= len(words):
-                draws.refill()
-            product = words[pos] * 100
-            pos += 1
-        if product < _WALL_BELOW:
+        low = product & _MASK32
+        # Lemire: reject only low halves below (2**32 - n) % n, checked only when below n.
+        if low >= n or low >= ((1 << 32) - n) % n:
+            return product >> 32, pos
+
+
+@numba.njit(cache=True)
+def _segment(words: np.ndarray, pos: int, first: int, last: int, wall: np.ndarray, path: np.ndarray) -> tuple[int, int]:
+    """Walls and path of one segment from `words[pos:]`, written into `wall` and `path`.
+
+    Returns (next position, path length), or (-1, 0) if the words ran out (nothing consumed:
+    refill and call again with a cleared `wall`), or (-2, 0) if no path exists.
+    """
+    wall[:] = False
+    walls = 0  # the same as a bit mask
+    # Interior walls: one draw `below(100) < 33` per cell of columns/rows 1..4, in column-major order.
+    for cell in _INTERIOR:
+        value, pos = _below(words, pos, 100)
+        if pos < 0:
+            return _OUT_OF_WORDS, 0
+        if value < 33:
             wall[cell] = True
             walls |= 1 << cell
     # `below(2)` is the word's top bit (a power of two is never rejected).
     if pos >= len(words):
-        draws.refill()
-    border_walls = (4, 8)[words[pos] >> 31]
-    draws.pos = pos + 1
-
-    first, last = _cell(*start), _cell(*end)
+        return _OUT_OF_WORDS, 0
+    border_walls = 8 if words[pos] >> 31 else 4
+    pos += 1
+    # Border walls are popped from a candidate list that is not re-filtered after each pick.
     excluded = _CROSS[first] | _CROSS[last]
-    candidates = [cell for cell in _BORDER if not (excluded >> cell) & 1 and not walls & _AROUND[cell]]
+    candidates = np.empty(len(_BORDER), dtype=np.int64)
+    count = 0
+    for cell in _BORDER:
+        if not (excluded >> cell) & 1 and not walls & _AROUND[cell]:
+            candidates[count] = cell
+            count += 1
     for _ in range(border_walls):
-        if candidates:
-            wall[candidates.pop(draws.below(len(candidates)))] = True
+        if count == 0:
+            break
+        pick = 0  # below(1) is 0 without a draw
+        if count > 1:
+            pick, pos = _below(words, pos, count)
+            if pos < 0:
+                return _OUT_OF_WORDS, 0
+        wall[candidates[pick]] = True
+        count -= 1
+        for index in range(pick, count):
+            candidates[index] = candidates[index + 1]
+    return _search(words, pos, first, last, wall, path)
 
-    return _search(draws, first, last, wall), wall
 
-
-def _search(draws: Draws, first: int, last: int, wall: list[bool]) -> list[tuple[int, int]]:
-    """The reference's randomised A*: random step costs 1..8, quirks included."""
-    heuristic = _HEURISTICS[last]
+@numba.njit(cache=True)
+def _search(words: np.ndarray, pos: int, first: int, last: int, wall: np.ndarray, path: np.ndarray) -> tuple[int, int]:
+    """The reference's randomised A*: random step costs 1..8, quirks included (see `_segment`'s returns)."""
     blocked = wall.copy()  # walls and closed nodes
-    in_open = [False] * (GRID * GRID)
-    cost = [0] * (GRID * GRID)
-    parent = [-1] * (GRID * GRID)
-    open_nodes, open_scores = [first], [0.0]
+    in_open = np.zeros(_CELLS, dtype=np.bool_)
+    cost = np.zeros(_CELLS, dtype=np.int64)
+    parent = np.full(_CELLS, -1, dtype=np.int64)
+    # A node enters the open list at most once (it is closed for good when it leaves).
+    open_nodes = np.empty(_CELLS, dtype=np.int64)
+    open_scores = np.empty(_CELLS, dtype=np.float64)
+    open_nodes[0], open_scores[0], size = first, 0.0, 1
     in_open[first] = True
-    words, pos = draws.words, draws.pos
-    limit = len(words) - 4
-    while open_nodes:
+    while size > 0:
         # The first node cheaper than open[0] wins (not the cheapest one).
-        best = open_scores[0]
         pick = 0
-        for index, score in enumerate(open_scores):
-            if score < best:
+        for index in range(size):
+            if open_scores[index] < open_scores[0]:
                 pick = index
                 break
         current = open_nodes[pick]
         if current == last:
-            draws.pos = pos
-            path = [current]
-            while parent[path[-1]] >= 0:
-                path.append(parent[path[-1]])
-            return [divmod(cell, GRID) for cell in reversed(path)]
-        del open_nodes[pick]
-        del open_scores[pick]
+            length = 1
+            node = current
+            while parent[node] >= 0:
+                node = parent[node]
+                length += 1
+            node = current
+            for index in range(length - 1, -1, -1):
+                path[index] = node
+                node = parent[node]
+            return pos, length
+        size -= 1
+        for index in range(pick, size):
+            open_nodes[index] = open_nodes[index + 1]
+            open_scores[index] = open_scores[index + 1]
         in_open[current] = False
         blocked[current] = True
-        if pos > limit:
-            draws.refill()
-            limit = len(words) - 4
         base = cost[current] + 1
         for neighbour in _NEIGHBOURS[current]:
+            if neighbour < 0:
+                break
             if blocked[neighbour]:
                 continue
             # A step cost 1..8: `below(8)` is the word's top 3 bits (a power of two is never rejected).
-            tentative = base + (words[pos] >> 29)
+            if pos >= len(words):
+                return _OUT_OF_WORDS, 0
+            tentative = base + np.int64(words[pos] >> 29)
             pos += 1
             if in_open[neighbour]:
                 # Re-parenting keeps the neighbour's old cost, so its score stays the same too.
@@ -228,7 +283,8 @@ def _search(draws: Draws, first: int, last: int, wall: list[bool]) -> list[tuple
             else:
                 cost[neighbour] = tentative
                 parent[neighbour] = current
-                open_nodes.append(neighbour)
-                open_scores.append(tentative + heuristic[neighbour])
+                open_nodes[size] = neighbour
+                open_scores[size] = tentative + _HEURISTICS[last, neighbour]
+                size += 1
                 in_open[neighbour] = True
-    raise RuntimeError("no path between the segment's start and end")
+    return _NO_PATH, 0
