@@ -20,11 +20,12 @@ from numbers import Integral, Real
 from typing import Any
 
 import gymnasium as gym
+import numba
 import numpy as np
 
 from envs.agent import continuous_step
 from envs.core import BatchedGame
-from envs.raster import PIXEL, Sprite, disk_offsets, ring_offsets
+from envs.raster import Sprite, disk_offsets, ring_offsets
 from envs.spotlights import CLEAR, DARK, RING, SCREEN, Spotlights, clear_mask, create_spot, ringed_codes
 from envs.sprites import EXIT_CLOSED, EXIT_OPEN, agent_radius, agent_sprites
 
@@ -84,6 +85,36 @@ def _blend_step(distance: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return (product + 1 + (product >> 8)) >> 8
 
 
+_blend_step_scalar = numba.njit(cache=True)(_blend_step)
+
+
+@numba.njit(cache=True, nogil=True)
+def _darken_frames(buf, codes, alpha, ringed):  # pragma: no cover (compiled)
+    """Blend the darkness (alpha per frame) over the C-contiguous frames `buf` in place: towards
+    black on `DARK` codes, towards white on `RING` codes of ringed frames; `CLEAR` pixels stay.
+
+    At alpha 255 this is black, white and untouched pixels, and without rings (the usual frame)
+    a product with the 0/1 codes.
+    """
+    for e in range(buf.shape[0]):
+        a = np.int64(alpha[e])
+        frame, code = buf[e].reshape(-1), codes[e].reshape(-1)
+        if a == 0:
+            continue
+        if a == 255 and not ringed[e]:
+            for i in range(frame.size):
+                frame[i] *= code[i]
+            continue
+        # New value by code and old value: blended towards black, kept, blended towards white.
+        table = np.empty((3, 256), np.uint8)
+        for value in range(256):
+            table[DARK, value] = value - _blend_step_scalar(value, a)
+            table[CLEAR, value] = value
+            table[RING, value] = value + _blend_step_scalar(255 - value, a) if ringed[e] else value
+        for i in range(frame.size):
+            frame[i] = table[code[i], frame[i]]
+
+
 def coin_sprite(scale: float) -> Sprite:
     """A coin: a yellow disk with an orange rim of width `int(2 scale)` (0 = filled orange)."""
     radius, rim = int(10 * scale), int(2 * scale)
@@ -100,19 +131,12 @@ def coin_sprite(scale: float) -> Sprite:
 
 
 class SpriteAtlas:
-    """Every sprite a frame can show, packed so that one scatter draws any mix of them.
+    """Every sprite a frame can show, packed so that one call draws any mix of them.
 
-    Sprites are registered per kind and scale (`register`) and get consecutive ids. Each one is
-    stored as its opaque pixels' offsets from the entity's centre, as `(dx, dy)` and as the
-    flat pixel offset `dx * SCREEN + dy`, with their colours as packed 3-byte pixels. Lists
-    shorter than the longest repeat their first pixel, so the padding rewrites an already drawn
-    pixel with its own colour. A sprite without opaque pixels points far off screen, where
-    clipping drops it. `low` and `room` per sprite and axis (the smallest offset, and how far
-    the centre may move from `-low` before the sprite leaves the screen) tell cheaply which
-    placements need clipping.
+    Sprites are registered per kind and scale (`register`) and get consecutive ids. Sprite `s`
+    is its `count[s]` opaque pixels: offsets from the entity's centre `dx, dy` and colours,
+    in rows padded to the longest sprite.
     """
-
-    _OFF_SCREEN = 1 << 20
 
     def __init__(self):
         self.ids: dict[tuple[str, float], int] = {}
@@ -125,45 +149,33 @@ class SpriteAtlas:
             self.ids[key] = len(self._parts)
             for sprite in sprites:
                 xs, ys = np.nonzero(sprite.mask)
-                if len(xs):
-                    self._parts.append((xs - corner, ys - corner, sprite.colour[xs, ys]))
-                else:
-                    self._parts.append((np.full(1, self._OFF_SCREEN), np.full(1, self._OFF_SCREEN), np.zeros((1, 3), np.uint8)))
+                self._parts.append((xs - corner, ys - corner, sprite.colour[xs, ys]))
             self._pack()
         return self.ids[key]
 
     def _pack(self) -> None:
-        longest = max(len(dx) for dx, _, _ in self._parts)
-        pad = [np.r_[np.arange(len(dx)), np.zeros(longest - len(dx), np.int64)] for dx, _, _ in self._parts]
-        self.dx = np.stack([dx[k] for (dx, _, _), k in zip(self._parts, pad)])
-        self.dy = np.stack([dy[k] for (_, dy, _), k in zip(self._parts, pad)])
-        self.offset = self.dx * SCREEN + self.dy
-        colour = np.stack([c[k] for (_, _, c), k in zip(self._parts, pad)])
-        self.pixels = np.ascontiguousarray(colour).view(PIXEL)[..., 0]
-        self.low_x, self.low_y = self.dx.min(axis=1), self.dy.min(axis=1)
-        self.room_x = (SCREEN - 1 - self.dx.max(axis=1) + self.low_x).astype(np.uint64)
-        self.room_y = (SCREEN - 1 - self.dy.max(axis=1) + self.low_y).astype(np.uint64)
+        self.count = np.array([len(dx) for dx, _, _ in self._parts])
+        longest = max(self.count.max(), 1)
+        self.dx = np.zeros((len(self._parts), longest), np.int64)
+        self.dy = np.zeros_like(self.dx)
+        self.colour = np.zeros((len(self._parts), longest, 3), np.uint8)
+        for s, (dx, dy, colour) in enumerate(self._parts):
+            self.dx[s, : len(dx)], self.dy[s, : len(dx)], self.colour[s, : len(dx)] = dx, dy, colour
 
     def blit(self, screens: np.ndarray, env: np.ndarray, sprite: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
-        """Draw sprite `sprite[k]` centred at (`x[k]`, `y[k]`) on `screens[env[k]]`, in order of k, clipped.
+        """Draw sprite `sprite[k]` centred at (`x[k]`, `y[k]`) on `screens[env[k]]`, in order of k, clipped."""
+        _draw_sprites(screens, env, sprite, x, y, self.dx, self.dy, self.colour, self.count)
 
-        `screens` is a C-contiguous `(m, SCREEN, SCREEN, 3)` batch. One `np.put` writes every
-        pixel; it goes through the indices in order, so later sprites cover earlier ones.
-        """
-        flat = ((env * SCREEN + x) * SCREEN + y)[:, None] + self.offset[sprite]
-        colour = self.pixels[sprite]
-        # Placements whose bounding box leaves the screen keep only their pixels on it.
-        clipped = np.flatnonzero(
-            ((x + self.low_x[sprite]).view(np.uint64) > self.room_x[sprite])
-            | ((y + self.low_y[sprite]).view(np.uint64) > self.room_y[sprite])
-        )
-        if len(clipped):
-            px = x[clipped, None] + self.dx[sprite[clipped]]
-            py = y[clipped, None] + self.dy[sprite[clipped]]
-            keep = np.ones(flat.shape, dtype=bool)
-            keep[clipped] = (px.view(np.uint64) < SCREEN) & (py.view(np.uint64) < SCREEN)
-            flat, colour = flat[keep], colour[keep]
-        np.put(screens.reshape(-1, 3).view(PIXEL), flat, colour)
+
+@numba.njit(cache=True, nogil=True)
+def _draw_sprites(screens, env, sprite, x, y, dx, dy, colour, count):  # pragma: no cover (compiled)
+    for k in range(env.shape[0]):
+        s = sprite[k]
+        for p in range(count[s]):
+            px, py = x[k] + dx[s, p], y[k] + dy[s, p]
+            if 0 <= px < screens.shape[1] and 0 <= py < screens.shape[2]:
+                for c in range(3):
+                    screens[env[k], px, py, c] = colour[s, p, c]
 
 
 # ---- reset-time helpers (per env, Python) ----------------------------------------------------
@@ -510,29 +522,9 @@ class _SpotlightsGame(BatchedGame):
             self.atlas.blit(buf, *(np.concatenate(column) for column in zip(*parts)))
 
     def _darken(self, buf: np.ndarray, codes: np.ndarray, alpha: np.ndarray, ringed: np.ndarray) -> None:
-        """Blend the darkness layer (black, or white on ring pixels; clear inside spots) over `buf`.
-
-        At full alpha the blend is a plain mask (black pixels become 0, ring pixels 255); frames
-        still fading in (few: the first steps of an episode) get the integer blend.
-        """
-        if not alpha.any():  # fully transparent (reset frames while the lights fade)
-            return
-        fading = np.flatnonzero(alpha < 255)
-        if len(fading):
-            old = buf[fading].astype(np.uint16)
-            level = alpha[fading].astype(np.uint16)[:, None, None, None]
-            code = codes[fading]
-            faded = old - _blend_step(old, level) * (code == DARK)
-            if ringed[fading].any():
-                ring = (code == RING) & ringed[fading, None, None, None]
-                faded = np.where(ring, old + _blend_step(255 - old, level), faded)
-        if ringed.any():
-            np.multiply(buf, codes != DARK, out=buf)
-            buf[(codes == RING) & ringed[:, None, None, None]] = 255
-        else:
-            np.multiply(buf, codes, out=buf)
-        if len(fading):
-            buf[fading] = faded
+        """Blend the darkness layer (black, or white on ring pixels; clear inside spots) over `buf`."""
+        if alpha.any():  # else fully transparent (reset frames while the lights fade)
+            _darken_frames(buf, np.ascontiguousarray(codes), alpha, ringed)
 
     def _compose(self, envs: np.ndarray, cx: np.ndarray, cy: np.ndarray, rotation: np.ndarray) -> np.ndarray:
         """The observation frames of `envs` (agents at `cx, cy` facing `rotation`), `(m, x, y, c)`."""
