@@ -41,7 +41,7 @@ from envs.mystery_path import (
     is_real,
     upscale_image,
 )
-from envs.path_generation import GRID, Draws, generate_segment
+from envs.path_generation import GRID, Draws, generate_chain
 from envs.raster import alpha_blend, rhaz
 from envs.sprites import agent_radius, agent_sprites
 
@@ -116,21 +116,6 @@ def _stamina_table() -> np.ndarray:
 
 
 STAMINA_TABLE = _stamina_table()
-
-
-def make_segment(draws: Draws, index: int, start_row: int | None) -> tuple[list[int], list[int], int]:
-    """Segment `index` in world cells: (columns, rows) from its start to its transition cell, end row.
-
-    The first segment draws its start row; later ones start on the previous end row.
-    """
-    if start_row is None:
-        start_row = draws.below(GRID)
-    end_row = draws.below(GRID)
-    path, _ = generate_segment(draws, (0, start_row), (GRID - 1, end_row))
-    offset = index * SEGMENT_COLUMNS
-    columns = [x + offset for x, _ in path] + [offset + GRID]
-    rows = [y for _, y in path] + [end_row]
-    return columns, rows, end_row
 
 
 _FIRST_FRAMES: dict[tuple, np.ndarray] = {}
@@ -243,24 +228,27 @@ class EndlessMysteryPathGame(BatchedGame):
             raise ValueError(f"{env_id}: stamina_level must be an integer >= 1, got {params['stamina_level']!r}")
 
     # ---- path storage ----------------------------------------------------------------------
-    def _store_segments(self, envs: list[int], indices: list[int], segments: list[tuple[list[int], list[int]]]) -> None:
-        """Put segment `indices[k]` (its world columns and rows) of env `envs[k]` in its ring slot, for every k.
+    def _store_segments(self, envs: list[int], indices: list[int], cells: np.ndarray, lengths: np.ndarray, end_rows: np.ndarray) -> None:
+        """Put segment `indices[k]` of env `envs[k]` in its ring slot, for every k: its path cells
+        `cells[k, :lengths[k]]` (x * 7 + y, as `generate_chain` gives them) and its transition cell.
 
         One batch of array writes for all of them; no two of them may share an env's slot.
         """
         envs, indices = np.array(envs), np.array(indices)
         slots = indices % RING
-        lengths = np.array([len(columns) for columns, _ in segments])
-        # Padded to a full row (the padding is never read: reads stop at the segment's length).
-        columns = np.array([columns + [0] * (MAX_NODES - len(columns)) for columns, _ in segments])
-        rows = np.array([rows + [0] * (MAX_NODES - len(rows)) for _, rows in segments])
+        offsets = indices[:, None] * SEGMENT_COLUMNS
+        # Entries past a segment's length are never read (reads stop at the length).
+        columns, rows = cells // GRID + offsets, cells % GRID
+        columns[np.arange(len(envs)), lengths] = offsets[:, 0] + GRID
+        rows[np.arange(len(envs)), lengths] = end_rows
+        lengths = lengths + 1
         self.ring_segment[envs, slots] = indices
         self.ring_columns[envs, slots] = columns
         self.ring_rows[envs, slots] = rows
         self.ring_length[envs, slots] = lengths
         self.ring_node[envs, slots] = -1
         k, node = np.nonzero(np.arange(MAX_NODES) < lengths[:, None])
-        local = (columns[k, node] - indices[k] * SEGMENT_COLUMNS) * GRID + rows[k, node]
+        local = (columns[k, node] - offsets[k, 0]) * GRID + rows[k, node]
         self.ring_node[envs[k], slots[k], local] = node
         self.stamina_marks[envs, slots] = 0
         if indices.max() >= self.reward_marks.shape[1]:
@@ -270,19 +258,17 @@ class EndlessMysteryPathGame(BatchedGame):
 
     def _extend_paths(self, envs: np.ndarray, count: int = 1) -> None:
         """Generate the next `count` segments of envs `envs` from their own generators (the reference's RNG order)."""
-        owners, indices, segments = [], [], []
+        owners, indices, chains = [], [], []
         for i in envs.tolist():
             first = int(self.num_segments[i])
-            end_row = None if first == 0 else int(self.last_end_row[i])
             with Draws(self.rngs[i]) as draws:
-                for index in range(first, first + count):
-                    columns, rows, end_row = make_segment(draws, index, end_row)
-                    owners.append(i)
-                    indices.append(index)
-                    segments.append((columns, rows))
-            self.last_end_row[i] = end_row
+                chain = generate_chain(draws, None if first == 0 else int(self.last_end_row[i]), count)
+            chains.append(chain)
+            owners += [i] * count
+            indices += range(first, first + count)
+            self.last_end_row[i] = chain[2][-1]
             self.num_segments[i] = first + count
-        self._store_segments(owners, indices, segments)
+        self._store_segments(owners, indices, *(np.concatenate(parts) for parts in zip(*chains)))
 
     def _restore_segments(self, i: int, first: int, last: int) -> None:
         """Regenerate segments `first..last` (all generated once already) by replaying the stream."""
@@ -294,8 +280,9 @@ class EndlessMysteryPathGame(BatchedGame):
             while self.replay_next[i] <= last:
                 index = int(self.replay_next[i])
                 start_row = None if index == 0 else int(self.replay_end_row[i])
-                columns, rows, self.replay_end_row[i] = make_segment(draws, index, start_row)
-                self._store_segments([i], [index], [(columns, rows)])
+                chain = generate_chain(draws, start_row, 1)
+                self._store_segments([i], [index], *chain)
+                self.replay_end_row[i] = chain[2][0]
                 self.replay_next[i] = index + 1
 
     def _ensure_segments(self, segment: np.ndarray) -> None:

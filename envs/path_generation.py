@@ -169,6 +169,50 @@ def generate_segment(
     return [divmod(cell, GRID) for cell in path[:length].tolist()], wall.tolist()
 
 
+def generate_chain(draws: Draws, start_row: int | None, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`count` segments in a row, each from column 0 to column 6 (the endless path's pieces).
+
+    Each segment draws its end row `below(7)` and then its walls and path; the first one draws
+    its start row before that unless `start_row` is given, the others start on the previous end
+    row. Returns (path cells x*7+y of segment k in `cells[k, :lengths[k]]`, lengths, end rows);
+    `cells` has one spare entry after the longest possible path (the endless path's transition cell).
+    """
+    cells = np.zeros((count, _CELLS + 1), dtype=np.int64)
+    lengths = np.zeros(count, dtype=np.int64)
+    end_rows = np.zeros(count, dtype=np.int64)
+    while True:
+        if len(draws.words) - draws.pos < 2 * _RAW_CHUNK * count:
+            draws.refill()
+        pos = _chain(draws.words, draws.pos, -1 if start_row is None else start_row, cells, lengths, end_rows)
+        if pos >= 0:
+            break
+        if pos == _NO_PATH:
+            raise RuntimeError("no path between a segment's start and end")
+        draws.refill()
+    draws.pos = pos
+    return cells, lengths, end_rows
+
+
+@numba.njit(cache=True)
+def _chain(words: np.ndarray, pos: int, start_row: int, cells: np.ndarray, lengths: np.ndarray, end_rows: np.ndarray) -> int:
+    """`generate_chain` from `words[pos:]` (start_row -1: drawn); returns the next position or `_segment`'s error."""
+    wall = np.zeros(_CELLS, dtype=np.bool_)
+    for k in range(len(cells)):
+        if start_row < 0:
+            start_row, pos = _below(words, pos, GRID)
+            if pos < 0:
+                return _OUT_OF_WORDS
+        end_row, pos = _below(words, pos, GRID)
+        if pos < 0:
+            return _OUT_OF_WORDS
+        pos, lengths[k] = _segment(words, pos, start_row, (GRID - 1) * GRID + end_row, wall, cells[k])
+        if pos < 0:
+            return pos
+        end_rows[k] = end_row
+        start_row = end_row
+    return pos
+
+
 @numba.njit(cache=True)
 def _below(words: np.ndarray, pos: int, n: int) -> tuple[int, int]:
     """`Draws.below(n)` for n >= 2 from `words[pos:]`: (value, next position), position -1 if the words ran out."""
