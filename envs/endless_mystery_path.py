@@ -444,7 +444,7 @@ class EndlessMysteryPathGame(BatchedGame):
         done |= (self.stamina == 0) | (self.t == self.max_steps)
         self.max_x = np.where(on & (tx > self.max_x), tx, self.max_x)
         self.episode_return += rewards
-        self._draw(rows)
+        self._draw()
         return rewards, done
 
     def _record_falls(self, fell: np.ndarray, tx: np.ndarray, ty: np.ndarray) -> np.ndarray:
@@ -490,20 +490,20 @@ class EndlessMysteryPathGame(BatchedGame):
         return np.where((dx == 1)[:, None], EAST, direction)
 
     # ---- drawing ---------------------------------------------------------------------------
-    def _past_path_codes(self, idx: np.ndarray) -> np.ndarray:
-        """Per screen column of envs `idx`: border flag * 128 + one bit per row showing a past tile."""
-        k = len(idx)
-        codes = np.zeros(k * SCREEN, dtype=np.int64)
-        newest = self.tx[idx] - 1
-        past_x = np.maximum(0, newest - self.depth[idx])
-        active = self.show_past_path[idx] & (newest >= 0) & (newest >= past_x)
-        segment = self.current_segment[idx]
-        node = self.current_node[idx]
+    def _past_path_codes(self) -> np.ndarray:
+        """Per screen column of every env: border flag * 128 + one bit per row showing a past tile."""
+        n = self.num_envs
+        codes = np.zeros(n * SCREEN, dtype=np.int64)
+        newest = self.tx - 1
+        past_x = np.maximum(0, newest - self.depth)
+        active = self.show_past_path & (newest >= 0) & (newest >= past_x)
+        segment = self.current_segment
+        node = self.current_node
         prev_slot = (segment - 1) % RING
-        prev_length = np.where(segment > 0, self.ring_length[idx, prev_slot], 0)
+        prev_length = np.where(segment > 0, self.ring_length[self.rows, prev_slot], 0)
         span = int((np.where(active, node + prev_length, 0)).max(initial=0))
         if span == 0:
-            return codes.reshape(k, SCREEN)
+            return codes.reshape(n, SCREEN)
         # The predecessors of the current node, newest first: its own segment, then the previous one.
         back = node[:, None] - np.arange(1, span + 1)[None, :]
         in_own = back >= 0
@@ -511,14 +511,14 @@ class EndlessMysteryPathGame(BatchedGame):
         valid = position >= 0
         slot = np.where(in_own, (segment % RING)[:, None], prev_slot[:, None])
         position = np.where(valid, position, 0)
-        cols = self.ring_columns[idx[:, None], slot, position]
-        rows = self.ring_rows[idx[:, None], slot, position]
+        cols = self.ring_columns[self.rows[:, None], slot, position]
+        rows = self.ring_rows[self.rows[:, None], slot, position]
         # The walk stops after the first tile at or left of past_x.
         stop = valid & (cols <= past_x[:, None])
         last = np.where(stop.any(axis=1), stop.argmax(axis=1), span)
         drawn = valid & (np.arange(span)[None, :] <= last[:, None]) & active[:, None]
         env_pos, step = np.nonzero(drawn)
-        x0 = np.trunc(cols[env_pos, step] * TILE - self.camera_x[idx][env_pos]).astype(np.int64)
+        x0 = np.trunc(cols[env_pos, step] * TILE - self.camera_x[env_pos]).astype(np.int64)
         left, right = np.maximum(x0, 0), np.minimum(x0 + TILE - 1, SCREEN - 1)
         visible = left <= right
         env_pos, step, left, right = env_pos[visible], step[visible], left[visible], right[visible]
@@ -533,17 +533,14 @@ class EndlessMysteryPathGame(BatchedGame):
         narrow = right - left < 2
         codes[(env_pos * SCREEN + left)[narrow | (x0 >= 0)]] |= 128
         codes[(env_pos * SCREEN + right)[narrow | (x0 + TILE - 1 < SCREEN)]] |= 128
-        return codes.reshape(k, SCREEN)
+        return codes.reshape(n, SCREEN)
 
-    def _draw(self, idx: np.ndarray) -> None:
-        """Draw envs `idx`."""
-        background = BACKGROUND_CODES[self.show_background[idx].astype(np.int64), self.scroll[idx] % TILE]
-        codes = background + self._past_path_codes(idx)
-        if len(idx) == self.num_envs:
-            np.take(COLUMN_TABLE, codes, axis=0, out=self.screens, mode="clip")
-        else:
-            self.screens[idx] = COLUMN_TABLE[codes]
-        self._draw_overlays(self.screens, idx, idx, stamina=self.show_stamina[idx], cross=self.visual_feedback[idx])
+    def _draw(self) -> None:
+        """Draw every env."""
+        background = BACKGROUND_CODES[self.show_background.astype(np.int64), self.scroll % TILE]
+        codes = background + self._past_path_codes()
+        np.take(COLUMN_TABLE, codes, axis=0, out=self.screens, mode="clip")
+        self._draw_overlays(self.screens, self.rows, self.rows, stamina=self.show_stamina, cross=self.visual_feedback)
 
     def _draw_overlays(self, screens, idx, rows, stamina, cross) -> None:
         """Agent sprite, stamina bar (where `stamina`) and cross (where shown and `cross`)."""
@@ -557,13 +554,14 @@ class EndlessMysteryPathGame(BatchedGame):
             empty = (SCREEN * (1 - np.minimum(self.stamina[idx[bar]], level) / level)).astype(np.int64)
             screens[rows[bar], SCREEN - STAMINA_WIDTH :] = STAMINA_TABLE[np.clip(empty, 0, SCREEN)][:, None]
         shown = np.flatnonzero(self.cross_shown[idx] & cross)
-        CROSS.blit(
-            screens,
-            rows[shown],
-            np.zeros(len(shown), dtype=np.int64),
-            self.cross_x[idx[shown]] - CROSS_HALF,
-            self.cross_y[idx[shown]] - CROSS_HALF,
-        )
+        if len(shown):
+            CROSS.blit(
+                screens,
+                rows[shown],
+                np.zeros(len(shown), dtype=np.int64),
+                self.cross_x[idx[shown]] - CROSS_HALF,
+                self.cross_y[idx[shown]] - CROSS_HALF,
+            )
 
     def observe(self) -> np.ndarray:
         return self.screens
