@@ -93,8 +93,8 @@ def _darken_frames(buf, codes, alpha, ringed):  # pragma: no cover (compiled)
     """Blend the darkness (alpha per frame) over the C-contiguous frames `buf` in place: towards
     black on `DARK` codes, towards white on `RING` codes of ringed frames; `CLEAR` pixels stay.
 
-    At alpha 255 this is black, white and untouched pixels, and without rings (the usual frame)
-    a product with the 0/1 codes.
+    At alpha 255 without rings (the usual frame) this is a product with the 0/1 codes; the
+    other frames take the integer blend, written without branches so that it vectorises.
     """
     for e in range(buf.shape[0]):
         a = np.int64(alpha[e])
@@ -105,14 +105,12 @@ def _darken_frames(buf, codes, alpha, ringed):  # pragma: no cover (compiled)
             for i in range(frame.size):
                 frame[i] *= code[i]
             continue
-        # New value by code and old value: blended towards black, kept, blended towards white.
-        table = np.empty((3, 256), np.uint8)
-        for value in range(256):
-            table[DARK, value] = value - _blend_step_scalar(value, a)
-            table[CLEAR, value] = value
-            table[RING, value] = value + _blend_step_scalar(255 - value, a) if ringed[e] else value
+        ring_code = RING if ringed[e] else -1
         for i in range(frame.size):
-            frame[i] = table[code[i], frame[i]]
+            value = np.int64(frame[i])
+            dark, ring = np.int64(code[i] == DARK), np.int64(code[i] == ring_code)
+            step = _blend_step_scalar(dark * value + ring * (255 - value), a)
+            frame[i] = value + (ring - dark) * step
 
 
 def coin_sprite(scale: float) -> Sprite:

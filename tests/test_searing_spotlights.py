@@ -10,9 +10,9 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import envs  # noqa: F401  (registers the ids)
-from envs.raster import alpha_blend
-from envs.searing_spotlights import _blend_step
-from envs.spotlights import Spotlights
+from envs.raster import alpha_blend, disk_offsets
+from envs.searing_spotlights import _blend_step, _darken_frames
+from envs.spotlights import CLEAR, DARK, RING, Spotlights, clear_mask
 from tests.golden import fixture_files, replay
 from tools.golden_format import load_fixture
 
@@ -102,6 +102,35 @@ def test_darkness_fade_equals_the_integer_alpha_blend_for_every_value_and_alpha(
     towards_white = value + _blend_step(255 - value, alpha)
     np.testing.assert_array_equal(towards_black, alpha_blend(values, 0, alpha.astype(np.int64)))
     np.testing.assert_array_equal(towards_white, alpha_blend(values, 255, alpha.astype(np.int64)))
+
+
+@pytest.mark.parametrize("ringed", [False, True])
+def test_darkening_blends_each_code_for_every_value_and_alpha(ringed):
+    # Frame = alpha (256 frames), column = value, row = code; channels carry the same value.
+    alpha = np.arange(256)
+    codes = np.array([DARK, CLEAR, RING] if ringed else [DARK, CLEAR], dtype=np.uint8)
+    values = np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None, None], (256, len(codes), 3))
+    buf = np.ascontiguousarray(np.broadcast_to(values, (256, *values.shape)))
+    code_layer = np.ascontiguousarray(np.broadcast_to(codes[None, None, :, None], buf.shape))
+    _darken_frames(buf, code_layer, alpha, np.full(256, ringed))
+    per_alpha = alpha[:, None, None, None]
+    np.testing.assert_array_equal(buf[:, :, 0], alpha_blend(values[None, :, 0], 0, per_alpha[:, :, 0]))
+    np.testing.assert_array_equal(buf[:, :, 1], np.broadcast_to(values[:, 1], buf[:, :, 1].shape))
+    if ringed:
+        np.testing.assert_array_equal(buf[:, :, 2], alpha_blend(values[None, :, 2], 255, per_alpha[:, :, 0]))
+
+
+def test_clear_mask_is_the_union_of_the_visited_disks_clipped_to_the_screen():
+    rng = np.random.default_rng(0)
+    cx, cy = rng.integers(-30, 115, (6, 5)), rng.integers(-30, 115, (6, 5))
+    radius, visited = rng.integers(0, 15, (6, 5)), rng.random((6, 5)) < 0.7
+    expected = np.zeros((6, 84, 84, 3), dtype=np.uint8)
+    for env, k in zip(*np.nonzero(visited)):
+        dx, dy = disk_offsets(int(radius[env, k]))
+        x, y = cx[env, k] + dx, cy[env, k] + dy
+        keep = (x >= 0) & (x < 84) & (y >= 0) & (y < 84)
+        expected[env, x[keep], y[keep]] = 1
+    np.testing.assert_array_equal(clear_mask(cx, cy, radius, visited), expected)
 
 
 def test_spotlight_after_a_removed_one_is_skipped_for_that_step():
