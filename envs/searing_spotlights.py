@@ -12,6 +12,8 @@ see the README section "Searing Spotlights" for the quirks and the cases handled
 Per-env state lives in arrays; the spotlight lists in `envs.spotlights.Spotlights`. A frame is
 the background, the entities drawn under the darkness, the darkness (alpha-blended, cut open
 by the spotlights), then the entities shown above it and the top bar, in the reference's order.
+The pixel loops of a frame (sprites, darkening) are small numba kernels over the whole batch:
+with NumPy alone their many small array calls per step cost more than the pixels themselves.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 from envs.agent import continuous_step
 from envs.core import BatchedGame
 from envs.raster import Sprite, disk_offsets, ring_offsets
-from envs.spotlights import CLEAR, DARK, RING, SCREEN, Spotlights, clear_mask, create_spot, ringed_codes
+from envs.spotlights import DARK, RING, SCREEN, Spotlights, clear_mask, create_spot, ringed_codes
 from envs.sprites import EXIT_CLOSED, EXIT_OPEN, agent_radius, agent_sprites
 
 SCALE = 0.25
@@ -74,9 +76,8 @@ BACKGROUNDS = np.stack(
 )
 
 
-
 def _blend_step(distance: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """`floor(distance * alpha / 255)` for uint16 arrays with both factors in 0..255.
+    """`floor(distance * alpha / 255)` for both factors in 0..255 (uint16 or wider arrays, or ints).
 
     Blending towards black moves a value v down by `floor(v A / 255)`, towards white up by
     `floor((255 - v) A / 255)`: the integer alpha blend, without a division.
@@ -317,7 +318,10 @@ class _SpotlightsGame(BatchedGame):
             # Autoresets pass the same dict every time: sort out its numbers once.
             items = [(name, value) for name, value in params.items() if isinstance(value, (np.bool_, Real))]
             items += [("agent_radius", agent_radius(params["agent_scale"])), ("coin_radius", int(10 * params["coin_scale"]))]
-            items += [("coin_sprite", self._coin_sprite(params["coin_scale"])), ("agent_sprite", self._agent_sprite(params["agent_scale"]))]
+            items += [
+                ("coin_sprite", self._coin_sprite(params["coin_scale"])),
+                ("agent_sprite", self._agent_sprite(params["agent_scale"])),
+            ]
             for name, value in items:
                 dtype = bool if _is_bool(value) else (np.int64 if _is_int(value) else np.float64)
                 if name not in self.p:

@@ -12,7 +12,8 @@ spot right after a removed one is skipped for that step (not drawn, not hit-test
 
 The darkness layer is one code per pixel and channel, `(num_envs, x, y, 3)` uint8: `DARK`
 (black), `CLEAR` (inside a spot) or `RING` (the white outline spots get in black-background
-mode); the channel copies let it multiply a frame directly.
+mode); the channel copies let it multiply a frame directly. `clear_mask` fills it with a
+compiled loop (numba), one run of rows per disk column.
 """
 
 from __future__ import annotations
