@@ -211,6 +211,8 @@ class EndlessMysteryPathGame(BatchedGame):
         # Fall-off cells that can still matter (those in columns >= max_x; older ones are dropped).
         self.fall_cells = np.zeros((n, 8, 2), dtype=np.int64)
         self.fall_count = np.zeros(n, dtype=np.int64)
+        self.params_of_all: dict[str, Any] | None = None
+        """The parameters every env was last reset with, if they are the same for all."""
         self.screens = np.zeros((n, SCREEN, SCREEN, 3), dtype=np.uint8)
 
     def check_params(self, params: dict[str, Any]) -> None:
@@ -297,7 +299,11 @@ class EndlessMysteryPathGame(BatchedGame):
     # ---- reset -----------------------------------------------------------------------------
     def reset_envs(self, idx: np.ndarray, params: dict[str, Any]) -> None:
         idx = np.asarray(idx)
-        self._store_params(idx, params)
+        # Autoresets pass the standing parameters again: store them only where they change.
+        if params != self.params_of_all:
+            self._store_params(idx, params)
+            self.params_of_all = dict(params) if len(idx) == self.num_envs else None
+        radius = agent_radius(params["agent_scale"])
         self.reward_marks[idx] = 0
         self.ring_segment[idx] = -1
         for i in idx.tolist():
@@ -312,17 +318,17 @@ class EndlessMysteryPathGame(BatchedGame):
         self.scroll[idx] = 0
         self.rotation[idx] = 270
         # The first cell's top-left plus the agent radius (its centre only at the default scale).
-        self.spawn_x[idx] = self.radius[idx]
-        self.spawn_y[idx] = self.start_row[idx] * TILE + self.radius[idx]
-        self.cx[idx], self.cy[idx] = self.spawn_x[idx], self.spawn_y[idx]
-        self.tx[idx], self.ty[idx] = self.cx[idx] // TILE, self.cy[idx] // TILE
+        spawn_y = self.start_row[idx] * TILE + radius
+        self.spawn_x[idx] = self.cx[idx] = radius
+        self.spawn_y[idx] = self.cy[idx] = spawn_y
+        self.tx[idx], self.ty[idx] = radius // TILE, spawn_y // TILE
         self.current_segment[idx] = 0
         self.current_node[idx] = 0
         self.ground_truth[idx] = self._direction(idx, self.ground_truth[idx])
         self.off_path[idx] = False
         self.cross_shown[idx] = False
         self.cross_x[idx] = self.cross_y[idx] = CROSS_HALF
-        self.stamina[idx] = self.stamina_level[idx]
+        self.stamina[idx] = params["stamina_level"]
         self.ensured_segment[idx] = 0
         self.max_x[idx] = 0
         self.t[idx] = 0
@@ -419,22 +425,23 @@ class EndlessMysteryPathGame(BatchedGame):
         self.current_segment = np.where(on, segment, self.current_segment)
         self.current_node = np.where(on, node, self.current_node)
         # The direction only changes with the current node.
-        self.ground_truth[moved] = self._direction(moved, self.ground_truth[moved])
+        if len(moved):
+            self.ground_truth[moved] = self._direction(moved, self.ground_truth[moved])
 
         fell = ~on
         if fell.any():
             done = self._record_falls(fell, tx, ty)
             self.stamina_marks[fell] = 0
+            # The cross follows the agent every step but shows only on a fall-off: place it then.
+            shown = np.flatnonzero(fell)
+            self.cross_x[shown] = rhaz(self.cx[shown] - self.camera_x[shown])
+            self.cross_y[shown] = self.cy[shown]
         else:
             done = np.zeros(n, dtype=bool)
         self.stamina = np.where(refill | fell, self.stamina_level, self.stamina)
         self.num_fails += fell
         self.cross_shown = fell & self.visual_feedback
         self.off_path = fell
-        # The cross follows the agent every step but shows only on a fall-off: place it then.
-        shown = np.flatnonzero(fell)
-        self.cross_x[shown] = rhaz(self.cx[shown] - self.camera_x[shown])
-        self.cross_y[shown] = self.cy[shown]
         self.tiles_visited += progress
 
         rewards = np.where(progress, self.reward_progress, 0.0)
