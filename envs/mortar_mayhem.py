@@ -29,7 +29,7 @@ import numpy as np
 from envs.agent import AgentPainter, continuous_step, grid_step, wrap_step
 from envs.core import BatchedGame
 from envs.raster import Sprite, SpriteSheet, blit, disk_offsets, offsets_mask, upscale
-from envs.sprites import AGENT_ROTATIONS, COMMAND_SPRITES, agent_radius, agent_sprites, tile
+from envs.sprites import COMMAND_SPRITES, agent_radius, agent_sprites, tile
 
 SCREEN = 84
 TILE = 14
@@ -57,15 +57,6 @@ TARGET_RING = (0, 255, 0)
 DEBUG_SCALE = 4
 
 _COMMANDS = SpriteSheet([COMMAND_SPRITES[name] for name in COMMAND_NAMES])
-_NONE = np.zeros(0, dtype=np.int64)
-
-
-@lru_cache(maxsize=None)
-def _agents_and_commands(scale: float) -> tuple[SpriteSheet, int]:
-    """The agent sprites of `scale` (by rotation // 45) followed by the command arrows, and the
-    agents' size: a step's agents and commands are drawn by one `SpriteSheet.blit`."""
-    agents = agent_sprites(scale)
-    return SpriteSheet([*agents, *(COMMAND_SPRITES[name] for name in COMMAND_NAMES)]), agents[0].size[0]
 _BLUE_TILE = tile(TILE, BLUE, BLUE_BORDER)
 _RED_TILE = tile(TILE, RED, RED_BORDER)
 
@@ -627,27 +618,17 @@ class MortarMayhemGame(BatchedGame):
     # ---- drawing ---------------------------------------------------------------------------
     def _draw_sprites(self, idx, rotation, cx, cy, scale, command) -> None:
         """Draw the agents and the shown commands (-1: none; None: none anywhere) of envs `idx`."""
-        shown = np.flatnonzero(command >= 0) if command is not None else _NONE
-        if self.single_scale is None:
+        if self.single_scale is not None:
+            # Every env has had the same agent scale since the start: skip the painter's grouping.
+            sheet, size = self.painter.sheet(self.single_scale)
+            sheet.blit(self.screen, idx, rotation // 45, cx - size // 2, cy - size // 2)
+        else:
             self.painter.draw(self.screen, idx, cx, cy, rotation, scale)
+        if command is not None:
+            shown = np.flatnonzero(command >= 0)
             if len(shown):
                 at = np.full(len(shown), COMMAND_AT)
                 _COMMANDS.blit(self.screen, idx[shown], command[shown], at, at)
-            return
-        # Every env has had the same agent scale since the start: agents and commands go in one
-        # scatter (commands after agents, so they cover them where they overlap).
-        sheet, size = _agents_and_commands(self.single_scale)
-        if len(shown):
-            at = np.full(len(shown), COMMAND_AT)
-            sheet.blit(
-                self.screen,
-                np.concatenate((idx, idx[shown])),
-                np.concatenate((rotation // 45, len(AGENT_ROTATIONS) + command[shown])),
-                np.concatenate((cx - size // 2, at)),
-                np.concatenate((cy - size // 2, at)),
-            )
-        else:
-            sheet.blit(self.screen, idx, rotation // 45, cx - size // 2, cy - size // 2)
 
     def observe(self):
         if self.vector_commands:
