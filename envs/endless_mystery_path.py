@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 import gymnasium as gym
+import numba
 import numpy as np
 
 from envs.agent import AgentPainter
@@ -120,6 +121,43 @@ STAMINA_TABLE = _stamina_table()
 
 _FIRST_FRAMES: dict[tuple, np.ndarray] = {}
 """Episodes' first observations by (show_background, show_stamina, agent scale, agent column)."""
+
+
+@numba.njit(cache=True)
+def _draw_past_path(codes, tx, depth, show_past_path, segment, node, ring_length, ring_columns, ring_rows, camera_x):
+    """OR each env's past-path tiles into its column codes (`EndlessMysteryPathGame._past_path_codes`).
+
+    The tiles shown are the current node's predecessors, newest first (its own segment, then the
+    previous one), up to and including the first one at or left of column `tx - 1 - depth`. An
+    env's tiles differ in number and clipping, which makes this a short loop per env rather than
+    a few dozen masked array operations over all of them.
+    """
+    for env in range(len(codes)):
+        newest = tx[env] - 1
+        past_x = max(0, newest - depth[env])
+        if not show_past_path[env] or newest < 0 or newest < past_x:
+            continue
+        own_slot = segment[env] % RING
+        prev_slot = (segment[env] - 1) % RING
+        prev_length = ring_length[env, prev_slot] if segment[env] > 0 else 0
+        for back in range(node[env] - 1, -prev_length - 1, -1):
+            slot, position = (own_slot, back) if back >= 0 else (prev_slot, back + prev_length)
+            column = ring_columns[env, slot, position]
+            x0 = int(np.trunc(column * TILE - camera_x[env]))
+            left, right = max(x0, 0), min(x0 + TILE - 1, SCREEN - 1)
+            if left <= right:
+                for x in range(left, right + 1):
+                    codes[env, x] |= 1 << ring_rows[env, slot, position]
+                # The outline sits on the unclipped tile's edges, but a tile showing at most 2
+                # columns is filled with the outline colour (the reference fills an outline
+                # wider than its rect).
+                narrow = right - left < 2
+                if narrow or x0 >= 0:
+                    codes[env, left] |= 128
+                if narrow or x0 + TILE - 1 < SCREEN:
+                    codes[env, right] |= 128
+            if column <= past_x:
+                break
 
 
 class EndlessMysteryPathGame(BatchedGame):
@@ -499,48 +537,10 @@ class EndlessMysteryPathGame(BatchedGame):
     # ---- drawing ---------------------------------------------------------------------------
     def _past_path_codes(self) -> np.ndarray:
         """Per screen column of every env: border flag * 128 + one bit per row showing a past tile."""
-        n = self.num_envs
-        codes = np.zeros(n * SCREEN, dtype=np.int64)
-        newest = self.tx - 1
-        past_x = np.maximum(0, newest - self.depth)
-        active = self.show_past_path & (newest >= 0) & (newest >= past_x)
-        segment = self.current_segment
-        node = self.current_node
-        prev_slot = (segment - 1) % RING
-        prev_length = np.where(segment > 0, self.ring_length[self.rows, prev_slot], 0)
-        span = int((np.where(active, node + prev_length, 0)).max(initial=0))
-        if span == 0:
-            return codes.reshape(n, SCREEN)
-        # The predecessors of the current node, newest first: its own segment, then the previous one.
-        back = node[:, None] - np.arange(1, span + 1)[None, :]
-        in_own = back >= 0
-        position = np.where(in_own, back, back + prev_length[:, None])
-        valid = position >= 0
-        slot = np.where(in_own, (segment % RING)[:, None], prev_slot[:, None])
-        position = np.where(valid, position, 0)
-        cols = self.ring_columns[self.rows[:, None], slot, position]
-        rows = self.ring_rows[self.rows[:, None], slot, position]
-        # The walk stops after the first tile at or left of past_x.
-        stop = valid & (cols <= past_x[:, None])
-        last = np.where(stop.any(axis=1), stop.argmax(axis=1), span)
-        drawn = valid & (np.arange(span)[None, :] <= last[:, None]) & active[:, None]
-        env_pos, step = np.nonzero(drawn)
-        x0 = np.trunc(cols[env_pos, step] * TILE - self.camera_x[env_pos]).astype(np.int64)
-        left, right = np.maximum(x0, 0), np.minimum(x0 + TILE - 1, SCREEN - 1)
-        visible = left <= right
-        env_pos, step, left, right = env_pos[visible], step[visible], left[visible], right[visible]
-        columns = left[:, None] + np.arange(TILE)[None, :]
-        covered = columns <= right[:, None]
-        flat = (env_pos * SCREEN)[:, None] + np.minimum(columns, SCREEN - 1)
-        row_bits = np.broadcast_to((1 << rows[env_pos, step])[:, None], columns.shape)
-        np.bitwise_or.at(codes, flat[covered], row_bits[covered])
-        # The outline sits on the unclipped tile's edges, but a tile showing at most 2 columns
-        # is filled with the outline colour (the reference fills an outline wider than its rect).
-        x0 = x0[visible]
-        narrow = right - left < 2
-        codes[(env_pos * SCREEN + left)[narrow | (x0 >= 0)]] |= 128
-        codes[(env_pos * SCREEN + right)[narrow | (x0 + TILE - 1 < SCREEN)]] |= 128
-        return codes.reshape(n, SCREEN)
+        codes = np.zeros((self.num_envs, SCREEN), dtype=np.int64)
+        path = (self.current_segment, self.current_node, self.ring_length, self.ring_columns, self.ring_rows)
+        _draw_past_path(codes, self.tx, self.depth, self.show_past_path, *path, self.camera_x)
+        return codes
 
     def _draw(self) -> None:
         """Draw every env."""
