@@ -61,15 +61,15 @@ _BLUE_TILE = tile(TILE, BLUE, BLUE_BORDER)
 _RED_TILE = tile(TILE, RED, RED_BORDER)
 
 
-def arena_origin(size) -> np.ndarray:
+def arena_origin(size: int) -> int:
     """Screen position of the arena's top-left corner (the arena is centred)."""
-    return SCREEN // 2 - (TILE * np.asarray(size)) // 2
+    return SCREEN // 2 - TILE * size // 2
 
 
 def _arena_layer(size: int, tile_sprite: Sprite) -> np.ndarray:
     """A black screen with a `size` x `size` arena of one tile look, `[x, y, c]`."""
     layer = np.zeros((SCREEN, SCREEN, 3), dtype=np.uint8)
-    origin = int(arena_origin(size))
+    origin = arena_origin(size)
     for i in range(size):
         for j in range(size):
             blit(layer, tile_sprite, origin + TILE * i, origin + TILE * j)
@@ -89,7 +89,7 @@ def _explosion_layers() -> tuple[np.ndarray, np.ndarray]:
     layers, start = [], np.zeros(7, dtype=np.int64)
     for size in range(7):
         start[size] = len(layers)
-        origin = int(arena_origin(size))
+        origin = arena_origin(size)
         for x in range(size):
             for y in range(size):
                 layer = _RED_ARENAS[size].copy()
@@ -370,7 +370,7 @@ class MortarMayhemGame(BatchedGame):
         scale = GRID_SCALE if self.grid else float(params["agent_scale"])
         if scale != self.single_scale:
             self.single_scale = None
-        origin = int(arena_origin(size))
+        origin = arena_origin(size)
         self.arena_size[idx] = size
         self.origin[idx] = origin
         self.allowed[idx] = params["allowed_commands"]
@@ -574,12 +574,11 @@ class MortarMayhemGame(BatchedGame):
 
     def _append_command(self, finished: np.ndarray) -> None:
         """Endless: one new command, shown alone, then the whole sequence again."""
-        for i in finished:
-            new = self.rngs[i].integers(0, int(self.allowed[i]), 1)
-            count = int(self.num_commands[i])
-            self._reserve_commands(count + 1)
-            self.commands[i, count] = new[0]
-            self.num_commands[i] = count + 1
+        count = self.num_commands[finished]
+        self._reserve_commands(int(count.max()) + 1)
+        allowed = self.allowed[finished].tolist()
+        self.commands[finished, count] = [int(self.rngs[i].integers(0, k)) for i, k in zip(finished.tolist(), allowed)]
+        self.num_commands[finished] = count + 1
         self.current[finished] = 0
         self.verify_steps[finished] = 0
         self.show_pos[finished] = 0

@@ -8,7 +8,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import envs  # noqa: F401  (registers the ids)
-from envs.mortar_mayhem import COMMAND_DX, COMMAND_DY, TILE
+from envs.mortar_mayhem import COMMAND_DX, COMMAND_DY, TILE, Draws
 from envs.raster import SpriteSheet, alpha_blend, blit, disk_offsets, rhaz, rotate_vector
 from envs.sprites import agent_sprites
 from tests.golden import fixture_files, replay
@@ -153,11 +153,31 @@ def _row(batched, i: int):
 
 @pytest.mark.parametrize("env_id", IDS)
 def test_vector_env_equals_single_envs_seeded_consecutively(env_id):
+    _compare_vector_with_singles(env_id, options=None)
+
+
+# First episodes with other options than the standing ones: agents of two scales on screen at
+# once, and command counts and phase lengths drawn from lists.
+OPTIONS = {
+    "MortarMayhem-v0": {"agent_scale": 0.35, "command_count": [2, 4], "command_show_duration": [1, 2], "explosion_delay": [5, 7]},
+    "MortarMayhem-Grid-v0": {"arena_size": 3, "command_count": [3, 5], "command_show_delay": [0, 2], "explosion_duration": [1, 3]},
+    "MortarMayhemB-v0": {"agent_scale": 0.3, "arena_size": 4, "command_count": [1, 3, 6], "explosion_delay": [6, 9]},
+    "MortarMayhemB-Grid-v0": {"arena_size": 2, "command_count": [2, 7], "explosion_delay": [3, 4]},
+    "Endless-MortarMayhem-v0": {"agent_scale": 0.4, "initial_command_count": 3, "command_show_duration": [2, 3], "explosion_delay": [5, 8]},
+}
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_vector_env_equals_single_envs_after_reset_options(env_id):
+    _compare_vector_with_singles(env_id, options=OPTIONS[env_id])
+
+
+def _compare_vector_with_singles(env_id: str, options):
     num_envs, seed, steps = 3, 11, 160
     vector = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point")
     singles = [gym.make(env_id) for _ in range(num_envs)]
-    vector_obs, vector_info = vector.reset(seed=seed)
-    single_obs = [env.reset(seed=seed + i) for i, env in enumerate(singles)]
+    vector_obs, vector_info = vector.reset(seed=seed, options=options)
+    single_obs = [env.reset(seed=seed + i, options=options) for i, env in enumerate(singles)]
     rng = np.random.default_rng(0)
     episodes_ended = 0
     for i, (obs, info) in enumerate(single_obs):
@@ -257,6 +277,22 @@ def test_commands_keep_the_target_inside_the_arena():
         for command in game.commands[0, 1 : game.num_commands[0]]:
             x, y = x + COMMAND_DX[command], y + COMMAND_DY[command]
             assert 0 <= x < 2 and 0 <= y < 2
+
+
+def test_draws_consume_the_generator_like_separate_integers_calls():
+    # Bounds near 2**32 reject up to a quarter of the outputs, so the rejection path runs often.
+    bounds = [1, 2, 3, 4, 9, 25, 36, 3 * 2**30, 2**31 + 1, 2**32 - 1]
+    for seed in range(30):
+        expected_rng, rng = np.random.default_rng(seed), np.random.default_rng(seed)
+        ks = [bounds[i] for i in np.random.default_rng(100 + seed).integers(0, len(bounds), 40)]
+        expected = [int(expected_rng.integers(0, k)) for k in ks]
+        draws = Draws(rng)
+        draws.ahead(sum(k > 1 for k in ks[:20]))
+        got = [draws.below(k) for k in ks[:20]]
+        draws.ahead(sum(k > 1 for k in ks[20:]))
+        got += [draws.below(k) for k in ks[20:]]
+        assert got == expected
+        assert rng.bit_generator.state == expected_rng.bit_generator.state
 
 
 # ---- shared drawing primitives the family is built on --------------------------------------
