@@ -60,9 +60,6 @@ STAMINA_COLOUR = (0, 255, 0)
 STAMINA_EMPTY_COLOUR = (255, 0, 0)
 STAMINA_WIDTH = 4
 PATH_LAYER_ALPHA = 200
-EAST, NORTH, SOUTH = np.eye(3, dtype=np.int64)
-CELL_BITS = np.left_shift(np.uint64(1), np.arange(SEGMENT_CELLS, dtype=np.uint64))
-ZERO_BITS = np.uint64(0)
 # Discrete actions: no-op, right, up, down (there is no "left"). None moves diagonally, so the
 # continuous controller's truncated velocity is `stride = int(agent_speed)` pixels along one axis;
 # the facing is east, north or south (-1: kept).
@@ -121,6 +118,69 @@ STAMINA_TABLE = _stamina_table()
 
 _FIRST_FRAMES: dict[tuple, np.ndarray] = {}
 """Episodes' first observations by (show_background, show_stamina, agent scale, agent column)."""
+
+
+@numba.njit(cache=True)
+def _visit_cells(
+    tx,
+    ty,
+    segment,
+    ring_node,
+    ring_columns,
+    ring_rows,
+    ring_length,
+    reward_marks,
+    stamina_marks,
+    current_segment,
+    current_node,
+    ground_truth,
+    on,
+    progress,
+    refill,
+):
+    """Look up each env's cell (`tx`, `ty`) in its `segment`: `on` the path, `progress` (first visit
+    in the episode: a reward), `refill` (first visit since the last fall: the stamina refills); an
+    agent on the path makes its cell the current node, and the ground truth follows a new node."""
+    for env in range(len(tx)):
+        slot = segment[env] % RING
+        node = -1
+        if 0 <= ty[env] < GRID:
+            local = (tx[env] - segment[env] * SEGMENT_COLUMNS) * GRID + ty[env]
+            node = ring_node[env, slot, local]
+        on[env] = node >= 0
+        if node < 0:
+            progress[env] = refill[env] = False
+            continue
+        bit = np.uint64(1) << np.uint64(local)
+        progress[env] = reward_marks[env, segment[env]] & bit == 0
+        reward_marks[env, segment[env]] |= bit
+        refill[env] = stamina_marks[env, slot] & bit == 0
+        stamina_marks[env, slot] |= bit
+        if segment[env] != current_segment[env] or node != current_node[env]:
+            current_segment[env], current_node[env] = segment[env], node
+            _point_ground_truth(env, segment[env], node, ring_columns, ring_rows, ring_length, ground_truth)
+
+
+@numba.njit(cache=True)
+def _reset_ground_truth(envs, ring_columns, ring_rows, ring_length, ground_truth):
+    """The ground truth of envs `envs` at the first node of their path."""
+    for env in envs:
+        _point_ground_truth(env, 0, 0, ring_columns, ring_rows, ring_length, ground_truth)
+
+
+@numba.njit(cache=True)
+def _point_ground_truth(env, segment, node, ring_columns, ring_rows, ring_length, ground_truth):
+    """One-hot [east, north, south] from the env's `node` to the next; a westward step keeps the old one."""
+    slot = segment % RING
+    if node >= ring_length[env, slot] - 1:
+        dx, dy = 1, 0  # after a segment's transition cell comes the next segment's start, one column east
+    else:
+        dx = ring_columns[env, slot, node + 1] - ring_columns[env, slot, node]
+        dy = ring_rows[env, slot, node + 1] - ring_rows[env, slot, node]
+    axis = 0 if dx == 1 else 1 if dy == -1 else 2 if dy == 1 else -1
+    if axis >= 0:
+        ground_truth[env] = 0
+        ground_truth[env, axis] = 1
 
 
 @numba.njit(cache=True)
@@ -362,7 +422,7 @@ class EndlessMysteryPathGame(BatchedGame):
         self.tx[idx], self.ty[idx] = radius // TILE, spawn_y // TILE
         self.current_segment[idx] = 0
         self.current_node[idx] = 0
-        self.ground_truth[idx] = self._direction(idx, self.ground_truth[idx])
+        _reset_ground_truth(idx, self.ring_columns, self.ring_rows, self.ring_length, self.ground_truth)
         self.off_path[idx] = False
         self.cross_shown[idx] = False
         self.cross_x[idx] = self.cross_y[idx] = CROSS_HALF
@@ -425,7 +485,6 @@ class EndlessMysteryPathGame(BatchedGame):
     # ---- step ------------------------------------------------------------------------------
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = self.num_envs
-        rows = self.rows
         off = self.off_path
         # A respawning agent ignores its action and moves from the spawn point.
         actions = np.where(off, 0, np.asarray(actions).reshape(n))
@@ -449,22 +508,11 @@ class EndlessMysteryPathGame(BatchedGame):
             self._ensure_segments(segment)
             self.ensured_segment = segment
 
-        slot = segment % RING
-        local = (tx - segment * SEGMENT_COLUMNS) * GRID + ty
-        inside = (ty >= 0) & (ty < GRID)
-        node = np.where(inside, self.ring_node[rows, slot, np.where(inside, local, 0)], -1)
-        on = node >= 0
-        bit = np.where(on, CELL_BITS[np.where(on, local, 0)], ZERO_BITS)
-        progress = (self.reward_marks[rows, segment] & bit) != bit
-        self.reward_marks[rows, segment] |= bit
-        refill = (self.stamina_marks[rows, slot] & bit) != bit
-        self.stamina_marks[rows, slot] |= bit
-        moved = np.flatnonzero(on & ((segment != self.current_segment) | (node != self.current_node)))
-        self.current_segment = np.where(on, segment, self.current_segment)
-        self.current_node = np.where(on, node, self.current_node)
-        # The direction only changes with the current node.
-        if len(moved):
-            self.ground_truth[moved] = self._direction(moved, self.ground_truth[moved])
+        on, progress, refill = np.empty((3, n), dtype=bool)
+        path = (self.ring_node, self.ring_columns, self.ring_rows, self.ring_length)
+        marks = (self.reward_marks, self.stamina_marks)
+        visits = (self.current_segment, self.current_node, self.ground_truth, on, progress, refill)
+        _visit_cells(tx, ty, segment, *path, *marks, *visits)
 
         fell = ~on
         if fell.any():
@@ -518,21 +566,6 @@ class EndlessMysteryPathGame(BatchedGame):
             cells = cells[cells[:, 0] >= self.max_x[i]]
             self.fall_cells[i, : len(cells)] = cells
             self.fall_count[i] = len(cells)
-
-    def _direction(self, idx: np.ndarray, previous: np.ndarray) -> np.ndarray:
-        """One-hot [east, north, south] from the current node to the next; a westward step keeps `previous`."""
-        slot = self.current_segment[idx] % RING
-        node = self.current_node[idx]
-        col = self.ring_columns[idx, slot, node]
-        row = self.ring_rows[idx, slot, node]
-        # After a segment's transition cell comes the next segment's start, one column east.
-        last = node >= self.ring_length[idx, slot] - 1
-        following = np.where(last, node, node + 1)
-        dx = np.where(last, 1, self.ring_columns[idx, slot, following] - col)
-        dy = np.where(last, 0, self.ring_rows[idx, slot, following] - row)
-        direction = np.where((dy == 1)[:, None], SOUTH, previous)
-        direction = np.where((dy == -1)[:, None], NORTH, direction)
-        return np.where((dx == 1)[:, None], EAST, direction)
 
     # ---- drawing ---------------------------------------------------------------------------
     def _past_path_codes(self) -> np.ndarray:
