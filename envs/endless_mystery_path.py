@@ -162,6 +162,25 @@ def _visit_cells(
 
 
 @numba.njit(cache=True)
+def _record_fall_cells(fell, tx, ty, max_x, fall_cells, fall_count, done):
+    """`done` where a fall is behind `max_x` or at a listed cell; other falls add their cell to the list."""
+    for env in range(len(fell)):
+        if not fell[env]:
+            continue
+        if tx[env] < max_x[env]:
+            done[env] = True
+            continue
+        count = fall_count[env]
+        for k in range(count):
+            if fall_cells[env, k, 0] == tx[env] and fall_cells[env, k, 1] == ty[env]:
+                done[env] = True
+                break
+        if not done[env]:
+            fall_cells[env, count, 0], fall_cells[env, count, 1] = tx[env], ty[env]
+            fall_count[env] = count + 1
+
+
+@numba.njit(cache=True)
 def _reset_ground_truth(envs, ring_columns, ring_rows, ring_length, ground_truth):
     """The ground truth of envs `envs` at the first node of their path."""
     for env in envs:
@@ -542,22 +561,16 @@ class EndlessMysteryPathGame(BatchedGame):
 
     def _record_falls(self, fell: np.ndarray, tx: np.ndarray, ty: np.ndarray) -> np.ndarray:
         """Falls behind the best column, or at a cell fallen from before, end the episode; new cells are kept."""
-        behind = fell & (tx < self.max_x)
-        kept = np.arange(self.fall_cells.shape[1])[None, :] < self.fall_count[:, None]
-        same = (self.fall_cells[:, :, 0] == tx[:, None]) & (self.fall_cells[:, :, 1] == ty[:, None])
-        repeat = (kept & same).any(axis=1)
-        repeat &= fell & ~behind
-        new = np.flatnonzero(fell & ~behind & ~repeat)
-        if len(new) and (self.fall_count[new] >= self.fall_cells.shape[1]).any():
+        # Room for one more cell in every env that fell: compact the lists, grow them if still full.
+        if (self.fall_count[fell] >= self.fall_cells.shape[1]).any():
             self._compact_falls()
-            new_count = self.fall_count[new]
-            if (new_count >= self.fall_cells.shape[1]).any():
+            if (self.fall_count[fell] >= self.fall_cells.shape[1]).any():
                 grown = np.zeros((self.num_envs, 2 * self.fall_cells.shape[1], 2), dtype=np.int64)
                 grown[:, : self.fall_cells.shape[1]] = self.fall_cells
                 self.fall_cells = grown
-        self.fall_cells[new, self.fall_count[new]] = np.stack([tx[new], ty[new]], axis=1)
-        self.fall_count[new] += 1
-        return behind | repeat
+        done = np.zeros(self.num_envs, dtype=bool)
+        _record_fall_cells(fell, tx, ty, self.max_x, self.fall_cells, self.fall_count, done)
+        return done
 
     def _compact_falls(self) -> None:
         """Drop fall-off cells left of max_x: a fall there ends the episode before the list is read."""
