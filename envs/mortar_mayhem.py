@@ -14,7 +14,8 @@ Five ids, one implementation (`MortarMayhemGame`) configured by class attributes
   and the whole sequence must be executed again.
 
 All per-step state lives in `(num_envs,)` arrays; the arena layer of each env is cached and
-rebuilt only when its tiles change colour.
+replaced by a prebuilt layer when its tiles change colour. Episode layouts are drawn per env in
+Python, each from one block of generator outputs (`Draws`), and stored by one table assignment.
 """
 
 from __future__ import annotations
@@ -492,8 +493,8 @@ class MortarMayhemGame(BatchedGame):
             side = TILE * self.arena_size
             bounds = (self.origin, self.origin, side, side)
             x, y, rotation = continuous_step(self.cx, self.cy, self.rotation, actions, self.speed, self.radius, bounds)
-        old_x, old_y = (self.cell_x, self.cell_y) if self.grid else (self.cx, self.cy)
         if self.show_commands:
+            old_x, old_y = (self.cell_x, self.cell_y) if self.grid else (self.cx, self.cy)
             x, y, rotation = np.where(moving, x, old_x), np.where(moving, y, old_y), np.where(moving, rotation, self.rotation)
         if self.grid:
             self.cell_x, self.cell_y = x, y
