@@ -18,7 +18,13 @@ regenerated is which tiles already paid their reward: one 56-bit mask per segmen
 Observation drawing works per screen column: with the background strip, the past-path tiles
 and their borders all aligned to 12-pixel rows, a column of pixels is fully described by a
 small code (background kind, border flag, one bit per path row), and the frame is one lookup
-into a table of pre-drawn columns; agent, stamina bar and cross are blitted on top.
+into a table of pre-drawn columns; agent, stamina bar and cross are blitted on top. An episode's
+first frame depends only on a few parameters and the start row, so it is drawn once per
+parameter set.
+
+The per-env work whose shape differs from env to env (the agent's cell lookup and marks, the
+fall-off list, the past-path tiles) runs as short loops compiled with numba: as masked array
+operations over the batch it cost a few dozen NumPy calls each per step.
 """
 
 from __future__ import annotations
@@ -203,7 +209,9 @@ def _point_ground_truth(env, segment, node, ring_columns, ring_rows, ring_length
 
 
 @numba.njit(cache=True)
-def _draw_past_path(codes, tx, depth, show_past_path, segment, node, ring_length, ring_columns, ring_rows, camera_x):
+def _draw_past_path(
+    codes, tx, depth, show_past_path, segment, node, ring_length, ring_columns, ring_rows, camera_x
+):
     """OR each env's past-path tiles into its column codes (`EndlessMysteryPathGame._past_path_codes`).
 
     The tiles shown are the current node's predecessors, newest first (its own segment, then the
@@ -347,7 +355,9 @@ class EndlessMysteryPathGame(BatchedGame):
             raise ValueError(f"{env_id}: stamina_level must be an integer >= 1, got {params['stamina_level']!r}")
 
     # ---- path storage ----------------------------------------------------------------------
-    def _store_segments(self, envs: list[int], indices: list[int], cells: np.ndarray, lengths: np.ndarray, end_rows: np.ndarray) -> None:
+    def _store_segments(
+        self, envs: list[int], indices: list[int], cells: np.ndarray, lengths: np.ndarray, end_rows: np.ndarray
+    ) -> None:
         """Put segment `indices[k]` of env `envs[k]` in its ring slot, for every k: its path cells
         `cells[k, :lengths[k]]` (x * 7 + y, as `generate_chain` gives them) and its transition cell.
 
@@ -376,7 +386,8 @@ class EndlessMysteryPathGame(BatchedGame):
             self.reward_marks = grown
 
     def _extend_paths(self, envs: np.ndarray, count: int = 1) -> None:
-        """Generate the next `count` segments of envs `envs` from their own generators (the reference's RNG order)."""
+        """Generate the next `count` segments of envs `envs` from their own generators (the reference's
+        RNG order)."""
         owners, indices, chains = [], [], []
         for i in envs.tolist():
             first = int(self.num_segments[i])
@@ -593,7 +604,8 @@ class EndlessMysteryPathGame(BatchedGame):
         background = BACKGROUND_CODES[self.show_background.astype(np.int64), self.scroll % TILE]
         codes = background + self._past_path_codes()
         np.take(COLUMN_TABLE, codes, axis=0, out=self.screens, mode="clip")
-        self._draw_overlays(self.screens, self.rows, self.rows, stamina=self.show_stamina, cross=self.visual_feedback)
+        rows = self.rows
+        self._draw_overlays(self.screens, rows, rows, stamina=self.show_stamina, cross=self.visual_feedback)
 
     def _draw_overlays(self, screens, idx, rows, stamina, cross) -> None:
         """Agent sprite, stamina bar (where `stamina`) and cross (where shown and `cross`)."""

@@ -14,8 +14,9 @@ sampler on 32-bit words), then leaves the generator in exactly the state the equ
 
 The walls and the search of one segment are a small sequential program (about a hundred draws
 and forty node expansions) that no array operation batches, and the endless env runs three of
-them at every reset; it is compiled with numba (`_segment`), a pure function of the words and
-the read position, so running out of words just means refilling and running it again.
+them at every reset (`generate_chain`: a row of segments, each starting where the previous one
+ends). It is compiled with numba (`_segment`, `_chain`) as a pure function of the words and the
+read position, so running out of words just means refilling and running it again.
 """
 
 from __future__ import annotations
@@ -131,19 +132,22 @@ _CELLS = GRID * GRID
 _FOUR = _neighbours(((1, 0), (-1, 0), (0, 1), (0, -1)))
 _NEIGHBOURS = np.array([cells + [-1] * (4 - len(cells)) for cells in _FOUR], dtype=np.int64)
 """The 4-neighbours of each cell in the reference's order, padded with -1."""
-_AROUND = np.array(
-    [_bits(_FOUR[cell] + diagonals) for cell, diagonals in enumerate(_neighbours(((1, 1), (-1, -1), (1, -1), (-1, 1))))],
-    dtype=np.int64,
-)
+_DIAGONALS = _neighbours(((1, 1), (-1, -1), (1, -1), (-1, 1)))
+_AROUND = np.array([_bits(_FOUR[cell] + _DIAGONALS[cell]) for cell in range(_CELLS)], dtype=np.int64)
 """Bit mask of the 8 cells around each cell."""
 _CROSS = np.array([_bits((cell, *_FOUR[cell])) for cell in range(_CELLS)], dtype=np.int64)
 """Bit mask of each cell and its 4-neighbours."""
 _INTERIOR = np.array([_cell(x, y) for x in range(1, GRID - 2) for y in range(1, GRID - 2)], dtype=np.int64)
 _BORDER = np.array(
-    [_cell(x, y) for x in range(GRID) for y in range(GRID) if x in (0, GRID - 1) or y in (0, GRID - 1)], dtype=np.int64
+    [_cell(x, y) for x in range(GRID) for y in range(GRID) if x in (0, GRID - 1) or y in (0, GRID - 1)],
+    dtype=np.int64,
 )
 _HEURISTICS = np.array(
-    [[math.sqrt((x - ex) ** 2 + (y - ey) ** 2) for x in range(GRID) for y in range(GRID)] for ex in range(GRID) for ey in range(GRID)]
+    [
+        [math.sqrt((x - ex) ** 2 + (y - ey) ** 2) for x in range(GRID) for y in range(GRID)]
+        for ex in range(GRID)
+        for ey in range(GRID)
+    ]
 )
 """`_HEURISTICS[end, cell]`: the Euclidean distance between two cells."""
 _OUT_OF_WORDS = -1
@@ -194,8 +198,11 @@ def generate_chain(draws: Draws, start_row: int | None, count: int) -> tuple[np.
 
 
 @numba.njit(cache=True)
-def _chain(words: np.ndarray, pos: int, start_row: int, cells: np.ndarray, lengths: np.ndarray, end_rows: np.ndarray) -> int:
-    """`generate_chain` from `words[pos:]` (start_row -1: drawn); returns the next position or `_segment`'s error."""
+def _chain(
+    words: np.ndarray, pos: int, start_row: int, cells: np.ndarray, lengths: np.ndarray, end_rows: np.ndarray
+) -> int:
+    """`generate_chain` from `words[pos:]` (start_row -1: drawn); returns the next position or
+    `_segment`'s error code."""
     wall = np.zeros(_CELLS, dtype=np.bool_)
     for k in range(len(cells)):
         if start_row < 0:
@@ -228,7 +235,9 @@ def _below(words: np.ndarray, pos: int, n: int) -> tuple[int, int]:
 
 
 @numba.njit(cache=True)
-def _segment(words: np.ndarray, pos: int, first: int, last: int, wall: np.ndarray, path: np.ndarray) -> tuple[int, int]:
+def _segment(
+    words: np.ndarray, pos: int, first: int, last: int, wall: np.ndarray, path: np.ndarray
+) -> tuple[int, int]:
     """Walls and path of one segment from `words[pos:]`, written into `wall` and `path`.
 
     Returns (next position, path length), or (-1, 0) if the words ran out (nothing consumed:
@@ -273,7 +282,9 @@ def _segment(words: np.ndarray, pos: int, first: int, last: int, wall: np.ndarra
 
 
 @numba.njit(cache=True)
-def _search(words: np.ndarray, pos: int, first: int, last: int, wall: np.ndarray, path: np.ndarray) -> tuple[int, int]:
+def _search(
+    words: np.ndarray, pos: int, first: int, last: int, wall: np.ndarray, path: np.ndarray
+) -> tuple[int, int]:
     """The reference's randomised A*: random step costs 1..8, quirks included (see `_segment`'s returns)."""
     blocked = wall.copy()  # walls and closed nodes
     in_open = np.zeros(_CELLS, dtype=np.bool_)
