@@ -305,3 +305,18 @@ def test_constructor_parameters_persist_and_options_apply_to_one_reset():
     assert env.unwrapped.game.stamina[0] == 30
     env.reset()
     assert env.unwrapped.game.stamina[0] == 7
+
+
+def test_endless_vector_autoresets_return_to_the_standing_parameters_after_reset_options():
+    # reset(options=...) applies to that reset only: episodes started by autoreset use the
+    # constructor's parameters again (first frames with and without the icy background).
+    envs_ = gym.make_vec("Endless-MysteryPath-v0", num_envs=4, vectorization_mode="vector_entry_point")
+    icy = np.array([125, 177, 250], dtype=np.uint8)
+    obs, _ = envs_.reset(seed=0, options={"show_background": True, "stamina_level": 3})
+    assert (obs == icy).all(axis=-1).any(axis=(1, 2)).all()
+    assert (envs_.unwrapped.game.stamina == 3).all()
+    for _ in range(3):
+        obs, _, terminated, _, _ = envs_.step(np.zeros(4, dtype=np.int64))
+    assert terminated.all()  # three no-op steps spend a stamina of 3
+    assert not (obs == icy).all(axis=-1).any()
+    assert (envs_.unwrapped.game.stamina == 20).all()
