@@ -160,7 +160,7 @@ class Draws:
         """Read ahead for `count` draws (each of `k >= 2`) that the caller is certain to make next."""
         missing = count - (len(self.block) - self.used)
         if missing > 0:
-            self.block += self.rng.integers(0, 1 << 32, missing, dtype=np.uint32).tolist()
+            self.block += _next_outputs(self.rng, missing)
 
     def below(self, k: int) -> int:
         """The value of `int(rng.integers(0, k))`."""
@@ -182,7 +182,33 @@ class Draws:
         return int(values[self.below(len(values))])
 
 
-_PICKED = ("command_show_duration", "command_show_delay", "explosion_duration", "explosion_delay")
+def _next_outputs(rng: np.random.Generator, count: int) -> list[int]:
+    """The next `count` 32-bit outputs of `rng`, consumed from it.
+
+    PCG64 (the generator `reset(seed=...)` creates) serves 32-bit outputs as the low, then the
+    high half of each 64-bit output, keeping an unused high half in its state. Splitting 64-bit
+    outputs read by `random_raw` is several times cheaper than `integers(..., dtype=np.uint32)`;
+    a kept half at the start is read from the state and consumed by a 32-bit draw, and an odd
+    last output is drawn by one, so the generator ends in the same state.
+    """
+    bit_generator = rng.bit_generator
+    if type(bit_generator) is not np.random.PCG64:
+        return rng.integers(0, 1 << 32, count, dtype=np.uint32).tolist()
+    outputs = []
+    state = bit_generator.state
+    if state["has_uint32"]:
+        outputs.append(state["uinteger"])
+        rng.random(dtype=np.float32)  # a 32-bit draw: takes the kept half
+        count -= 1
+    for raw in bit_generator.random_raw(count // 2).tolist():
+        outputs += (raw & 0xFFFFFFFF, raw >> 32)
+    if count % 2:
+        outputs.append(int(rng.integers(0, 1 << 32, dtype=np.uint32)))
+    return outputs
+
+
+_PHASES = ("command_show_duration", "command_show_delay", "explosion_duration", "explosion_delay")
+"""The phase-length parameters, each a list one value is drawn from, in the reference's order."""
 
 
 def draw_layout(rng: np.random.Generator, params: dict[str, Any], size: int, offset: bool, endless: bool, show: bool):
@@ -191,36 +217,37 @@ def draw_layout(rng: np.random.Generator, params: dict[str, Any], size: int, off
     Returns the row `[cell_x, cell_y, offset_x, offset_y, show_duration, show_delay,
     explosion_duration, explosion_delay, *commands]`; parameters a variant lacks come back as 0.
     """
-    picked = [name for name in _PICKED if show or not name.startswith("command_")]
+    phases = [params[name] for name in (_PHASES if show else _PHASES[2:])]
     counts = [params["initial_command_count"]] if endless else params["command_count"]
     # Read ahead for every draw known in advance: spawn, offset, the command count (or the
-    # commands themselves when the count is fixed) and the phase durations that vary.
-    head = 1 + 2 * offset
-    tail = sum(len(params[name]) > 1 for name in picked)
+    # commands themselves when the count is fixed) and the phase lengths that vary.
+    varying = sum(len(values) > 1 for values in phases)
     draws = Draws(rng)
-    draws.ahead(head + (int(counts[0]) if len(counts) == 1 else 1) + tail)
-    spawn = draws.below(size * size)
-    cell_x, cell_y = spawn // size, spawn % size
+    draws.ahead(1 + 2 * offset + (int(counts[0]) if len(counts) == 1 else 1) + varying)
+    below = draws.below
+    cell_x, cell_y = divmod(below(size * size), size)
     offset_x = offset_y = 0
     if offset:
-        offset_x, offset_y = draws.below(4) - 2, draws.below(4) - 2
+        offset_x, offset_y = below(4) - 2, below(4) - 2
     allowed = int(params["allowed_commands"])
     count = int(counts[0]) if len(counts) == 1 else draws.pick(counts)
-    draws.ahead(count + tail)
+    draws.ahead(count + varying)
     if endless:
-        commands = [draws.below(allowed) for _ in range(count)]
+        commands = [below(allowed) for _ in range(count)]
     else:
         # Each command is drawn among those that keep the simulated position in the arena.
         valid = _valid_commands(size, allowed)
         commands = []
         x, y = cell_x, cell_y
         for _ in range(count):
-            command = draws.pick(valid[x * size + y])
+            options = valid[x * size + y]
+            command = options[below(len(options))]
             commands.append(command)
             x, y = x + _DX[command], y + _DY[command]
-    drawn = {name: int(params[name][0]) if len(params[name]) == 1 else draws.pick(params[name]) for name in picked}
-    duration, delay = drawn.get("command_show_duration", 0), drawn.get("command_show_delay", 0)
-    return [cell_x, cell_y, offset_x, offset_y, duration, delay, drawn["explosion_duration"], drawn["explosion_delay"], *commands]
+    lengths = [int(values[0]) if len(values) == 1 else draws.pick(values) for values in phases]
+    if not show:
+        lengths = [0, 0, *lengths]
+    return [cell_x, cell_y, offset_x, offset_y, *lengths, *commands]
 
 
 LAYOUT_FIELDS = 8
