@@ -398,13 +398,16 @@ class TransformerLayer(nn.Module):
         attention contribution."""
         batch, queries, dim = x.shape
         heads, head_dim = self.num_heads, dim // self.num_heads
-        q = self.query(self.norm_query(x)).unflatten(-1, (heads, head_dim)).transpose(1, 2)  # (B, H, Q, hd)
-        q_memory = (q @ self.key.weight.view(heads, head_dim, dim)).flatten(1, 2)  # (B, H*Q, dim)
-        scores = (q_memory @ memory.transpose(1, 2)).unflatten(1, (heads, queries)) / math.sqrt(head_dim)
-        weights = (scores + attn_bias).softmax(-1).flatten(1, 2)  # (B, H*Q, T)
-        mixed = (weights @ memory).unflatten(1, (heads, queries))  # (B, H, Q, dim)
-        attended = mixed @ self.value.weight.view(heads, head_dim, dim).transpose(1, 2)  # (B, H, Q, hd)
-        x = x + has_memory * self.out(attended.transpose(1, 2).flatten(2))
+        # Per-head products batch over heads with all queries stacked: (H, B*Q, .), no weight copies.
+        q = self.query(self.norm_query(x)).view(batch * queries, heads, head_dim).transpose(0, 1)
+        q_memory = torch.bmm(q, self.key.weight.view(heads, head_dim, dim))  # (H, B*Q, dim)
+        q_memory = q_memory.view(heads, batch, queries, dim).transpose(0, 1).reshape(batch, heads * queries, dim)
+        scores = (q_memory @ memory.transpose(1, 2)).view(batch, heads, queries, -1) / math.sqrt(head_dim)
+        weights = (scores + attn_bias).softmax(-1).view(batch, heads * queries, -1)  # (B, H*Q, T)
+        mixed = (weights @ memory).view(batch, heads, queries, dim).transpose(0, 1).reshape(heads, batch * queries, dim)
+        attended = torch.bmm(mixed, self.value.weight.view(heads, head_dim, dim).transpose(1, 2))  # (H, B*Q, hd)
+        attended = attended.transpose(0, 1).reshape(batch, queries, dim)
+        x = x + has_memory * self.out(attended)
         return x + F.relu(self.ff(self.norm_ff(x)))
 
 
