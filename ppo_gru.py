@@ -375,12 +375,19 @@ class Agent(nn.Module):
         if args.reconstruction_coef > 0 and image_shape is not None:
             self.decoder = Decoder(args.gru_hidden_size, image_shape[2])
 
-    def forward(self, image, vector, hidden: torch.Tensor):
-        """Sequences (B, L, ...) from initial hidden states (B, hidden) -> GRU outputs (B, L, hidden), final hidden."""
-        batch, length = (image if image is not None else vector).shape[:2]
-        x = self.encoder(
-            None if image is None else image.flatten(0, 1), None if vector is None else vector.flatten(0, 1)
-        ).unflatten(0, (batch, length))
+    def forward(self, image, vector, hidden: torch.Tensor, mask: torch.Tensor | None = None):
+        """Sequences from initial hidden states (B, hidden) -> GRU outputs (B, L, hidden), final hidden.
+
+        Without `mask`, image / vector are (B, L, ...). With a (B, L) mask of real steps they hold the
+        real steps only, (N, ...): the encoder skips the padding, which enters the GRU as zeros at
+        the ends of sequences and so never affects a real step.
+        """
+        x = self.encoder(image.flatten(0, 1) if image is not None and mask is None else image,
+                         vector.flatten(0, 1) if vector is not None and mask is None else vector)
+        if mask is None:
+            x = x.unflatten(0, hidden.shape[:1] + (-1,))
+        else:
+            x = x.new_zeros((*mask.shape, x.shape[-1])).masked_scatter(mask[..., None], x)
         out, hidden = self.gru(x, hidden[None].contiguous())
         return out, hidden[0]
 
@@ -518,18 +525,16 @@ def recompute(agent: Agent, ro: Rollout, sequences: list[tuple[int, int, int]]):
     mask = offsets < length[:, None]  # (B, L): real steps
     steps = (first[:, None] + offsets).clamp(max=ro.values.shape[0] - 1)
     envs_index = env[:, None].expand_as(steps)
-    image = None if ro.images is None else ro.images[steps, envs_index]
-    vector = None if ro.vectors is None else ro.vectors[steps, envs_index]
-    out, _ = agent(image, vector, ro.hiddens[first, env])
-    out = out[mask]
-    logits, value = agent.heads(out)
     step_index, env_index = steps[mask], envs_index[mask]
+    image = None if ro.images is None else ro.images[step_index, env_index]
+    vector = None if ro.vectors is None else ro.vectors[step_index, env_index]
+    out = agent(image, vector, ro.hiddens[first, env], mask)[0][mask]
+    logits, value = agent.heads(out)
     actions = ro.actions[step_index, env_index]
     dists = [torch.distributions.Categorical(logits=l) for l in logits]
     logprob = torch.stack([d.log_prob(a) for d, a in zip(dists, actions.unbind(-1))], dim=-1)
     entropy = torch.stack([d.entropy() for d in dists], dim=-1).sum(-1)
-    real_image = None if image is None else image[mask]
-    return logprob, entropy, value, out, real_image, (step_index, env_index)
+    return logprob, entropy, value, out, image, (step_index, env_index)
 
 
 # ---------------------------------------------------------------------------------------------
