@@ -1,0 +1,335 @@
+"""Learning curves and a final-results table from the TensorBoard runs of `ppo_trxl.py` / `ppo_gru.py`.
+
+Every training run writes its event files to `runs/{env_id}__{exp_name}__{seed}__{unix_time}/`. This
+script groups the runs it is given by (env_id, exp_name) -- the experiment name is the algorithm -- and
+treats the runs of a group as repetitions over seeds. It writes
+
+* one PNG per environment, `{out}/{env_id}__{tag}.png`: one line per algorithm, the mean over seeds of
+  a scalar (default `charts/episodic_return`) against environment steps, shaded by the standard error
+  (or, with `--spread minmax`, the range) across seeds. Seeds are linearly interpolated onto a common
+  step grid that spans the steps all of them logged, so runs logged at different steps average
+  correctly;
+* a markdown table, `{out}/results.md` (also printed), with one row per (env, algorithm): mean +-
+  standard error across seeds of each run's last `eval/*_mean` values (return, length and the env's
+  numeric end-of-episode info such as success), the number of seeds and the final step. Runs without
+  `eval/` scalars fall back to their last training-episode statistics (`charts/episodic_return`,
+  `charts/episodic_length`, `episode/*`), and the table's source column says so.
+
+Usage:
+    python plot.py runs/*                                  # episodic return, plots/ and plots/results.md
+    python plot.py "runs/MortarMayhem*" --tag eval/return_mean
+    python plot.py runs --tag episode/success --spread minmax --smooth 0.6 --out figures
+    python plot.py runs/*ppo_gru* runs/*ppo_trxl* --table results.md
+
+A path may be a run directory, a glob pattern (quoted or expanded by the shell) or a directory that
+holds run directories, such as `runs`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import re
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display needed; must precede the pyplot import
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import EngFormatter  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+DEFAULT_TAG = "charts/episodic_return"
+# Run directories are named {env_id}__{exp_name}__{seed}__{unix_time} by the training scripts.
+RUN_NAME = re.compile(r"^(?P<env_id>.+?)__(?P<exp_name>.+)__(?P<seed>-?\d+)__(?P<time>\d+)$")
+# Where the table reads its final values: the evaluation scalars, else the training-episode statistics.
+EVAL_PREFIX, EVAL_SUFFIX = "eval/", "_mean"
+TRAINING_TAGS = {"return": "charts/episodic_return", "length": "charts/episodic_length"}
+TRAINING_INFO_PREFIX = "episode/"
+
+
+class PlotError(Exception):
+    """A problem with the inputs, reported to the user without a traceback."""
+
+
+@dataclass
+class Run:
+    path: str
+    env_id: str
+    exp_name: str
+    seed: int
+    scalars: dict[str, tuple[np.ndarray, np.ndarray]]  # tag -> (steps, values), sorted by step
+
+    @property
+    def group(self) -> tuple[str, str]:
+        return self.env_id, self.exp_name
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding and reading runs
+# ---------------------------------------------------------------------------------------------
+def find_run_dirs(patterns: list[str]) -> list[str]:
+    """Expand paths and glob patterns into run directories (a directory of runs stands for its runs)."""
+    found = []
+    for pattern in patterns:
+        for path in sorted(glob.glob(pattern)) or ([pattern] if os.path.exists(pattern) else []):
+            if not os.path.isdir(path):
+                continue
+            if RUN_NAME.match(os.path.basename(os.path.normpath(path))):
+                found.append(path)
+            else:
+                found += [
+                    os.path.join(path, name)
+                    for name in sorted(os.listdir(path))
+                    if RUN_NAME.match(name) and os.path.isdir(os.path.join(path, name))
+                ]
+    unique = list(dict.fromkeys(os.path.normpath(p) for p in found))
+    if not unique:
+        raise PlotError(
+            f"no runs matched {' '.join(patterns)!s}: expected directories named "
+            "{env_id}__{exp_name}__{seed}__{unix_time} (as written to runs/ by the training scripts)"
+        )
+    return unique
+
+
+def has_event_files(path: str) -> bool:
+    return any(name.startswith("events.out.tfevents") for name in os.listdir(path))
+
+
+def load_run(path: str) -> Run:
+    """Read every scalar of a run; repeated steps keep the last value, non-finite values are dropped."""
+    match = RUN_NAME.match(os.path.basename(path))
+    accumulator = EventAccumulator(path, size_guidance={"scalars": 0})  # 0: keep every point
+    accumulator.Reload()
+    scalars = {}
+    for tag in accumulator.Tags()["scalars"]:
+        by_step = {event.step: event.value for event in accumulator.Scalars(tag)}
+        steps = np.array(sorted(by_step), dtype=np.float64)
+        values = np.array([by_step[s] for s in sorted(by_step)], dtype=np.float64)
+        finite = np.isfinite(values)
+        if finite.any():
+            scalars[tag] = (steps[finite], values[finite])
+    return Run(path, match["env_id"], match["exp_name"], int(match["seed"]), scalars)
+
+
+def load_runs(run_dirs: list[str]) -> list[Run]:
+    with_events = [path for path in run_dirs if has_event_files(path)]
+    if not with_events:
+        raise PlotError(f"no TensorBoard event files (events.out.tfevents.*) in {', '.join(run_dirs)}")
+    for path in sorted(set(run_dirs) - set(with_events)):
+        warn(f"skipping {path}: no event files")
+    runs = [load_run(path) for path in with_events]
+    if not any(run.scalars for run in runs):
+        raise PlotError(f"the event files in {', '.join(with_events)} hold no scalars")
+    return runs
+
+
+def group_runs(runs: list[Run]) -> dict[tuple[str, str], list[Run]]:
+    groups = defaultdict(list)
+    for run in sorted(runs, key=lambda r: (r.env_id, r.exp_name, r.seed, r.path)):
+        groups[run.group].append(run)
+    for (env_id, exp_name), members in groups.items():
+        seeds = [run.seed for run in members]
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated:
+            warn(f"{env_id} / {exp_name}: seed(s) {repeated} appear in several runs; each run counts as one repetition")
+    return dict(groups)
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning curves
+# ---------------------------------------------------------------------------------------------
+def smooth(values: np.ndarray, weight: float) -> np.ndarray:
+    """TensorBoard-style exponential moving average, debiased at the start (weight 0: unchanged)."""
+    if weight <= 0:
+        return values
+    out, last = np.empty_like(values), 0.0
+    for i, value in enumerate(values):
+        last = weight * last + (1 - weight) * value
+        out[i] = last / (1 - weight ** (i + 1))
+    return out
+
+
+def aggregate(curves: list[tuple[np.ndarray, np.ndarray]], spread: str):
+    """Interpolate the seeds' curves onto the union of their steps within the range all of them cover.
+
+    Returns (steps, mean, lower, upper), or None when the curves share no step range."""
+    start = max(steps[0] for steps, _ in curves)
+    end = min(steps[-1] for steps, _ in curves)
+    if start > end:
+        return None
+    grid = np.unique(np.concatenate([steps for steps, _ in curves]))
+    grid = grid[(grid >= start) & (grid <= end)]
+    ys = np.stack([np.interp(grid, steps, values) for steps, values in curves])
+    mean = ys.mean(axis=0)
+    if spread == "minmax":
+        return grid, mean, ys.min(axis=0), ys.max(axis=0)
+    se = ys.std(axis=0, ddof=1) / np.sqrt(len(ys)) if len(ys) > 1 else np.zeros_like(mean)
+    return grid, mean, mean - se, mean + se
+
+
+def plot_env(env_id: str, groups: dict[str, list[Run]], tag: str, spread: str, smoothing: float, path: str) -> bool:
+    """Draw one learning-curve figure for an env; returns False when no algorithm logged the tag."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    drawn = 0
+    for exp_name, runs in groups.items():
+        curves = [(run.scalars[tag][0], smooth(run.scalars[tag][1], smoothing)) for run in runs if tag in run.scalars]
+        if len(curves) < len(runs):
+            warn(f"{env_id} / {exp_name}: {len(runs) - len(curves)} of {len(runs)} runs did not log {tag}")
+        if not curves:
+            continue
+        result = aggregate(curves, spread)
+        if result is None:
+            warn(f"{env_id} / {exp_name}: the seeds' {tag} curves share no step range; not plotted")
+            continue
+        steps, mean, lower, upper = result
+        longest = max(s[-1] for s, _ in curves)
+        if steps[-1] < longest:
+            warn(f"{env_id} / {exp_name}: curve cut at step {steps[-1]:,.0f}, the last step all seeds reached (longest run: {longest:,.0f})")
+        label = f"{exp_name} ({len(curves)} seed{'s' if len(curves) != 1 else ''})"
+        (line,) = ax.plot(steps, mean, label=label, marker="o" if len(steps) == 1 else None)
+        if len(curves) > 1:
+            ax.fill_between(steps, lower, upper, color=line.get_color(), alpha=0.2, linewidth=0)
+        drawn += 1
+    if drawn:
+        band = "standard error" if spread == "se" else "min / max"
+        smoothed = f", EMA smoothing {smoothing:g}" if smoothing > 0 else ""
+        ax.set_title(f"{env_id}: {tag}\nmean over seeds, shaded: {band} across seeds{smoothed}", fontsize=11)
+        ax.set_xlabel("environment steps")
+        ax.set_ylabel(tag)
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return drawn > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Final-results table
+# ---------------------------------------------------------------------------------------------
+def final_values(run: Run, source: str) -> tuple[dict[str, float], float]:
+    """The last value of each metric (return, length, info keys) of a run, and the step of its last return."""
+    if source == "eval":
+        tags = {tag[len(EVAL_PREFIX) : -len(EVAL_SUFFIX)]: tag for tag in run.scalars if tag.startswith(EVAL_PREFIX) and tag.endswith(EVAL_SUFFIX)}
+    else:
+        tags = {name: tag for name, tag in TRAINING_TAGS.items() if tag in run.scalars}
+        tags |= {tag[len(TRAINING_INFO_PREFIX) :]: tag for tag in run.scalars if tag.startswith(TRAINING_INFO_PREFIX)}
+    values = {name: float(run.scalars[tag][1][-1]) for name, tag in tags.items()}
+    step_tag = tags.get("return") or next(iter(tags.values()), None)
+    return values, (float(run.scalars[step_tag][0][-1]) if step_tag else float("nan"))
+
+
+def mean_se(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean = float(np.mean(values))
+    if len(values) == 1:
+        return f"{mean:.3f}"
+    return f"{mean:.3f} ± {float(np.std(values, ddof=1)) / np.sqrt(len(values)):.3f}"
+
+
+def results_table(groups: dict[tuple[str, str], list[Run]]) -> str:
+    rows = []
+    for (env_id, exp_name), runs in groups.items():
+        eval_runs = [run for run in runs if f"{EVAL_PREFIX}return{EVAL_SUFFIX}" in run.scalars]
+        if eval_runs:
+            source, used = "eval", eval_runs
+            if len(eval_runs) < len(runs):
+                warn(f"{env_id} / {exp_name}: {len(runs) - len(eval_runs)} run(s) without eval/ scalars left out of the table")
+        else:
+            source, used = "training episodes (no eval/ scalars)", [run for run in runs if TRAINING_TAGS["return"] in run.scalars]
+        if not used:
+            warn(f"{env_id} / {exp_name}: no eval/ scalars and no finished training episode; not in the table")
+            continue
+        finals = [final_values(run, "eval" if source == "eval" else "training") for run in used]
+        rows.append((env_id, exp_name, len(used), [step for _, step in finals], source, [values for values, _ in finals]))
+
+    # Columns: return, length, then every info key any row has (alphabetical).
+    keys = sorted({key for *_, per_run in rows for values in per_run for key in values} - {"return", "length"})
+    columns = ["return", "length", *keys]
+    lines = [
+        "| env | algorithm | seeds | final step | source | " + " | ".join(columns) + " |",
+        "|---|---|---:|---:|---|" + "---:|" * len(columns),
+    ]
+    for env_id, exp_name, n, steps, source, per_run in rows:
+        low, high = min(steps), max(steps)
+        step = f"{low:,.0f}" if low == high else f"{low:,.0f}–{high:,.0f}"
+        cells = [mean_se([values[key] for values in per_run if key in values]) for key in columns]
+        lines.append(f"| {env_id} | {exp_name} | {n} | {step} | {source} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Learning-curve PNGs (one per env) and a final-results markdown table from TensorBoard runs.",
+        epilog="Example: python plot.py 'runs/*' --tag eval/return_mean",
+    )
+    parser.add_argument("paths", nargs="+", help="run directories, glob patterns, or directories holding runs (e.g. runs)")
+    parser.add_argument("--tag", default=DEFAULT_TAG, help=f"scalar to plot (default: {DEFAULT_TAG})")
+    parser.add_argument("--spread", choices=["se", "minmax"], default="se", help="shaded band: standard error across seeds (default) or min / max")
+    parser.add_argument("--smooth", type=float, default=0.0, help="EMA weight in [0, 1) applied to each seed before averaging (default: 0, none)")
+    parser.add_argument("--out", default="plots", help="directory for the PNGs and the table (default: plots)")
+    parser.add_argument("--table", default=None, help="path of the markdown table (default: {out}/results.md)")
+    args = parser.parse_args(argv)
+    if not 0 <= args.smooth < 1:
+        parser.error(f"--smooth must be in [0, 1), got {args.smooth}")
+    args.error = parser.error
+    return args
+
+
+def run(args: argparse.Namespace) -> list[str]:
+    """Write the figures and the table; returns the paths written."""
+    runs = load_runs(find_run_dirs(args.paths))
+    if not any(args.tag in r.scalars for r in runs):
+        available = sorted({tag for r in runs for tag in r.scalars})
+        raise PlotError(f"no run logged the tag {args.tag!r}; tags found: {', '.join(available)}")
+    groups = group_runs(runs)
+
+    os.makedirs(args.out, exist_ok=True)
+    written = []
+    by_env = defaultdict(dict)
+    for (env_id, exp_name), members in groups.items():
+        by_env[env_id][exp_name] = members
+    for env_id, env_groups in by_env.items():
+        path = os.path.join(args.out, f"{env_id}__{args.tag.replace('/', '_')}.png")
+        if plot_env(env_id, env_groups, args.tag, args.spread, args.smooth, path):
+            written.append(path)
+        else:
+            warn(f"{env_id}: no run logged {args.tag}; no figure")
+
+    table = results_table(groups)
+    table_path = args.table or os.path.join(args.out, "results.md")
+    if os.path.dirname(table_path):
+        os.makedirs(os.path.dirname(table_path), exist_ok=True)
+    with open(table_path, "w") as f:
+        f.write(table)
+    written.append(table_path)
+    print(table)
+    return written
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    args = parse_args(argv)
+    try:
+        written = run(args)
+    except PlotError as error:
+        args.error(str(error))  # prints usage and the message, exits with status 2
+    print("wrote " + ", ".join(written))
+    return written
+
+
+if __name__ == "__main__":
+    main()
