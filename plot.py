@@ -272,7 +272,7 @@ def results_table(groups: dict[tuple[str, str], list[Run]]) -> str:
 # ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Learning-curve PNGs (one per env) and a final-results markdown table from TensorBoard runs.",
         epilog="Example: python plot.py 'runs/*' --tag eval/return_mean",
@@ -283,11 +283,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--smooth", type=float, default=0.0, help="EMA weight in [0, 1) applied to each seed before averaging (default: 0, none)")
     parser.add_argument("--out", default="plots", help="directory for the PNGs and the table (default: plots)")
     parser.add_argument("--table", default=None, help="path of the markdown table (default: {out}/results.md)")
-    args = parser.parse_args(argv)
-    if not 0 <= args.smooth < 1:
-        parser.error(f"--smooth must be in [0, 1), got {args.smooth}")
-    args.error = parser.error
-    return args
+    return parser
 
 
 def run(args: argparse.Namespace) -> list[str]:
@@ -308,7 +304,7 @@ def run(args: argparse.Namespace) -> list[str]:
         if plot_env(env_id, env_groups, args.tag, args.spread, args.smooth, path):
             written.append(path)
         else:
-            warn(f"{env_id}: no run logged {args.tag}; no figure")
+            warn(f"{env_id}: no curve of {args.tag} to draw; no figure")
 
     table = results_table(groups)
     table_path = args.table or os.path.join(args.out, "results.md")
@@ -322,11 +318,14 @@ def run(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    args = parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 0 <= args.smooth < 1:
+        parser.error(f"--smooth must be in [0, 1), got {args.smooth}")
     try:
         written = run(args)
     except PlotError as error:
-        args.error(str(error))  # prints usage and the message, exits with status 2
+        parser.error(str(error))  # prints usage and the message, exits with status 2
     print("wrote " + ", ".join(written))
     return written
 

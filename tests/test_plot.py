@@ -1,4 +1,4 @@
-"""plot.py turns real TensorBoard runs into learning-curve PNGs and a results table."""
+"""plot.py: learning curves and the results table from real (tiny) training runs and synthetic event files."""
 
 from __future__ import annotations
 
@@ -6,56 +6,131 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+import torch
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
+import plot
 import ppo_gru
 import ppo_trxl
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(env_id="ProofOfMemory-v0", num_envs=4, num_steps=16, num_minibatches=2, total_timesteps=4 * 16 * 3, cuda=False)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(env_id="ProofOfMemory-v0", num_envs=4, num_steps=16, num_minibatches=2, update_epochs=1,
+            total_timesteps=4 * 16 * 3, cuda=False)
+TINY_MODEL = {
+    ppo_trxl: dict(trxl_dim=16, trxl_num_heads=2, trxl_num_layers=1, trxl_memory_length=4),
+    ppo_gru: dict(gru_hidden_size=16, embed_dim=16, hidden_dim=16),
+}
 
 
-def plot(*args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, os.path.join(ROOT, "plot.py"), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
+def table_rows(markdown: str) -> list[list[str]]:
+    """The body rows of a markdown table as lists of stripped cells."""
+    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
 
 
-def test_learning_curves_and_results_table_from_real_runs(tmp_path, monkeypatch):
+def write_run(root, name: str, scalars: dict[str, list[tuple[int, float]]]) -> str:
+    path = os.path.join(root, name)
+    writer = SummaryWriter(path)
+    for tag, points in scalars.items():
+        for step, value in points:
+            writer.add_scalar(tag, value, step)
+    writer.close()
+    return path
+
+
+def test_plots_and_table_from_real_training_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for seed in (1, 2):
-        ppo_trxl.train(ppo_trxl.Args(**TINY, seed=seed, trxl_dim=32, trxl_num_heads=2, trxl_num_layers=1,
-                                     trxl_memory_length=8, eval_interval=3, eval_seeds=4, eval_repetitions=1))
-        ppo_gru.train(ppo_gru.Args(**TINY, seed=seed, gru_hidden_size=32, embed_dim=32, hidden_dim=32))
-    result = plot("runs", "--out", "figures", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    png = tmp_path / "figures" / "ProofOfMemory-v0__charts_episodic_return.png"
+    torch.set_num_threads(1)
+    # ppo_trxl evaluates on held-out seeds (eval/ scalars); ppo_gru does not, so its row falls back.
+    evaluation = {ppo_trxl: dict(eval_interval=3, eval_seeds=4, eval_repetitions=1), ppo_gru: {}}
+    for script in (ppo_trxl, ppo_gru):
+        for seed in (1, 2):
+            script.train(script.Args(seed=seed, **TINY, **TINY_MODEL[script], **evaluation[script]))
+    assert len(os.listdir("runs")) == 4
+
+    written = plot.main(["runs/*", "--out", "plots"])
+    png = tmp_path / "plots" / "ProofOfMemory-v0__charts_episodic_return.png"
+    assert str(png.relative_to(tmp_path)) in written
     with Image.open(png) as image:
         image.verify()
     with Image.open(png) as image:
-        assert image.size[0] >= 400 and image.size[1] >= 300
-    table = (tmp_path / "figures" / "results.md").read_text().splitlines()
-    rows = [line for line in table if line.startswith("| ProofOfMemory-v0")]
-    assert len(rows) == 2
-    trxl_row = next(r for r in rows if "ppo_trxl" in r)
-    gru_row = next(r for r in rows if "ppo_gru" in r)
-    assert "| 2 |" in trxl_row and "| 2 |" in gru_row  # two seeds each
-    # The source column: evaluation results where the runs have them, the training fallback otherwise.
-    assert trxl_row.split("|")[5].strip() == "eval"
-    assert gru_row.split("|")[5].strip().startswith("training episodes")
+        assert image.format == "PNG" and image.width >= 400 and image.height >= 300
 
-    evaluated = plot("runs", "--tag", "eval/return_mean", "--out", "figures", cwd=tmp_path)
-    assert evaluated.returncode == 0, evaluated.stderr
-    assert (tmp_path / "figures" / "ProofOfMemory-v0__eval_return_mean.png").exists()
+    table = (tmp_path / "plots" / "results.md").read_text()
+    header, rows = table.splitlines()[0], table_rows(table)
+    assert [r[:4] for r in rows] == [["ProofOfMemory-v0", "ppo_gru", "2", "192"], ["ProofOfMemory-v0", "ppo_trxl", "2", "192"]]
+    gru, trxl = rows
+    assert trxl[4] == "eval" and gru[4] == "training episodes (no eval/ scalars)"
+    assert "success" in header and all("±" in r[5] for r in rows)
+
+    # The command line: a directory of runs, the evaluation tag, the min / max band, smoothing.
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "plot.py"), "runs", "--tag", "eval/return_mean", "--spread", "minmax",
+         "--smooth", "0.5", "--out", "figures"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ppo_gru: 2 of 2 runs did not log eval/return_mean" in result.stderr
+    with Image.open(tmp_path / "figures" / "ProofOfMemory-v0__eval_return_mean.png") as image:
+        assert image.width >= 400
 
 
-def test_clear_errors_for_no_runs_and_unknown_tags(tmp_path):
-    empty = plot(str(tmp_path / "nothing-here"), cwd=tmp_path)
-    assert empty.returncode != 0 and "no" in empty.stderr.lower() and "run" in empty.stderr.lower()
-    run = tmp_path / "runs" / "ProofOfMemory-v0__ppo_trxl__1__1700000000"
-    with SummaryWriter(str(run)) as writer:
-        for step in (100, 200):
-            writer.add_scalar("charts/episodic_return", 0.5, step)
-    missing = plot("runs", "--tag", "eval/nothing_mean", cwd=tmp_path)
-    assert missing.returncode != 0
-    assert "eval/nothing_mean" in missing.stderr and "charts/episodic_return" in missing.stderr
+def test_eval_table_mean_and_standard_error_across_seeds(tmp_path, capsys):
+    for seed, (ret, success) in enumerate([(1.0, 0.5), (3.0, 1.0)], start=1):
+        write_run(tmp_path, f"MortarMayhem-Grid-v0__ppo_trxl__{seed}__100{seed}", {
+            "charts/episodic_return": [(100, 0.0), (200, 9.0)],
+            "eval/return_mean": [(100, 0.0), (200, ret)],
+            "eval/return_se": [(200, 0.1)],
+            "eval/length_mean": [(200, 50.0)],
+            "eval/success_mean": [(200, success)],
+        })
+    write_run(tmp_path, "MortarMayhem-Grid-v0__ppo_gru__1__1003", {"charts/episodic_return": [(100, 0.5), (300, 2.0)]})
+
+    plot.main([str(tmp_path / "*"), "--tag", "eval/return_mean", "--out", str(tmp_path / "out"), "--table", str(tmp_path / "t.md")])
+    table = (tmp_path / "t.md").read_text()
+    assert table in capsys.readouterr().out
+    header = [cell.strip() for cell in table.splitlines()[0].strip("|").split("|")]
+    assert header == ["env", "algorithm", "seeds", "final step", "source", "return", "length", "success"]
+    gru, trxl = table_rows(table)
+    # Two seeds: mean 2.0, standard error std([1, 3], ddof=1) / sqrt(2) = 1.0.
+    assert trxl == ["MortarMayhem-Grid-v0", "ppo_trxl", "2", "200", "eval", "2.000 ± 1.000", "50.000 ± 0.000", "0.750 ± 0.250"]
+    # No eval/ scalars: the last training return, said so in the source column.
+    assert gru[:6] == ["MortarMayhem-Grid-v0", "ppo_gru", "1", "300", "training episodes (no eval/ scalars)", "2.000"]
+    assert (tmp_path / "out" / "MortarMayhem-Grid-v0__eval_return_mean.png").exists()
+
+
+def test_seeds_logged_at_different_steps_are_interpolated_onto_a_common_grid():
+    a = (np.array([0.0, 10.0, 20.0]), np.array([0.0, 10.0, 20.0]))
+    b = (np.array([5.0, 15.0, 25.0]), np.array([0.0, 0.0, 0.0]))
+    steps, mean, low, high = plot.aggregate([a, b], "minmax")
+    np.testing.assert_array_equal(steps, [5, 10, 15, 20])  # the range both seeds cover
+    np.testing.assert_allclose(mean, [2.5, 5.0, 7.5, 10.0])
+    np.testing.assert_allclose(low, 0.0)
+    np.testing.assert_allclose(high, [5, 10, 15, 20])
+    _, mean, low, high = plot.aggregate([a, b], "se")
+    np.testing.assert_allclose(high - mean, [2.5, 5.0, 7.5, 10.0])  # std(ddof=1) / sqrt(2) = |a - b| / 2
+    np.testing.assert_allclose(mean - low, high - mean)
+
+
+def test_clear_errors(tmp_path, capsys):
+    def error(*argv) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            plot.main([*argv, "--out", str(tmp_path / "out")])
+        assert exit_info.value.code == 2
+        return capsys.readouterr().err
+
+    assert "no runs matched" in error(str(tmp_path / "nothing*"))
+
+    empty = tmp_path / "CartPole-v1__ppo_gru__1__1000"
+    empty.mkdir()
+    assert "no TensorBoard event files" in error(str(empty))
+
+    write_run(tmp_path, "CartPole-v1__ppo_gru__2__1001", {"charts/episodic_return": [(1, 1.0)], "losses/entropy": [(1, 0.5)]})
+    message = error(str(tmp_path / "*"), "--tag", "eval/return_mean")
+    assert "no run logged the tag 'eval/return_mean'" in message
+    assert "charts/episodic_return, losses/entropy" in message
+    assert "skipping" in message and "no event files" in message  # the empty run dir beside a real one
+    assert "--smooth must be in [0, 1)" in error(str(tmp_path / "*"), "--smooth", "1.5")
