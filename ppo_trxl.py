@@ -873,8 +873,10 @@ def average_gradients(parameters: list[torch.nn.Parameter], world_size: int) -> 
     flat = torch.cat([g.flatten() for g in grads])
     dist.all_reduce(flat)
     flat /= world_size
-    for g, averaged in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
-        g.copy_(averaged)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 def gather(value, world_size: int) -> list:
