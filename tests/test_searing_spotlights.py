@@ -15,6 +15,7 @@ from envs.searing_spotlights import _blend_step, _darken_frames
 from envs.spotlights import CLEAR, DARK, RING, Spotlights, clear_mask
 from tests.golden import fixture_files, replay
 from tools.golden_format import load_fixture
+from tools.golden_scenarios.searing_spotlights import dodging_action
 
 SS, ESS = "SearingSpotlights-v0", "Endless-SearingSpotlights-v0"
 IDS = [SS, ESS]
@@ -160,13 +161,6 @@ def _spot_positions(game, i):
     return x[live], y[live], s.radius[i][live]
 
 
-MOVES = [
-    ((h, v), (dx * (2 if dx and dy else 3), dy * (2 if dx and dy else 3)))
-    for h, dx in ((0, 0), (1, -1), (2, 1))
-    for v, dy in ((0, 0), (1, -1), (2, 1))
-]
-
-
 def dodge(game, i=0):
     """Walk to the nearest coin (then the exit), keeping clear of the spotlights' next positions."""
     x, y = int(game.cx[i]), int(game.cy[i])
@@ -176,16 +170,7 @@ def dodge(game, i=0):
         target = int(game.coin_x[i, k]), int(game.coin_y[i, k])
     else:
         target = int(game.exit_x[i]), int(game.exit_y[i])
-    spots = list(zip(*_spot_positions(game, i)))
-    best, best_cost = (0, 0), math.inf
-    for action, (dx, dy) in MOVES:
-        nx, ny = min(max(x + dx, 6), 78), min(max(y + dy, 10), 78)
-        cost = math.hypot(target[0] - nx, target[1] - ny)
-        for sx, sy, radius in spots:
-            cost += 100 * max(0.0, radius + 6 + 4 - math.hypot(sx - nx, sy - ny))
-        if cost < best_cost:
-            best, best_cost = action, cost
-    return np.array(best)
+    return dodging_action(x, y, target, zip(*_spot_positions(game, i)))
 
 
 def test_scripted_policy_on_our_state_wins_most_finite_episodes():

@@ -50,11 +50,10 @@ def _target(env) -> tuple[int, int] | None:
     return None
 
 
-def dodge(env, rng, obs, t):
-    """Head for the nearest coin (then the exit), avoiding the spotlights' next positions."""
-    x, y = env.agent.rect.center
-    target = _target(env) or (x, y)
-    spots = [(*_spot_next(s), s.radius) for s in env.spotlights if not s.done]
+def dodging_action(x: int, y: int, target: tuple[int, int], spots) -> np.ndarray:
+    """The move from (x, y) that best heads for `target` while keeping clear of `spots`,
+    an iterable of (x, y, radius) next positions. Shared by the recorder and the tests."""
+    spots = list(spots)  # read once per candidate move
     best, best_cost = (0, 0), math.inf
     for action, (dx, dy) in MOVES:
         nx, ny = min(max(x + dx, 6), 78), min(max(y + dy, 10), 78)
@@ -64,6 +63,13 @@ def dodge(env, rng, obs, t):
         if cost < best_cost:
             best, best_cost = action, cost
     return np.array(best)
+
+
+def dodge(env, rng, obs, t):
+    """Head for the nearest coin (then the exit), avoiding the spotlights' next positions."""
+    x, y = env.agent.rect.center
+    spots = [(*_spot_next(s), s.radius) for s in env.spotlights if not s.done]
+    return dodging_action(x, y, _target(env) or (x, y), spots)
 
 
 def noisy(policy, p_random):
