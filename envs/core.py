@@ -102,6 +102,12 @@ class BatchedGame:
                 params[name] = value
         return params
 
+    def validated_params(self, *layers: dict[str, Any] | None) -> dict[str, Any]:
+        """`resolve_params` of the layers, with every value checked."""
+        params = self.resolve_params(*layers)
+        self.check_params(params)
+        return params
+
     def get_state(self) -> dict[str, Any]:
         """Every attribute of the game as tensors and plain values (for checkpoints loadable with
         `torch.load(weights_only=True)`): restoring it with `set_state` continues bit for bit."""
@@ -124,6 +130,12 @@ class BatchedGame:
         for i, s in enumerate(seeds):
             if s is not None or self.rngs[i] is None:
                 self.rngs[i], _ = seeding.np_random(s)
+
+
+def _checked_render_mode(render_mode: str | None) -> str | None:
+    if render_mode not in (None, *RENDER_MODES):
+        raise ValueError(f"unknown render_mode {render_mode!r}; choose from {RENDER_MODES}")
+    return render_mode
 
 
 def _to_state(value: Any, name: str) -> Any:
@@ -204,12 +216,9 @@ class NativeEnv(gym.Env):
     game_cls: type[BatchedGame]
 
     def __init__(self, render_mode: str | None = None, **params: Any):
-        if render_mode not in (None, *RENDER_MODES):
-            raise ValueError(f"unknown render_mode {render_mode!r}; choose from {RENDER_MODES}")
-        self.render_mode = render_mode
-        self.params = self.game_cls.resolve_params(params)
+        self.render_mode = _checked_render_mode(render_mode)
         self.game = self.game_cls(1)
-        self.game.check_params(self.params)
+        self.params = self.game.validated_params(params)
         self.observation_space = self.game_cls.observation_space
         self.action_space = self.game_cls.action_space
         self.has_ground_truth_info = self.game_cls.ground_truth_space is not None
@@ -217,8 +226,7 @@ class NativeEnv(gym.Env):
             self.ground_truth_space = self.game_cls.ground_truth_space
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        params = self.game.resolve_params(self.params, options)
-        self.game.check_params(params)
+        params = self.game.validated_params(self.params, options)
         self.game.seed(seed)
         self._np_random = self.game.rngs[0]
         self.game.reset_envs(np.array([0]), params)
@@ -255,13 +263,10 @@ class NativeVectorEnv(VectorEnv):
     game_cls: type[BatchedGame]
 
     def __init__(self, num_envs: int = 1, render_mode: str | None = None, **params: Any):
-        if render_mode not in (None, *RENDER_MODES):
-            raise ValueError(f"unknown render_mode {render_mode!r}; choose from {RENDER_MODES}")
         self.num_envs = num_envs
-        self.render_mode = render_mode
-        self.params = self.game_cls.resolve_params(params)
+        self.render_mode = _checked_render_mode(render_mode)
         self.game = self.game_cls(num_envs)
-        self.game.check_params(self.params)
+        self.params = self.game.validated_params(params)
         self.single_observation_space = self.game_cls.observation_space
         self.single_action_space = self.game_cls.action_space
         self.observation_space = batch_space(self.single_observation_space, num_envs)
@@ -269,8 +274,7 @@ class NativeVectorEnv(VectorEnv):
         self._all = np.arange(num_envs)
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
-        params = self.game.resolve_params(self.params, options)
-        self.game.check_params(params)
+        params = self.game.validated_params(self.params, options)
         self.game.seed(seed)
         self.game.reset_envs(self._all, params)
         return self._observation(), self._every_step_info()
