@@ -970,7 +970,7 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
         if not load_rank_state(checkpoint["ranks"][rank], envs, ro, stats, device) and main:
             print("note: this environment's state cannot be saved; its envs restart from a reset", flush=True)
 
-    writer = None
+    writer, wandb = None, None
     if main:
         if args.track:
             import wandb
@@ -1130,9 +1130,7 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
                     writer.add_scalar(key, value, global_step)
                 for episode, path, frames in recorder.finished if recorder else []:
                     log_video(writer, "videos/agent_and_ground_truth", frames, global_step, recorder.fps)
-                    if args.track:
-                        import wandb
-
+                    if wandb is not None:
                         wandb.log({"videos/agent_and_ground_truth": wandb.Video(path, format="mp4")}, commit=False)
                 if recorder:
                     recorder.finished.clear()
@@ -1184,9 +1182,7 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
             eval_envs.close()
         if writer is not None:
             writer.close()
-        if main and args.track:
-            import wandb
-
+        if wandb is not None:
             wandb.finish()
     return history
 
