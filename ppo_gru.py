@@ -513,6 +513,13 @@ def make_sequences(args: Args, ro: Rollout) -> list[tuple[int, int, int]]:
     return sequences
 
 
+def sequence_minibatches(args: Args, sequences: list[tuple[int, int, int]]) -> list[list[tuple[int, int, int]]]:
+    """One epoch's minibatches: the sequences shuffled into `num_minibatches` near-equal groups."""
+    order = torch.randperm(len(sequences)).numpy()
+    groups = np.array_split(order, min(args.num_minibatches, len(sequences)))
+    return [[sequences[k] for k in group] for group in groups]
+
+
 def recompute(agent: Agent, ro: Rollout, sequences: list[tuple[int, int, int]]):
     """Recompute policy and value of whole sequences in one GRU call.
 
@@ -949,11 +956,8 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
             sequences = make_sequences(args, ro)
             logs = {key: [] for key in ("policy", "value", "entropy", "reconstruction", "old_approx_kl", "approx_kl", "clipfrac")}
             for epoch in range(args.update_epochs):
-                order = torch.randperm(len(sequences)).numpy()
-                for chunk in np.array_split(order, min(args.num_minibatches, len(sequences))):
-                    logprob, entropy, value, features, image, (sel, envs_index) = recompute(
-                        agent, ro, [sequences[k] for k in chunk]
-                    )
+                for minibatch in sequence_minibatches(args, sequences):
+                    logprob, entropy, value, features, image, (sel, envs_index) = recompute(agent, ro, minibatch)
                     logratio = logprob - ro.logprobs[sel, envs_index]
                     ratio = logratio.exp()
                     with torch.no_grad():

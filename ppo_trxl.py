@@ -609,6 +609,13 @@ def compute_advantages(args: Args, ro: Rollout, next_value: torch.Tensor) -> tup
     return advantages, advantages + ro.values
 
 
+def stratified_minibatches(args: Args, device) -> tuple[torch.Tensor, ...]:
+    """One epoch's minibatches, each (num_envs, num_steps / num_minibatches) step indices: every env
+    contributes the same number of randomly chosen steps, and the epoch covers every step once."""
+    order = torch.rand((args.num_envs, args.num_steps), device=device).argsort(dim=1)
+    return order.split(args.num_steps // args.num_minibatches, dim=1)
+
+
 def recompute(agent: Agent, ro: Rollout, sel: torch.Tensor):
     """Recompute the policy and value of the samples `sel` (num_envs, Q): step indices per env.
 
@@ -1043,13 +1050,10 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
 
             # PPO update over stratified minibatches: each env contributes num_steps / num_minibatches steps.
             update_start = time.time()
-            per_env = args.num_steps // args.num_minibatches
             envs_index = torch.arange(args.num_envs, device=device)[:, None]
             logs = {key: [] for key in ("policy", "value", "entropy", "reconstruction", "old_approx_kl", "approx_kl", "clipfrac")}
             for epoch in range(args.update_epochs):
-                order = torch.rand((args.num_envs, args.num_steps), device=device).argsort(dim=1)
-                for start in range(0, args.num_steps, per_env):
-                    sel = order[:, start : start + per_env]
+                for sel in stratified_minibatches(args, device):
                     logprob, entropy, value, features, image = recompute(agent, ro, sel)
                     logratio = logprob - ro.logprobs[sel, envs_index]
                     ratio = logratio.exp()

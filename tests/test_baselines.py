@@ -63,19 +63,14 @@ def start(script, args):
 
 
 def minibatches(script, args, agent, rollout):
-    """The minibatches the update uses in its first epoch, as (stored index, evaluate(...)) pairs."""
+    """The minibatches the update uses in its first epoch, as (stored index, recomputed log-prob, value)."""
     if script is ppo_trxl:
-        order = torch.rand((args.num_envs, args.num_steps)).argsort(dim=1)
-        per_env = args.num_steps // args.num_minibatches
-        for start_ in range(0, args.num_steps, per_env):
-            sel = order[:, start_ : start_ + per_env]
+        for sel in ppo_trxl.stratified_minibatches(args, torch.device("cpu")):
             logprob, _, value, _, _ = ppo_trxl.recompute(agent, rollout, sel)
             yield (sel, torch.arange(args.num_envs)[:, None]), logprob, value
     else:
-        sequences = ppo_gru.make_sequences(args, rollout)
-        order = torch.randperm(len(sequences)).numpy()
-        for chunk in np.array_split(order, args.num_minibatches):
-            logprob, _, value, _, _, index = ppo_gru.recompute(agent, rollout, [sequences[k] for k in chunk])
+        for minibatch in ppo_gru.sequence_minibatches(args, ppo_gru.make_sequences(args, rollout)):
+            logprob, _, value, _, _, index = ppo_gru.recompute(agent, rollout, minibatch)
             yield index, logprob, value
 
 
