@@ -24,7 +24,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import gymnasium as gym  # noqa: E402
-import numpy as np  # noqa: E402
 
 import envs  # noqa: E402, F401
 from envs.core import NativeEnv  # noqa: E402

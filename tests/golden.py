@@ -14,7 +14,7 @@ import gymnasium as gym
 import numpy as np
 
 import envs  # noqa: F401  (registers our ids)
-from tools.golden_format import FIXTURES, decode_image, load_fixture, obs_hash
+from tools.golden_format import FIXTURES, decode_image, obs_hash
 
 
 def fixture_files(family: str) -> list[Path]:

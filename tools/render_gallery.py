@@ -24,7 +24,6 @@ STEPS = {"MortarMayhem": 2, "MortarMayhemB": 25, "MysteryPath": 6, "SearingSpotl
 def picture(env_id: str, seed: int = 3) -> np.ndarray:
     env = gym.make(env_id, render_mode="rgb_array")
     debug = gym.make(env_id, render_mode="debug_rgb_array")
-    rng = np.random.default_rng(seed)
     for e in (env, debug):
         e.reset(seed=seed)
         e.action_space.seed(seed)
