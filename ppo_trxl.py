@@ -12,8 +12,9 @@ therefore costs `num_envs x (num_steps + W - 1) x layers x dim` whatever the epi
 episodes of any length run and train.
 
 Update. Minibatches are stratified: every env contributes the same number of randomly chosen
-steps. Keys and values are projected once per stored state and each query attends over its
-env's whole timeline through a banded mask, so windows are never gathered or materialised.
+steps. Each stored state is layer-normalised once, the key/value projections are folded into the
+queries, and each query attends over its env's whole timeline through a banded mask, so windows
+are never gathered or materialised.
 
 Run `python ppo_trxl.py --help` for every flag.
 """
