@@ -3,15 +3,17 @@
 Each configuration runs in a fresh process (so that peak memory is its own) for a few iterations
 of the real training loop; the first iteration is a warm-up and is left out of the speeds.
 Prints one table row per configuration: env steps per second end to end, for the rollout alone
-and for the update alone, and peak memory (RSS on CPU, max allocated on CUDA). With `--nproc 1 2`
-it also runs data-parallel under torchrun and prints the scaling efficiency
-(SPS with N ranks / (N x SPS with one rank)). Each rank uses one thread unless OMP_NUM_THREADS says
-otherwise.
+and for the update alone, and peak memory (RSS on CPU, max allocated on CUDA). `--variants`
+compares flag sets side by side and `--repeats` takes medians over runs taken in turn. With
+`--nproc 1 2` it also runs data-parallel under torchrun and prints the scaling efficiency
+(SPS with N ranks / (N x SPS with one rank)). The CPU cores are shared out between the ranks
+unless OMP_NUM_THREADS says otherwise.
 
     python benchmarks/train_throughput.py                                  # image probe env, paper model sizes
     python benchmarks/train_throughput.py --nproc 1 2 --extra="--no-cuda"   # data-parallel scaling (torchrun)
-    python benchmarks/train_throughput.py --env-id MortarMayhem-Grid-v0 --num-envs 8 --num-steps 128 \
-        --extra="--trxl-memory-length 119"
+    python benchmarks/train_throughput.py --scripts ppo_trxl --env-id MortarMayhem-Grid-v0 --num-envs 8 \
+        --num-steps 128 --extra="--trxl-memory-length 119" --variants="--precision float32, --precision bfloat16" \
+        --repeats 3
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 
@@ -37,9 +40,12 @@ def worker(script: str, flags: list[str]) -> None:
     if int(os.environ.get("RANK", "0")) != 0:
         return
     timed = history[1:] or history
+    # charts/SPS counts from the start of training: recover the wall time after the warm-up iteration.
+    elapsed = [h["global_step"] / h["charts/SPS"] for h in history]
+    steady = (history[-1]["global_step"] - history[0]["global_step"]) / (elapsed[-1] - elapsed[0]) if len(history) > 1 else history[0]["charts/SPS"]
     cuda = torch.cuda.is_available() and args.cuda
     result = {
-        "sps": sum(h["charts/SPS"] for h in timed[-1:]),
+        "sps": steady,
         "rollout_sps": sum(h["charts/rollout_SPS"] for h in timed) / len(timed),
         "update_sps": sum(h["charts/update_SPS"] for h in timed) / len(timed),
         "rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
@@ -47,6 +53,28 @@ def worker(script: str, flags: list[str]) -> None:
         "device": torch.cuda.get_device_name() if cuda else "cpu",
     }
     print("RESULT " + json.dumps(result))
+
+
+def measure(options, script: str, nproc: int, variant: str) -> dict:
+    """One training run in a fresh process (torchrun for several ranks)."""
+    flags = [
+        "--env-id", options.env_id, "--num-envs", str(options.num_envs), "--num-steps", str(options.num_steps),
+        "--total-timesteps", str(options.iterations * options.num_envs * options.num_steps * nproc),
+        *options.extra.split(), *variant.split(),
+    ]
+    launcher = [sys.executable]
+    if nproc > 1:
+        launcher += ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+                     "--master_port=29531"]
+    # The cores are shared out between the ranks, unless OMP_NUM_THREADS says otherwise.
+    threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    env = {**os.environ, "OMP_NUM_THREADS": threads}
+    out = subprocess.run([*launcher, __file__, "--worker", script, *flags], capture_output=True, text=True, cwd=ROOT, env=env)
+    line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if line is None:
+        print(out.stdout[-2000:], out.stderr[-2000:], file=sys.stderr)
+        raise SystemExit(f"{script} {variant} failed")
+    return json.loads(line[len("RESULT "):])
 
 
 def main() -> None:
@@ -57,45 +85,39 @@ def main() -> None:
     parser.add_argument("--num-steps", type=int, default=128)
     parser.add_argument("--iterations", type=int, default=3, help="training iterations per configuration (first is warm-up)")
     parser.add_argument("--extra", default="", help="more flags for the scripts, given with '=': --extra='--no-cuda'")
+    parser.add_argument("--variants", default="", help="flag sets compared side by side, separated by commas, "
+                        "e.g. --variants='--precision float32, --precision bfloat16'")
     parser.add_argument("--nproc", type=int, nargs="+", default=[1], help="ranks per run (>1 launches torchrun)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per configuration, taken in turn; the table "
+                        "gives medians (a shared machine varies by 10-20%% from run to run)")
     parser.add_argument("--worker", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.worker:
         worker(options.worker[0], options.worker[1:])
         return
 
-    rows = []
-    for script in options.scripts:
-        for nproc in options.nproc:
-            flags = [
-                "--env-id", options.env_id, "--num-envs", str(options.num_envs), "--num-steps", str(options.num_steps),
-                "--total-timesteps", str(options.iterations * options.num_envs * options.num_steps * nproc),
-                *options.extra.split(),
-            ]
-            launcher = [sys.executable]
-            if nproc > 1:
-                launcher += ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-                             "--master_port=29531"]
-            # One thread per rank, so that N ranks use N cores.
-            env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-            out = subprocess.run(
-                [*launcher, __file__, "--worker", script, *flags], capture_output=True, text=True, cwd=ROOT, env=env
-            )
-            line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
-            if line is None:
-                print(out.stdout[-2000:], out.stderr[-2000:], file=sys.stderr)
-                raise SystemExit(f"{script} failed")
-            rows.append((script, nproc, json.loads(line[len("RESULT "):])))
+    variants = [variant.strip() for variant in options.variants.split(",")]
+    configs = [(script, nproc, variant) for script in options.scripts for variant in variants for nproc in options.nproc]
+    runs = {config: [] for config in configs}
+    for _ in range(options.repeats):
+        for config in configs:
+            runs[config].append(measure(options, *config))
 
-    print(f"\nenv {options.env_id}, {options.num_envs} envs x {options.num_steps} steps, extra flags: '{options.extra}'\n")
-    print("| script | ranks | device | SPS end to end | rollout SPS | update SPS | scaling | peak RSS / rank (GiB) | peak CUDA alloc (GiB) |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
-    single = {script: r["sps"] for script, nproc, r in rows if nproc == 1}
-    for script, nproc, r in rows:
-        cuda = "-" if r["cuda_gib"] is None else f"{r['cuda_gib']:.2f}"
-        scaling = f"{r['sps'] / (nproc * single[script]):.0%}" if script in single and nproc > 1 else "-"
-        print(f"| {script} | {nproc} | {r['device']} | {r['sps']:,.0f} | {r['rollout_sps']:,.0f} | {r['update_sps']:,.0f} "
-              f"| {scaling} | {r['rss_gib']:.2f} | {cuda} |")
+    median = lambda rs, key: statistics.median(r[key] for r in rs)
+    print(f"\nenv {options.env_id}, {options.num_envs} envs x {options.num_steps} steps, extra flags: '{options.extra}', "
+          f"medians of {options.repeats} run(s), {options.iterations - 1} timed iteration(s) each\n")
+    print("| script | flags | ranks | device | SPS end to end (min-max) | rollout SPS | update SPS | scaling "
+          "| peak RSS / rank (GiB) | peak CUDA alloc (GiB) |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    for script, nproc, variant in configs:
+        rs = runs[(script, nproc, variant)]
+        sps = median(rs, "sps")
+        spread = f" ({min(r['sps'] for r in rs):,.0f}-{max(r['sps'] for r in rs):,.0f})" if len(rs) > 1 else ""
+        single = runs.get((script, 1, variant))
+        scaling = f"{sps / (nproc * median(single, 'sps')):.0%}" if single and nproc > 1 else "-"
+        cuda = "-" if rs[0]["cuda_gib"] is None else f"{median(rs, 'cuda_gib'):.2f}"
+        print(f"| {script} | {variant or '-'} | {nproc} | {rs[0]['device']} | {sps:,.0f}{spread} | {median(rs, 'rollout_sps'):,.0f} "
+              f"| {median(rs, 'update_sps'):,.0f} | {scaling} | {median(rs, 'rss_gib'):.2f} | {cuda} |")
 
 
 if __name__ == "__main__":
