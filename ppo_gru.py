@@ -15,6 +15,7 @@ Run `python ppo_gru.py --help` for every flag.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import io
 import json
@@ -27,6 +28,7 @@ import time
 import tomllib
 from collections import deque
 from dataclasses import dataclass
+from typing import Literal
 
 import gymnasium as gym
 import numpy as np
@@ -53,6 +55,10 @@ class Args:
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = True
     """if toggled, use CUDA when it is available"""
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    """compute precision of the encoder's convolutions and matrix products (bfloat16 autocast); the GRU,
+    heads, losses and the optimizer stay float32. auto: bfloat16 where the device computes it natively
+    (CUDA GPUs from Ampere on, CPUs with AVX512-BF16 or AMX), float32 elsewhere"""
     track: bool = False
     """if toggled, mirror the TensorBoard logs to Weights and Biases"""
     wandb_project_name: str = "memory-gym-baselines"
@@ -296,6 +302,17 @@ def split_observation(obs, space: gym.Space) -> tuple[np.ndarray | None, np.ndar
 # ---------------------------------------------------------------------------------------------
 # Agent
 # ---------------------------------------------------------------------------------------------
+@functools.cache
+def computes_in_bfloat16(precision: str, device_type: str) -> bool:
+    """Whether `--precision` means bfloat16 autocast on this kind of device."""
+    if precision != "auto":
+        return precision == "bfloat16"
+    if device_type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    # Elsewhere bfloat16 is emulated and slower than float32.
+    return device_type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
 def layer_init(layer: nn.Module, std: float = math.sqrt(2)) -> nn.Module:
     nn.init.orthogonal_(layer.weight, std)
     return layer
@@ -374,6 +391,12 @@ class Agent(nn.Module):
         self.decoder = None
         if args.reconstruction_coef > 0 and image_shape is not None:
             self.decoder = Decoder(args.gru_hidden_size, image_shape[2])
+        self.precision = args.precision
+
+    def autocast(self):
+        """bfloat16 autocast of convolutions and matrix products when `--precision` asks for it."""
+        device_type = self.body[0].weight.device.type
+        return torch.autocast(device_type, torch.bfloat16, enabled=computes_in_bfloat16(self.precision, device_type))
 
     def forward(self, image, vector, hidden: torch.Tensor, mask: torch.Tensor | None = None):
         """Sequences from initial hidden states (B, hidden) -> GRU outputs (B, L, hidden), final hidden.
@@ -382,14 +405,20 @@ class Agent(nn.Module):
         real steps only, (N, ...): the encoder skips the padding, which enters the GRU as zeros at
         the ends of sequences and so never affects a real step.
         """
-        x = self.encoder(image.flatten(0, 1) if image is not None and mask is None else image,
-                         vector.flatten(0, 1) if vector is not None and mask is None else vector)
+        with self.autocast():
+            x = self.encoder(image.flatten(0, 1) if image is not None and mask is None else image,
+                             vector.flatten(0, 1) if vector is not None and mask is None else vector)
+        x = x.float()  # the recurrence runs in float32: rounding would compound over the steps
         if mask is None:
             x = x.unflatten(0, hidden.shape[:1] + (-1,))
         else:
             x = x.new_zeros((*mask.shape, x.shape[-1])).masked_scatter(mask[..., None], x)
         out, hidden = self.gru(x, hidden[None].contiguous())
         return out, hidden[0]
+
+    def reconstruct(self, memory_out: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return self.decoder(memory_out).float()
 
     def heads(self, memory_out: torch.Tensor):
         features = self.body(memory_out)
@@ -866,7 +895,8 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
     if args.reconstruction_coef > 0 and image_shape is None:
         fail(f"{args.env_id}: --reconstruction-coef needs image observations")
     agent = Agent(args, image_shape, vector_size, action_branches(envs.single_action_space, args.env_id)).to(device)
-    optimizer = torch.optim.AdamW(agent.parameters(), lr=args.init_lr)
+    # Fused: one pass over the parameters per step instead of one per operation and tensor.
+    optimizer = torch.optim.AdamW(agent.parameters(), lr=args.init_lr, fused=device.type in ("cpu", "cuda"))
     if rank > 0:
         torch.manual_seed(args.seed + rank)  # each rank samples its own actions
     obs, _ = envs.reset(seed=args.seed + rank * args.num_envs)  # distinct env seeds per rank
@@ -984,7 +1014,7 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
                     loss = pg_loss - ent_coef * entropy_loss + args.vf_coef * v_loss
 
                     if agent.decoder is not None:
-                        reconstruction = agent.decoder(features)
+                        reconstruction = agent.reconstruct(features)
                         r_loss = F.binary_cross_entropy(reconstruction, image.float() / 255.0)
                         loss = loss + args.reconstruction_coef * r_loss
                         logs["reconstruction"].append(r_loss.item())

@@ -22,6 +22,7 @@ Run `python ppo_trxl.py --help` for every flag.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import io
 import json
@@ -61,6 +62,10 @@ class Args:
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = True
     """if toggled, use CUDA when it is available"""
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    """compute precision of the convolutions and matrix products (bfloat16 autocast); normalisations,
+    softmax, heads, losses and the optimizer stay float32. auto: bfloat16 where the device computes it
+    natively (CUDA GPUs from Ampere on, CPUs with AVX512-BF16 or AMX), float32 elsewhere"""
     track: bool = False
     """if toggled, mirror the TensorBoard logs to Weights and Biases"""
     wandb_project_name: str = "memory-gym-baselines"
@@ -308,6 +313,17 @@ def split_observation(obs, space: gym.Space) -> tuple[np.ndarray | None, np.ndar
 # ---------------------------------------------------------------------------------------------
 # Agent
 # ---------------------------------------------------------------------------------------------
+@functools.cache
+def computes_in_bfloat16(precision: str, device_type: str) -> bool:
+    """Whether `--precision` means bfloat16 autocast on this kind of device."""
+    if precision != "auto":
+        return precision == "bfloat16"
+    if device_type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    # Elsewhere bfloat16 is emulated and slower than float32.
+    return device_type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
 def layer_init(layer: nn.Module, std: float = math.sqrt(2)) -> nn.Module:
     nn.init.orthogonal_(layer.weight, std)
     return layer
@@ -447,6 +463,12 @@ class Agent(nn.Module):
         self.decoder = None
         if args.reconstruction_coef > 0 and image_shape is not None:
             self.decoder = Decoder(dim, image_shape[2])
+        self.precision = args.precision
+
+    def autocast(self):
+        """bfloat16 autocast of convolutions and matrix products when `--precision` asks for it."""
+        device_type = self.critic.weight.device.type
+        return torch.autocast(device_type, torch.bfloat16, enabled=computes_in_bfloat16(self.precision, device_type))
 
     def normalise_memory(self, memory: torch.Tensor, steps: torch.Tensor) -> list[torch.Tensor]:
         """memory (B, T, layers, dim), steps (B, T) -> per layer the normalised memory (B, T, dim)."""
@@ -461,26 +483,32 @@ class Agent(nn.Module):
         Returns features (B, Q, dim) and the input each layer received, (B, Q, layers, dim): the
         states this step adds to the memory.
         """
-        batch, queries = query_slots.shape
-        x = self.encoder(
-            None if image is None else image.flatten(0, 1), None if vector is None else vector.flatten(0, 1)
-        ).unflatten(0, (batch, queries))
-        visible, distance = window_mask(query_slots, query_steps, memories[0].shape[1], self.memory_length)
-        # A query without memory (episode start) attends to nothing; its row is unmasked only to
-        # keep the softmax finite, and the layer zeroes what it returns.
-        has_memory = visible.any(-1, keepdim=True)
-        hidden = (~visible & has_memory)[:, None]  # (B, 1, Q, T)
-        mask_bias = torch.zeros(hidden.shape, device=x.device).masked_fill(hidden, float("-inf"))
-        if self.positional_encoding == "learned":
-            bias_index = (distance - 1).clamp(0, self.distance_bias.shape[-1] - 1)
-        layer_inputs = []
-        for i, layer in enumerate(self.layers):
-            layer_inputs.append(x)
-            bias = mask_bias
+        with self.autocast():
+            batch, queries = query_slots.shape
+            x = self.encoder(
+                None if image is None else image.flatten(0, 1), None if vector is None else vector.flatten(0, 1)
+            ).unflatten(0, (batch, queries))
+            x = x.float()  # the residual stream, and so the memory, stays float32
+            visible, distance = window_mask(query_slots, query_steps, memories[0].shape[1], self.memory_length)
+            # A query without memory (episode start) attends to nothing; its row is unmasked only to
+            # keep the softmax finite, and the layer zeroes what it returns.
+            has_memory = visible.any(-1, keepdim=True)
+            hidden = (~visible & has_memory)[:, None]  # (B, 1, Q, T)
+            mask_bias = torch.zeros(hidden.shape, device=x.device).masked_fill(hidden, float("-inf"))
             if self.positional_encoding == "learned":
-                bias = mask_bias + self.distance_bias[i][:, bias_index].transpose(0, 1)  # (B, heads, Q, T)
-            x = layer(x, memories[i], bias, has_memory)
-        return self.post(x), torch.stack(layer_inputs, dim=2)
+                bias_index = (distance - 1).clamp(0, self.distance_bias.shape[-1] - 1)
+            layer_inputs = []
+            for i, layer in enumerate(self.layers):
+                layer_inputs.append(x)
+                bias = mask_bias
+                if self.positional_encoding == "learned":
+                    bias = mask_bias + self.distance_bias[i][:, bias_index].transpose(0, 1)  # (B, heads, Q, T)
+                x = layer(x, memories[i], bias, has_memory)
+            return self.post(x).float(), torch.stack(layer_inputs, dim=2)
+
+    def reconstruct(self, features: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return self.decoder(features).float()
 
     def heads(self, features: torch.Tensor):
         logits = [branch(features) for branch in self.actor]
@@ -964,7 +992,8 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
     if args.reconstruction_coef > 0 and image_shape is None:
         fail(f"{args.env_id}: --reconstruction-coef needs image observations")
     agent = Agent(args, image_shape, vector_size, action_branches(envs.single_action_space, args.env_id)).to(device)
-    optimizer = torch.optim.AdamW(agent.parameters(), lr=args.init_lr)
+    # Fused: one pass over the parameters per step instead of one per operation and tensor.
+    optimizer = torch.optim.AdamW(agent.parameters(), lr=args.init_lr, fused=device.type in ("cpu", "cuda"))
     if rank > 0:
         torch.manual_seed(args.seed + rank)  # each rank samples its own actions
     obs, _ = envs.reset(seed=args.seed + rank * args.num_envs)  # distinct env seeds per rank
@@ -1082,7 +1111,7 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
                     loss = pg_loss - ent_coef * entropy_loss + args.vf_coef * v_loss
 
                     if agent.decoder is not None:
-                        reconstruction = agent.decoder(features.flatten(0, 1))
+                        reconstruction = agent.reconstruct(features.flatten(0, 1))
                         r_loss = F.binary_cross_entropy(reconstruction, image.flatten(0, 1).float() / 255.0)
                         loss = loss + args.reconstruction_coef * r_loss
                         logs["reconstruction"].append(r_loss.item())
