@@ -353,8 +353,10 @@ class Encoder(nn.Module):
     def forward(self, image: torch.Tensor | None, vector: torch.Tensor | None) -> torch.Tensor:
         parts = []
         if self.cnn is not None:
-            # uint8 (N, H, W, C) -> float (N, C, H, W) in [0, 1]
-            parts.append(self.cnn(image.permute(0, 3, 1, 2).float() / 255.0))
+            # uint8 (N, H, W, C) -> (N, C, H, W) in [0, 1], made once in the precision the convolutions use
+            device = image.device.type
+            dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
+            parts.append(self.cnn(image.permute(0, 3, 1, 2).to(dtype).mul_(1 / 255)))
         if vector is not None:
             parts.append(vector)
         return self.embed(torch.cat(parts, dim=1))
