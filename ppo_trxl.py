@@ -477,7 +477,9 @@ class Agent(nn.Module):
         memory = memory.float()
         if self.positional_encoding == "absolute":
             memory = memory + sinusoidal_encoding(steps, self.dim)[:, :, None]
-        return [layer.norm_memory(memory[:, :, i]) for i, layer in enumerate(self.layers)]
+        # Rounded once here to the precision attention computes in, rather than in every product.
+        dtype = torch.bfloat16 if computes_in_bfloat16(self.precision, memory.device.type) else torch.float32
+        return [layer.norm_memory(memory[:, :, i]).to(dtype) for i, layer in enumerate(self.layers)]
 
     def forward(self, image, vector, memories, query_slots, query_steps):
         """Queries (B, Q) attend over (B, T) memory slots (`memories`: per layer, normalised).
