@@ -148,7 +148,7 @@ class Args:
     trxl_memory_length: int = 119
     """W: each step attends over the hidden states of the previous W - 1 steps of its episode (1 = no memory)"""
     trxl_memory_dtype: Literal["float32", "bfloat16"] = "float32"
-    """storage precision of the cached memory (bfloat16 halves its size; it is computed in float32)"""
+    """storage precision of the cached memory (bfloat16 halves its size; it is normalised in float32)"""
     trxl_positional_encoding: Literal["absolute", "learned", "none"] = "absolute"
     """absolute: sinusoidal encoding of each memory slot's episode step (any step);
     learned: a learned attention bias per head and distance within the window; none"""
