@@ -410,7 +410,7 @@ class Agent(nn.Module):
         with self.autocast():
             x = self.encoder(image.flatten(0, 1) if image is not None and mask is None else image,
                              vector.flatten(0, 1) if vector is not None and mask is None else vector)
-        x = x.float()  # the recurrence runs in float32: rounding would compound over the steps
+        x = x.float()  # the GRU runs in float32 outside autocast: its state is carried across hundreds of steps
         if mask is None:
             x = x.unflatten(0, hidden.shape[:1] + (-1,))
         else:

@@ -42,7 +42,9 @@ def worker(script: str, flags: list[str]) -> None:
     timed = history[1:] or history
     # charts/SPS counts from the start of training: recover the wall time after the warm-up iteration.
     elapsed = [h["global_step"] / h["charts/SPS"] for h in history]
-    steady = (history[-1]["global_step"] - history[0]["global_step"]) / (elapsed[-1] - elapsed[0]) if len(history) > 1 else history[0]["charts/SPS"]
+    steady = history[0]["charts/SPS"]
+    if len(history) > 1:
+        steady = (history[-1]["global_step"] - history[0]["global_step"]) / (elapsed[-1] - elapsed[0])
     cuda = torch.cuda.is_available() and args.cuda
     result = {
         "sps": steady,
