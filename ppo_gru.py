@@ -16,17 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
-import io
-import json
 import math
 import os
 import random
 import signal
 import sys
 import time
-import tomllib
-from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,7 +34,39 @@ import torch.nn.functional as F
 import tyro
 from torch.utils.tensorboard import SummaryWriter
 
-import envs  # noqa: F401  (registers the environment ids with gymnasium)
+from run_utils import (
+    DiskFull,
+    EpisodeStats,
+    VideoRecorder,
+    action_branches,
+    agree,
+    args_from_checkpoint,
+    RUNS_ROOT,
+    average_gradients,
+    crash_report,
+    last_checkpoint_note,
+    checked_tensor,
+    create_run_folder,
+    fail,
+    flag_value,
+    format_duration,
+    gather,
+    Heartbeat,
+    load_checkpoint,
+    load_preset,
+    load_weights,
+    log_video,
+    make_envs,
+    mean_of,
+    observation_layout,
+    plain_name,
+    rng_state,
+    save_atomically,
+    set_rng_state,
+    setup_ranks,
+    split_observation,
+    summarise,
+)
 
 
 @dataclass
@@ -70,7 +97,10 @@ class Args:
     capture_video: bool = False
     """if toggled, record episodes of env 0 (agent view beside the ground truth) to `videos/{run_name}`"""
     checkpoint_interval: int = 0
-    """write `runs/{run_name}/checkpoint.pt` every N iterations and at the end (0: only when interrupted)"""
+    """also write `runs/{run_name}/checkpoint.pt` every N iterations (0: only on the time schedule)"""
+    checkpoint_minutes: float = 10.0
+    """write the checkpoint after the first iteration, then whenever this many minutes have passed since
+    the last one, at the end and on SIGINT / SIGTERM (0: after every iteration)"""
     resume: str | None = None
     """continue the run saved in this checkpoint (same TensorBoard run; flags may change budgets and logging)"""
 
@@ -167,136 +197,16 @@ STRUCTURAL_FIELDS = (
 )
 
 
-def fail(message: str) -> None:
-    """Stop with a message that names the problem (non-zero exit, no traceback)."""
-    raise SystemExit(f"error: {message}")
-
-
-def load_preset(path: str) -> dict:
-    """Read a TOML preset and check every key and value type against `Args`."""
-    try:
-        with open(path, "rb") as f:
-            preset = tomllib.load(f)
-    except FileNotFoundError:
-        fail(f"config file {path!r} does not exist")
-    except tomllib.TOMLDecodeError as e:
-        fail(f"config file {path!r} is not valid TOML: {e}")
-    fields = {f.name: f for f in dataclasses.fields(Args)}
-    values = {}
-    for key, value in preset.items():
-        name = key.replace("-", "_")
-        if name not in fields or name in RUNTIME_FIELDS:
-            fail(f"config file {path!r}: unknown key {key!r}")
-        default = getattr(Args, name)
-        if isinstance(default, bool) and not isinstance(value, bool):
-            fail(f"config file {path!r}: {key} must be true or false, got {value!r}")
-        if isinstance(default, (int, float)) and not isinstance(default, bool):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                fail(f"config file {path!r}: {key} must be a number, got {value!r}")
-            if isinstance(default, int) and not isinstance(value, int):
-                fail(f"config file {path!r}: {key} must be an integer, got {value!r}")
-        if isinstance(default, str) and not isinstance(value, str):
-            fail(f"config file {path!r}: {key} must be a string, got {value!r}")
-        values[name] = value
-    return values
-
-
-def flag_value(argv: list[str], flag: str) -> str | None:
-    for i, arg in enumerate(argv):
-        if arg.startswith(f"{flag}="):
-            return arg.split("=", 1)[1]
-        if arg == flag and i + 1 < len(argv):
-            return argv[i + 1]
-    return None
-
-
 def parse_args(argv: list[str] | None = None) -> Args:
     """tyro CLI on top of a checkpoint's args (`--resume`) or a `--config` preset; flags win."""
     argv = sys.argv[1:] if argv is None else argv
     defaults = Args()
     if (path := flag_value(argv, "--resume")) is not None:
-        saved = load_checkpoint(path)["args"]
-        defaults = dataclasses.replace(defaults, **{k: v for k, v in saved.items() if k in Args.__dataclass_fields__})
+        saved = args_from_checkpoint(load_checkpoint(path, "ppo_gru"), path, Args, argv, ())
+        defaults = dataclasses.replace(defaults, **saved)
     elif (path := flag_value(argv, "--config")) is not None:
-        defaults = dataclasses.replace(defaults, config=path, **load_preset(path))
+        defaults = dataclasses.replace(defaults, config=path, **load_preset(path, Args, RUNTIME_FIELDS))
     return tyro.cli(Args, default=defaults, args=argv)
-
-
-# ---------------------------------------------------------------------------------------------
-# Environments
-# ---------------------------------------------------------------------------------------------
-def make_envs(args: Args, num_envs: int) -> gym.vector.VectorEnv:
-    """Our ids get their native vector env; any other gymnasium id a sync vector env (same-step autoreset)."""
-    try:
-        env_kwargs = json.loads(args.env_kwargs)
-    except json.JSONDecodeError as e:
-        fail(f"--env-kwargs is not valid JSON: {e}")
-    if not isinstance(env_kwargs, dict):
-        fail("--env-kwargs must be a JSON object")
-    env_id = args.env_id
-    if ":" in env_id:  # "my_package.my_envs:MyEnv-v0" imports the module that registers MyEnv-v0
-        module, env_id = env_id.split(":", 1)
-        try:
-            importlib.import_module(module)
-        except ImportError as e:
-            fail(f"cannot import {module!r} for environment {args.env_id!r}: {e}")
-    try:
-        spec = gym.spec(env_id)
-    except gym.error.Error as e:
-        fail(f"unknown environment id {args.env_id!r} ({e})")
-    try:
-        if spec.vector_entry_point is not None:
-            envs = gym.make_vec(env_id, num_envs=num_envs, **env_kwargs)
-        else:
-            envs = gym.make_vec(
-                env_id,
-                num_envs=num_envs,
-                vectorization_mode="sync",
-                vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
-                **env_kwargs,
-            )
-    except ValueError as e:
-        fail(f"{args.env_id}: {e}")
-    observation_layout(envs.single_observation_space, args.env_id)
-    action_branches(envs.single_action_space, args.env_id)
-    return envs
-
-
-def observation_layout(space: gym.Space, env_id: str = "the environment") -> tuple[tuple[int, ...] | None, int]:
-    """(image shape (H, W, C) or None, vector size) of a supported observation space.
-
-    Supported: a uint8 image Box (H, W, C), a 1-D Box, or a Dict of one of each (as MortarMayhemB).
-    """
-    boxes = list(space.spaces.values()) if isinstance(space, gym.spaces.Dict) else [space]
-    image, vector = None, 0
-    for box in boxes:
-        if isinstance(box, gym.spaces.Box) and len(box.shape) == 3 and box.dtype == np.uint8 and image is None:
-            image = box.shape
-        elif isinstance(box, gym.spaces.Box) and len(box.shape) == 1 and vector == 0:
-            vector = box.shape[0]
-        else:
-            fail(
-                f"{env_id}: incompatible observation space {space}; supported are a uint8 image Box (H, W, C), "
-                "a 1-D Box, or a Dict holding one of each"
-            )
-    return image, vector
-
-
-def action_branches(space: gym.Space, env_id: str) -> list[int]:
-    """The number of choices of each discrete action branch."""
-    if isinstance(space, gym.spaces.Discrete):
-        return [int(space.n)]
-    if isinstance(space, gym.spaces.MultiDiscrete) and space.nvec.ndim == 1:
-        return [int(n) for n in space.nvec]
-    fail(f"{env_id}: incompatible action space {space}; supported are Discrete and MultiDiscrete")
-
-
-def split_observation(obs, space: gym.Space) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Batched observation -> (images uint8 or None, vectors float32 or None)."""
-    parts = list(obs.values()) if isinstance(space, gym.spaces.Dict) else [obs]
-    image = next((p for p in parts if p.ndim == 4), None)
-    vector = next((p for p in parts if p.ndim == 2), None)
-    return image, None if vector is None else vector.astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -576,59 +486,8 @@ def recompute(agent: Agent, ro: Rollout, sequences: list[tuple[int, int, int]]):
 
 
 # ---------------------------------------------------------------------------------------------
-# Episode statistics, evaluation and videos
+# Evaluation on held-out seeds
 # ---------------------------------------------------------------------------------------------
-class EpisodeStats:
-    """Returns, lengths and the env's numeric end-of-episode info of finished episodes."""
-
-    def __init__(self, num_envs: int, window: int = 100, first_only: bool = False):
-        self.running_return = np.zeros(num_envs)
-        self.running_length = np.zeros(num_envs, dtype=np.int64)
-        self.recent = deque(maxlen=window)
-        self.new: list[dict] = []
-        self.first_only = first_only  # keep only each env's first episode (evaluation)
-        self.finished = np.zeros(num_envs, dtype=bool)
-
-    def __call__(self, reward, done, info) -> None:
-        self.running_return += reward
-        self.running_length += 1
-        final = info.get("final_info", {})
-        for i in np.flatnonzero(done):
-            if not (self.first_only and self.finished[i]):
-                episode = {"return": float(self.running_return[i]), "length": int(self.running_length[i])}
-                for key, value in final.items():
-                    if not key.startswith("_") and final.get(f"_{key}", np.ones(len(done), bool))[i]:
-                        item = np.asarray(value[i])
-                        if item.ndim == 0 and np.issubdtype(item.dtype, np.number):
-                            episode[key] = float(item)
-                self.new.append(episode)
-                self.recent.append(episode)
-            self.finished[i] = True
-        self.running_return[done] = 0.0
-        self.running_length[done] = 0
-
-    def take_new(self) -> list[dict]:
-        new, self.new = self.new, []
-        return new
-
-    def state(self) -> dict:
-        return {
-            "running_return": torch.from_numpy(self.running_return.copy()),
-            "running_length": torch.from_numpy(self.running_length.copy()),
-            "recent": list(self.recent),
-        }
-
-    def load(self, state: dict) -> None:
-        self.running_return = state["running_return"].numpy().copy()
-        self.running_length = state["running_length"].numpy().copy()
-        self.recent.extend(state["recent"])
-
-
-def mean_of(episodes: list[dict], key: str) -> float | None:
-    values = [e[key] for e in episodes if key in e]
-    return float(np.mean(values)) if values else None
-
-
 def evaluate_policy(args: Args, agent: Agent, envs: gym.vector.VectorEnv, device) -> list[dict]:
     """One episode per held-out seed and repetition, with sampled actions.
 
@@ -649,126 +508,9 @@ def evaluate_policy(args: Args, agent: Agent, envs: gym.vector.VectorEnv, device
     return episodes
 
 
-def summarise(episodes: list[dict]) -> dict[str, float]:
-    """Mean and standard error of every numeric episode key."""
-    summary = {}
-    for key in sorted({k for e in episodes for k in e}):
-        values = np.array([e[key] for e in episodes if key in e])
-        summary[f"{key}_mean"] = float(values.mean())
-        summary[f"{key}_se"] = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
-    return summary
-
-
-class VideoRecorder:
-    """Records episodes of env 0, agent view beside the ground truth, as MP4 files.
-
-    Episodes 0, 1, 8, 27, ... (cubes) up to 1000 are recorded, then every 1000th (or all of them).
-    """
-
-    def __init__(self, folder: str, fps: int, record_all: bool = False):
-        self.folder, self.fps, self.record_all = folder, fps, record_all
-        self.episode, self.frames = 0, []
-        self.finished: list[tuple[int, str, np.ndarray]] = []  # (episode, path, frames for logging)
-
-    def recording(self) -> bool:
-        e = self.episode
-        return self.record_all or (round(e ** (1 / 3)) ** 3 == e if e < 1000 else e % 1000 == 0)
-
-    def capture(self, images: np.ndarray | None, envs: gym.vector.VectorEnv) -> None:
-        if not self.recording():
-            return
-        game = getattr(envs.unwrapped, "game", None)
-        if game is not None:  # our envs: the agent's view and the ground-truth render
-            view, truth = game.render_rgb(0), game.render_debug(0)
-        elif images is not None:
-            view, truth = images[0], None
-        else:
-            return
-        # Both panels are scaled by whole factors to at least 336 pixels high (the ground-truth size).
-        panels = [p.repeat(max(1, 336 // p.shape[0]), axis=0).repeat(max(1, 336 // p.shape[0]), axis=1)
-                  for p in (view, truth) if p is not None]
-        if len({p.shape[0] for p in panels}) > 1:
-            panels = panels[:1]
-        self.frames.append(np.concatenate(panels, axis=1))
-
-    def step_done(self, done: bool) -> None:
-        if not done:
-            return
-        if self.frames:
-            os.makedirs(self.folder, exist_ok=True)
-            path = os.path.join(self.folder, f"episode-{self.episode}.mp4")
-            write_video(path, self.frames, self.fps)
-            self.finished.append((self.episode, path, np.stack(self.frames[:500])))
-        self.episode += 1
-        self.frames = []
-
-
-def write_video(path: str, frames: list[np.ndarray], fps: int) -> None:
-    """H.264 MP4 (yuv420p) that common players open."""
-    import imageio_ffmpeg
-
-    height, width = frames[0].shape[:2]
-    writer = imageio_ffmpeg.write_frames(
-        path, (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=1, quality=8
-    )
-    writer.send(None)
-    for frame in frames:
-        writer.send(np.ascontiguousarray(frame))
-    writer.close()
-
-
-def log_video(writer: SummaryWriter, tag: str, frames: np.ndarray, step: int, fps: int) -> None:
-    """An animated GIF in TensorBoard's image tab (W&B picks it up through tensorboard sync)."""
-    from PIL import Image
-    from tensorboard.compat.proto.summary_pb2 import Summary
-
-    images = [Image.fromarray(f[::2, ::2]) for f in frames]
-    buffer = io.BytesIO()
-    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
-    height, width = frames.shape[1] // 2, frames.shape[2] // 2
-    image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=buffer.getvalue())
-    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
-
-
 # ---------------------------------------------------------------------------------------------
-# Checkpoints and data-parallel ranks
+# What a checkpoint keeps of each rank
 # ---------------------------------------------------------------------------------------------
-def load_checkpoint(path: str) -> dict:
-    """Load a checkpoint safely (tensors and plain values only), refusing damaged files clearly."""
-    if not os.path.isfile(path):
-        fail(f"checkpoint {path!r} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        fail(f"checkpoint {path!r} is corrupted or truncated and cannot be loaded ({type(e).__name__}: {e})")
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != "ppo_gru-checkpoint-1":
-        fail(f"{path!r} is not a ppo_gru checkpoint")
-    return checkpoint
-
-
-def save_atomically(payload: dict, path: str) -> None:
-    """Write then rename: a crash never leaves a half-written file in place of a good one."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-
-
-def rng_state(device: torch.device) -> dict:
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 def rank_state(envs, ro: Rollout, stats: EpisodeStats, device) -> dict:
     """What one rank needs to continue exactly: env state, the hidden state carried over, statistics, RNG."""
     game = getattr(envs.unwrapped, "game", None)
@@ -783,64 +525,27 @@ def rank_state(envs, ro: Rollout, stats: EpisodeStats, device) -> dict:
 
 
 def load_rank_state(state: dict, envs, ro: Rollout, stats: EpisodeStats, device) -> bool:
-    """Restore one rank; returns False where the envs could not be restored (they start afresh)."""
-    ro.next_hidden = state["next_hidden"].to(device)
-    ro.next_start = state["next_start"].to(device)
-    stats.load(state["stats"])
+    """Restore one rank. Where the envs cannot be restored (not our envs) they restart from a reset,
+    so every episode starts afresh: no hidden state or running return is carried over; returns False."""
     set_rng_state(state["rng"], device)
+    stats.load(state["stats"])
     game = getattr(envs.unwrapped, "game", None)
     if game is None or state["envs"] is None:
+        stats.restart()
         return False
     game.set_state(state["envs"])
-    ro.next_obs = tuple(None if part is None else part.numpy() for part in state["next_obs"])
+    ro.next_hidden = checked_tensor(state["next_hidden"], ro.next_hidden, "next_hidden")
+    ro.next_start = checked_tensor(state["next_start"], ro.next_start, "next_start")
+    ro.next_obs = tuple(
+        None if part is None else checked_tensor(saved, torch.from_numpy(np.asarray(part)), "next_obs").numpy()
+        for part, saved in zip(ro.next_obs, state["next_obs"], strict=True)
+    )
     return True
-
-
-def setup_ranks(args: Args) -> tuple[int, torch.device]:
-    """(rank, device); under torchrun, joins the process group (NCCL on CUDA, gloo on CPU)."""
-    args.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available() and args.cuda
-    if args.world_size == 1:
-        return 0, torch.device("cuda" if cuda else "cpu")
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if cuda else "gloo")
-    return rank, device
-
-
-def average_gradients(parameters: list[torch.nn.Parameter], world_size: int) -> None:
-    """All-reduce the gradients as one flat buffer and divide by the number of ranks."""
-    grads = [p.grad for p in parameters if p.grad is not None]
-    flat = torch.cat([g.flatten() for g in grads])
-    dist.all_reduce(flat)
-    flat /= world_size
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
-
-
-def gather(value, world_size: int) -> list:
-    """Every rank's value, on every rank (a list of one without torchrun)."""
-    if world_size == 1:
-        return [value]
-    values = [None] * world_size
-    dist.all_gather_object(values, value)
-    return values
 
 
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
-def format_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
 def check_args(args: Args) -> None:
     if args.sequence_length == 0 or args.sequence_length < -1:
         fail(f"--sequence-length must be -1 (whole fragments) or >= 1, got {args.sequence_length}")
@@ -852,7 +557,15 @@ def check_args(args: Args) -> None:
 
 
 class Interrupted(Exception):
-    pass
+    """A first SIGINT / SIGTERM: the iteration was finished and a checkpoint written."""
+
+
+class StopNow(Exception):
+    """A second signal: stop at once."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 def train(args: Args) -> list[dict]:
@@ -870,22 +583,26 @@ def train(args: Args) -> list[dict]:
 
 
 def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
-    checkpoint = load_checkpoint(args.resume) if args.resume else None
+    checkpoint = load_checkpoint(args.resume, "ppo_gru") if args.resume else None
     if checkpoint is not None:
         saved = checkpoint["args"]
         for name in STRUCTURAL_FIELDS:
-            if name == "world_size" and saved[name] != args.world_size:
-                fail(f"--resume: the checkpoint was written by {saved[name]} ranks; resume it with the same number")
-            if saved[name] != getattr(args, name):
-                fail(f"--resume: {name} differs from the checkpoint ({getattr(args, name)!r} vs {saved[name]!r})")
+            if name == "world_size" and saved.get(name) != args.world_size:
+                fail(f"--resume: the checkpoint was written by {saved.get(name)} ranks; resume it with the same number")
+            if saved.get(name) != getattr(args, name):
+                fail(f"--resume: {name} differs from the checkpoint ({getattr(args, name)!r} vs {saved.get(name)!r})")
     check_args(args)
     args.batch_size = args.num_envs * args.num_steps
     args.minibatch_size = args.batch_size // args.num_minibatches
     args.num_iterations = args.total_timesteps // (args.batch_size * args.world_size)
-    if not args.run_name or checkpoint is None:
-        ranks = f"-{args.world_size}ranks" if args.world_size > 1 else ""
-        args.run_name = f"{args.env_id}__{args.exp_name}{ranks}__{args.seed}__{int(time.time())}"
     main = rank == 0
+    if checkpoint is not None:
+        args.run_name = plain_name(args.run_name, "the checkpoint's run name")
+    else:  # rank 0 claims a fresh folder (exclusively: concurrent runs never share one)
+        ranks = f"-{args.world_size}ranks" if args.world_size > 1 else ""
+        name = create_run_folder(args.env_id, f"{args.exp_name}{ranks}", args.seed) if main else None
+        args.run_name = gather(name, args.world_size)[0]
+    run_folder = os.path.join(RUNS_ROOT, args.run_name)
 
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -896,6 +613,8 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
     image_shape, vector_size = observation_layout(envs.single_observation_space, args.env_id)
     if args.reconstruction_coef > 0 and image_shape is None:
         fail(f"{args.env_id}: --reconstruction-coef needs image observations")
+    if args.capture_video and image_shape is None:
+        fail(f"{args.env_id} has no image observations, so --capture-video has nothing to film")
     agent = Agent(args, image_shape, vector_size, action_branches(envs.single_action_space, args.env_id)).to(device)
     # Fused: one pass over the parameters per step instead of one per operation and tensor.
     optimizer = torch.optim.AdamW(agent.parameters(), lr=args.init_lr, fused=device.type in ("cpu", "cuda"))
@@ -905,12 +624,29 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
     ro = new_rollout(agent, envs, args.num_steps, obs, device)
     stats = EpisodeStats(args.num_envs)
     iteration, global_step = 0, 0
+    if main:
+        precision = "bfloat16" if computes_in_bfloat16(args.precision, device.type) else "float32"
+        print(
+            f"{args.env_id} | device {device} | precision {precision} | parameters: "
+            f"{sum(p.numel() for p in agent.parameters()):,}\n"
+            f"{args.num_envs} envs x {args.num_steps} steps x {args.world_size} rank(s) = "
+            f"{args.batch_size * args.world_size:,} steps per iteration, {args.num_iterations:,} iterations\n"
+            f"run folder {run_folder} (watch it with: tensorboard --logdir {RUNS_ROOT})",
+            flush=True,
+        )
     if checkpoint is not None:
-        agent.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        iteration, global_step = checkpoint["iteration"], checkpoint["global_step"]
-        if not load_rank_state(checkpoint["ranks"][rank], envs, ro, stats, device) and main:
-            print("note: this environment's state cannot be saved; its envs restart from a reset", flush=True)
+        load_weights(agent, checkpoint.get("model"), args.resume)
+        try:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            iteration, global_step = int(checkpoint["iteration"]), int(checkpoint["global_step"])
+            envs_restored = load_rank_state(checkpoint["ranks"][rank], envs, ro, stats, device)
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+            fail(f"checkpoint {args.resume!r} is damaged ({type(e).__name__}: {e})")
+        if main:
+            fresh = "" if envs_restored else " (this env's state cannot be saved: its envs restart from a reset, with fresh episodes)"
+            print(f"resumed at iteration {iteration:,}, step {global_step:,}{fresh}", flush=True)
+            if iteration >= args.num_iterations:
+                print(f"nothing left to do: the run has reached --total-timesteps {args.total_timesteps:,}", flush=True)
 
     writer, wandb = None, None
     if main:
@@ -928,7 +664,7 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
                 save_code=True,
             )
         # Resuming appends to the same run; events logged after the checkpoint are dropped.
-        writer = SummaryWriter(f"runs/{args.run_name}", purge_step=global_step + 1 if checkpoint else None)
+        writer = SummaryWriter(run_folder, purge_step=global_step + 1 if checkpoint else None)
         if checkpoint is None:
             writer.add_text(
                 "hyperparameters",
@@ -937,8 +673,8 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
     eval_envs = make_envs(args, args.eval_seeds) if main and args.eval_interval else None
     recorder = None
     if main and args.capture_video:
-        recorder = VideoRecorder(f"videos/{args.run_name}", envs.metadata.get("render_fps", 25))
-    checkpoint_path = f"runs/{args.run_name}/checkpoint.pt"
+        recorder = VideoRecorder(os.path.join("videos", args.run_name), envs.metadata.get("render_fps", 25))
+    checkpoint_path = os.path.join(run_folder, "checkpoint.pt")
 
     def write_checkpoint() -> None:
         states = gather(rank_state(envs, ro, stats, device), args.world_size)
@@ -959,7 +695,7 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
 
     def request_stop(signum, frame):
         if stop["signal"]:
-            raise KeyboardInterrupt
+            raise StopNow(signum)
         stop["signal"] = signum
         if main:
             print(f"\nreceived signal {signum}: stopping after this iteration with a checkpoint", flush=True)
@@ -967,6 +703,8 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
     previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     history = []
     start_time, start_step = time.time(), global_step
+    last_checkpoint = start_time
+    heartbeat = Heartbeat(enabled=main)
     try:
         while iteration < args.num_iterations:
             iteration += 1
@@ -977,6 +715,7 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
             for group in optimizer.param_groups:
                 group["lr"] = lr
 
+            heartbeat.phase(f"iteration {iteration}: collecting the rollout")
             rollout_start = time.time()
             next_value = collect_rollout(agent, envs, ro, device, stats, recorder)
             global_step += args.batch_size * args.world_size
@@ -984,6 +723,7 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
             advantages, returns = compute_advantages(args, ro, next_value)
 
             # PPO update over minibatches of whole sequences.
+            heartbeat.phase(f"iteration {iteration}: updating")
             update_start = time.time()
             sequences = make_sequences(args, ro)
             logs = {key: [] for key in ("policy", "value", "entropy", "reconstruction", "old_approx_kl", "approx_kl", "clipfrac")}
@@ -1086,16 +826,19 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
                     flush=True,
                 )
 
-            # Stop on a signal to any rank; checkpoint on schedule, at the end and when stopping.
-            stopping = stop["signal"]
-            if args.world_size > 1:
-                flag = torch.tensor([stopping], device=device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                stopping = int(flag.item())
-            scheduled = args.checkpoint_interval and (iteration % args.checkpoint_interval == 0 or iteration == args.num_iterations)
-            if scheduled or stopping:
+            heartbeat.phase(None)
+            # Stop on a signal to any rank. Checkpoint after the first iteration, then whenever
+            # --checkpoint-minutes have passed or on --checkpoint-interval, at the end and when stopping.
+            stopping = agree(bool(stop["signal"]), args.world_size, device)
+            scheduled = (
+                iteration in (1, args.num_iterations)
+                or (args.checkpoint_interval > 0 and iteration % args.checkpoint_interval == 0)
+                or time.time() - last_checkpoint >= args.checkpoint_minutes * 60
+            )
+            if agree(scheduled, args.world_size, device) or stopping:
                 write_checkpoint()
-                if main:
+                last_checkpoint = time.time()
+                if main and (stopping or args.checkpoint_interval or iteration == args.num_iterations):
                     print(f"checkpoint written to {checkpoint_path}", flush=True)
             if stopping:
                 raise Interrupted
@@ -1107,13 +850,20 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
             if main:
                 print(f"parameters identical on all {args.world_size} ranks", flush=True)
         if main and args.save_model:
-            save_model(args, agent, f"runs/{args.run_name}/{args.exp_name}.cleanrl_model")
+            save_model(args, agent, os.path.join(run_folder, f"{args.exp_name}.cleanrl_model"))
     except Interrupted:
         raise SystemExit(128 + stop["signal"])
+    except StopNow as e:
+        print(f"stopped at once by a second signal; {last_checkpoint_note(checkpoint_path)}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + e.signum)
     except FloatingPointError as e:
-        kept = f"the last good checkpoint is {checkpoint_path}" if os.path.exists(checkpoint_path) else "no checkpoint was written"
-        fail(f"training diverged at step {global_step:,} ({e}); {kept}")
+        fail(f"training diverged at step {global_step:,} ({e}); {last_checkpoint_note(checkpoint_path, 'good ')}")
+    except DiskFull as e:
+        fail(f"{e}; no partial file was left and {last_checkpoint_note(checkpoint_path)}: free some space")
+    except Exception as e:
+        fail(crash_report(e, run_folder, iteration, checkpoint_path))
     finally:
+        heartbeat.stop()
         for s, handler in previous_handlers.items():
             signal.signal(s, handler)
         envs.close()

@@ -52,7 +52,7 @@ def test_image_run_with_reconstruction_config_and_saved_model(script, tmp_path):
         (["--env-id", "NoSuchEnv-v0"], None, "unknown environment id 'NoSuchEnv-v0'"),
         (["--env-id", "Pendulum-v1"], None, "incompatible action space"),
         ([], 'env_id = "ProofOfMemory-v0"\nnum_envz = 4\n', "unknown key 'num_envz'"),
-        ([], 'num_envs = "four"\n', "num_envs must be a number"),
+        ([], 'num_envs = "four"\n', "num_envs must be an integer"),
         ([], "num_envs = [\n", "is not valid TOML"),
         (["--env-id", "ProofOfMemory-v0", "--env-kwargs", '{"min_delay": -1}'], None, "min_delay must be an integer >= 0"),
     ],

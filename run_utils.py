@@ -1,0 +1,644 @@
+"""Run plumbing shared by `ppo_trxl.py`, `ppo_gru.py` and `enjoy.py` (no algorithm here).
+
+- Presets and files: every value read from a preset or a checkpoint is checked against the script's
+  `Args` field types; checkpoints and saved models are read with `torch.load(weights_only=True)`
+  and nothing read from a file may name code: the algorithm maps through a fixed table, a
+  `module:Env` id stored in a file is imported only when the user gives that same `--env-id`, run
+  names with path separators are refused, and W&B settings come from the command line only.
+- Writes: checkpoints go to a temporary file, are flushed to disk, then replace the previous one;
+  a full disk is reported as such and leaves the previous checkpoint in place.
+- Run folders: `runs/{env_id}__{exp_name}__{seed}__{time}`, created exclusively (a suffix `-2`,
+  `-3`, ... where two runs start in the same second).
+- Environments, episode statistics, videos and data-parallel helpers used the same way by both scripts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import errno
+import importlib
+import io
+import json
+import os
+import random
+import threading
+import time
+import tomllib
+import traceback
+from collections import deque
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import envs  # noqa: F401  (registers the environment ids with gymnasium)
+
+RUNS_ROOT = "runs"
+# Every file format the scripts write, and the one script that reads it: a file names no module.
+CHECKPOINT_FORMATS = {"ppo_trxl-checkpoint-1": "ppo_trxl", "ppo_gru-checkpoint-1": "ppo_gru"}
+ALGORITHMS = ("ppo_trxl", "ppo_gru")
+# Taken from the command line only, never from a checkpoint: who the run reports to.
+COMMAND_LINE_ONLY = ("track", "wandb_project_name", "wandb_entity", "config", "resume")
+
+
+def fail(message: str) -> None:
+    """Stop with a message that names the problem (non-zero exit, no traceback)."""
+    raise SystemExit(f"error: {message}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets, checkpoint args and the command line
+# ---------------------------------------------------------------------------------------------
+def _type_error(annotation: Any, value: Any) -> str | None:
+    """Why `value` cannot be a value of the type `annotation` (None if it can)."""
+    options = get_args(annotation) if get_origin(annotation) is not None else (annotation,)
+    if get_origin(annotation) is Literal:
+        return None if value in options else f"must be one of {', '.join(map(repr, options))}, got {value!r}"
+    if value is None:
+        return None if type(None) in options else f"must not be empty, got {value!r}"
+    if bool in options:
+        return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+    if int in options:
+        return None if isinstance(value, int) and not isinstance(value, bool) else f"must be an integer, got {value!r}"
+    if float in options:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return None if ok else f"must be a number, got {value!r}"
+    if str in options:
+        return None if isinstance(value, str) else f"must be a string, got {value!r}"
+    for option in options:
+        if get_origin(option) is Literal:
+            choices = get_args(option)
+            return None if value in choices else f"must be one of {', '.join(map(repr, choices))}, got {value!r}"
+    return f"has an unsupported value {value!r}"
+
+
+def checked_values(values: dict, args_cls: type, source: str, refused: tuple[str, ...]) -> dict:
+    """Keys and values of a preset or checkpoint checked against the fields of `args_cls`."""
+    hints = get_type_hints(args_cls)
+    known = [f.name for f in dataclasses.fields(args_cls) if f.name not in refused]
+    checked = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            fail(f"{source}: unknown key {key!r}{hint}")
+        if (problem := _type_error(hints[name], value)) is not None:
+            fail(f"{source}: {key} {problem}")
+        checked[name] = value
+    return checked
+
+
+def load_preset(path: str, args_cls: type, refused: tuple[str, ...]) -> dict:
+    """Read a TOML preset and check every key and value type against `args_cls`."""
+    if os.path.isdir(path):
+        fail(f"config file {path!r} is a directory; give a .toml file such as configs/ppo_trxl/ProofOfMemory-v0.toml")
+    try:
+        with open(path, "rb") as f:
+            preset = tomllib.load(f)
+    except FileNotFoundError:
+        fail(f"config file {path!r} does not exist")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        fail(f"config file {path!r} is not valid TOML: {e}")
+    return checked_values(preset, args_cls, f"config file {path!r}", refused)
+
+
+def flag_value(argv: list[str], flag: str) -> str | None:
+    """The value of `--flag` (or `--flag_with_underscores`) on a command line, if given."""
+    spellings = {flag, "--" + flag[2:].replace("-", "_")}
+    for i, arg in enumerate(argv):
+        name, _, value = arg.partition("=")
+        if name in spellings:
+            if value or "=" in arg:
+                return value
+            if i + 1 < len(argv):
+                return argv[i + 1]
+    return None
+
+
+def args_from_checkpoint(checkpoint: dict, path: str, args_cls: type, argv: list[str], refused: tuple[str, ...]) -> dict:
+    """The values of a checkpoint's args that a resumed run takes over, checked like a preset.
+
+    The W&B identity and `--track` are the command line's; the run name must be a plain folder
+    name; a `module:Env` id is only taken when the command line names the same id (it imports
+    `module`)."""
+    saved = checkpoint.get("args")
+    if not isinstance(saved, dict):
+        fail(f"checkpoint {path!r}: its args are missing or damaged")
+    saved = {k: v for k, v in saved.items() if k not in COMMAND_LINE_ONLY}
+    run_name = saved.pop("run_name", "")
+    values = checked_values(saved, args_cls, f"checkpoint {path!r}", refused)
+    values["run_name"] = plain_name(run_name, f"checkpoint {path!r}: run_name")
+    env_id = values.get("env_id", "")
+    if ":" in env_id and flag_value(argv, "--env-id") != env_id:
+        fail(
+            f"checkpoint {path!r} names the environment {env_id!r}, which would import the module "
+            f"{env_id.split(':', 1)[0]!r}; if you trust it, pass --env-id {env_id} to allow that"
+        )
+    return values
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints and saved models: safe reading, flushed atomic writing
+# ---------------------------------------------------------------------------------------------
+class DiskFull(Exception):
+    """Raised when a write runs out of space; the message names the file."""
+
+
+def read_file(path: str, what: str = "checkpoint or saved model") -> dict:
+    """A file written by the scripts, read with `weights_only=True`; one clear line for anything else."""
+    if os.path.isdir(path):
+        fail(f"{path!r} is a directory, not a {what} (a file such as runs/<run>/checkpoint.pt)")
+    if not os.path.exists(path):
+        fail(f"{path!r} does not exist")
+    size = os.path.getsize(path)
+    if size == 0:
+        fail(f"{path!r} is empty, not a {what}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04":  # torch.save writes a zip archive
+        fail(f"{path!r} is not a {what} (not a PyTorch zip archive)")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            detail = "it holds objects other than tensors and plain values, which are refused"
+        fail(f"{path!r} is truncated, damaged or not a {what}: {detail[:200]}")
+    if not isinstance(loaded, dict):
+        fail(f"{path!r} is not a {what}")
+    return loaded
+
+
+def load_checkpoint(path: str, algorithm: str) -> dict:
+    """A checkpoint of `algorithm` (ppo_trxl or ppo_gru), refusing any other file clearly."""
+    checkpoint = read_file(path, "checkpoint")
+    written_by = CHECKPOINT_FORMATS.get(checkpoint.get("format"))
+    if written_by is None:
+        if checkpoint.get("algorithm") in ALGORITHMS:
+            fail(f"{path!r} is a saved model, not a checkpoint: --resume needs runs/<run>/checkpoint.pt")
+        fail(f"{path!r} is not a checkpoint of {' or '.join(ALGORITHMS)}")
+    if written_by != algorithm:
+        fail(f"{path!r} is a {written_by} checkpoint; resume it with `python {written_by}.py --resume {path}`")
+    return checkpoint
+
+
+def load_saved(path: str) -> tuple[str, dict, dict]:
+    """(algorithm, args, weights) of a saved model or a checkpoint; the algorithm is one of ALGORITHMS."""
+    saved = read_file(path)
+    if saved.get("format") in CHECKPOINT_FORMATS:
+        algorithm, weights = CHECKPOINT_FORMATS[saved["format"]], saved.get("model")
+    elif saved.get("algorithm") in ALGORITHMS:
+        algorithm, weights = saved["algorithm"], saved.get("model_weights")
+    else:
+        fail(f"{path!r} is neither a saved model nor a checkpoint of {' or '.join(ALGORITHMS)}")
+    if not isinstance(weights, dict) or not isinstance(saved.get("args"), dict):
+        fail(f"{path!r}: the model weights or args are missing or damaged")
+    return algorithm, saved["args"], weights
+
+
+def save_atomically(payload: dict, path: str) -> None:
+    """Write to a temporary file, flush it to disk, then replace `path` with it.
+
+    A crash or kill never leaves a half-written file in place of a good one; a full disk raises
+    `DiskFull` and removes the partial file, leaving the previous version intact."""
+    folder = os.path.dirname(path) or "."
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        directory = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself reaches the disk
+        finally:
+            os.close(directory)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(f"the disk is full: cannot write {path} ({buffer.getbuffer().nbytes:,} bytes) in {folder}") from e
+        raise
+
+
+def load_weights(module: torch.nn.Module, weights: dict, path: str) -> None:
+    """Load a state dict, refusing one that does not fit the model built from its args in one line."""
+    try:
+        module.load_state_dict(weights)
+    except (RuntimeError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        fail(f"{path!r}: the weights do not match the model its args describe ({detail[:300]})")
+
+
+def rng_state(device: torch.device) -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run folders
+# ---------------------------------------------------------------------------------------------
+def plain_name(name: Any, what: str) -> str:
+    """A name usable as one folder: no path separators, no `..`, not empty."""
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
+        fail(f"{what} {name!r} is not a plain folder name (no '/', '\\' or '..' allowed)")
+    return name
+
+
+def create_run_folder(env_id: str, exp_name: str, seed: int, root: str = RUNS_ROOT) -> str:
+    """Create `root/{env_id}__{exp_name}__{seed}__{time}` exclusively and return its name.
+
+    Two runs that start in the same second (a sweep, a job array, a shared file system) get
+    `...__{time}` and `...__{time}-2`: the folder is claimed by one atomic mkdir."""
+    os.makedirs(root, exist_ok=True)
+    base = f"{env_id.replace('/', '-').replace(':', '-')}__{exp_name}__{seed}__{int(time.time())}"
+    for attempt in range(1, 10_000):
+        name = base if attempt == 1 else f"{base}-{attempt}"
+        try:
+            os.mkdir(os.path.join(root, name))
+            return name
+        except FileExistsError:
+            continue
+    fail(f"cannot create a run folder under {root!r}: too many runs named {base!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Environments
+# ---------------------------------------------------------------------------------------------
+def make_envs(args, num_envs: int, env_kwargs: str | None = None) -> gym.vector.VectorEnv:
+    """Our ids get their native vector env; any other gymnasium id a sync vector env (same-step autoreset)."""
+    source = "--env-kwargs" if env_kwargs is None else "--eval-env-kwargs"
+    try:
+        kwargs = json.loads(args.env_kwargs if env_kwargs is None else env_kwargs)
+    except json.JSONDecodeError as e:
+        fail(f"{source} is not valid JSON: {e}")
+    if not isinstance(kwargs, dict):
+        fail(f"{source} must be a JSON object")
+    env_id = args.env_id
+    if ":" in env_id:  # "my_package.my_envs:MyEnv-v0" imports the module that registers MyEnv-v0
+        module, env_id = env_id.split(":", 1)
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            fail(f"cannot import {module!r} for environment {args.env_id!r}: {e}")
+    try:
+        spec = gym.spec(env_id)
+    except gym.error.Error as e:
+        fail(f"unknown environment id {args.env_id!r} ({e})")
+    try:
+        envs = None
+        if spec.vector_entry_point is not None:
+            envs = gym.make_vec(env_id, num_envs=num_envs, **kwargs)
+            # The scripts need same-step autoreset; a vector env with another mode is replaced.
+            if envs.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.SAME_STEP:
+                envs.close()
+                envs = None
+        if envs is None:
+            envs = gym.make_vec(
+                env_id,
+                num_envs=num_envs,
+                vectorization_mode="sync",
+                vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+                **kwargs,
+            )
+    except (ValueError, TypeError) as e:
+        message = str(e)
+        fail(message if message.startswith(env_id) else f"{args.env_id}: {message}")
+    observation_layout(envs.single_observation_space, args.env_id)
+    action_branches(envs.single_action_space, args.env_id)
+    return envs
+
+
+def observation_layout(space: gym.Space, env_id: str = "the environment") -> tuple[tuple[int, ...] | None, int]:
+    """(image shape (H, W, C) or None, vector size) of a supported observation space.
+
+    Supported: a uint8 image Box (H, W, C), a 1-D Box, or a Dict of one of each (as MortarMayhemB).
+    """
+    boxes = list(space.spaces.values()) if isinstance(space, gym.spaces.Dict) else [space]
+    image, vector = None, 0
+    for box in boxes:
+        if isinstance(box, gym.spaces.Box) and len(box.shape) == 3 and box.dtype == np.uint8 and image is None:
+            image = box.shape
+        elif isinstance(box, gym.spaces.Box) and len(box.shape) == 1 and vector == 0:
+            vector = box.shape[0]
+        else:
+            fail(
+                f"{env_id}: incompatible observation space {space}; supported are a uint8 image Box (H, W, C), "
+                "a 1-D Box, or a Dict holding one of each"
+            )
+    return image, vector
+
+
+def action_branches(space: gym.Space, env_id: str) -> list[int]:
+    """The number of choices of each discrete action branch."""
+    if isinstance(space, gym.spaces.Discrete):
+        return [int(space.n)]
+    if isinstance(space, gym.spaces.MultiDiscrete) and space.nvec.ndim == 1:
+        return [int(n) for n in space.nvec]
+    fail(f"{env_id}: incompatible action space {space}; supported are Discrete and MultiDiscrete")
+
+
+def split_observation(obs, space: gym.Space) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Batched observation -> (images uint8 or None, vectors float32 or None)."""
+    parts = list(obs.values()) if isinstance(space, gym.spaces.Dict) else [obs]
+    image = next((p for p in parts if p.ndim == 4), None)
+    vector = next((p for p in parts if p.ndim == 2), None)
+    return image, None if vector is None else vector.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Episode statistics and evaluation summaries
+# ---------------------------------------------------------------------------------------------
+class EpisodeStats:
+    """Returns, lengths and the env's numeric end-of-episode info of finished episodes."""
+
+    def __init__(self, num_envs: int, window: int = 100, first_only: bool = False):
+        self.running_return = np.zeros(num_envs)
+        self.running_length = np.zeros(num_envs, dtype=np.int64)
+        self.recent = deque(maxlen=window)
+        self.new: list[dict] = []
+        self.first_only = first_only  # keep only each env's first episode (evaluation)
+        self.finished = np.zeros(num_envs, dtype=bool)
+
+    def __call__(self, reward, done, info) -> None:
+        self.running_return += reward
+        self.running_length += 1
+        final = info.get("final_info", {})
+        for i in np.flatnonzero(done):
+            if not (self.first_only and self.finished[i]):
+                episode = {"return": float(self.running_return[i]), "length": int(self.running_length[i])}
+                for key, value in final.items():
+                    # The env's own "reward" and "length" repeat the return and length counted here.
+                    if key not in ("reward", "length") and not key.startswith("_") and final.get(f"_{key}", np.ones(len(done), bool))[i]:
+                        item = np.asarray(value[i])
+                        if item.ndim == 0 and np.issubdtype(item.dtype, np.number):
+                            episode[key] = float(item)
+                self.new.append(episode)
+                self.recent.append(episode)
+            self.finished[i] = True
+        self.running_return[done] = 0.0
+        self.running_length[done] = 0
+
+    def take_new(self) -> list[dict]:
+        new, self.new = self.new, []
+        return new
+
+    def state(self) -> dict:
+        return {
+            "running_return": torch.from_numpy(self.running_return.copy()),
+            "running_length": torch.from_numpy(self.running_length.copy()),
+            "recent": list(self.recent),
+        }
+
+    def load(self, state: dict) -> None:
+        running_return, running_length = state["running_return"], state["running_length"]
+        if running_return.shape != self.running_return.shape or running_length.shape != self.running_length.shape:
+            raise ValueError("stats: running episode sums do not match the number of envs")
+        recent = state["recent"]
+        if not isinstance(recent, list) or not all(
+            isinstance(e, dict) and all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in e.items())
+            for e in recent
+        ):
+            raise ValueError("stats.recent: expected a list of episodes of numbers")
+        self.running_return = running_return.numpy().astype(np.float64)
+        self.running_length = running_length.numpy().astype(np.int64)
+        self.recent.extend(recent)
+
+    def restart(self) -> None:
+        """Forget the episodes in progress (the envs were reset)."""
+        self.running_return[:] = 0.0
+        self.running_length[:] = 0
+
+
+def mean_of(episodes: list[dict], key: str) -> float | None:
+    values = [e[key] for e in episodes if key in e]
+    return float(np.mean(values)) if values else None
+
+
+def summarise(episodes: list[dict]) -> dict[str, float]:
+    """Mean and standard error of every numeric episode key."""
+    summary = {}
+    for key in sorted({k for e in episodes for k in e}):
+        values = np.array([e[key] for e in episodes if key in e])
+        summary[f"{key}_mean"] = float(values.mean())
+        summary[f"{key}_se"] = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Videos
+# ---------------------------------------------------------------------------------------------
+class VideoRecorder:
+    """Records episodes of env 0, agent view beside the ground truth, as MP4 files.
+
+    Episodes 0, 1, 8, 27, ... (cubes) up to 1000 are recorded, then every 1000th (or all of them, up
+    to `limit`). Files are numbered like episodes: `episode-1.mp4` is the first.
+    """
+
+    def __init__(self, folder: str, fps: int, record_all: bool = False, limit: int | None = None):
+        self.folder, self.fps, self.record_all, self.limit = folder, fps, record_all, limit
+        self.episode, self.frames = 0, []
+        self.finished: list[tuple[int, str, np.ndarray]] = []  # (episode, path, frames for logging)
+
+    def recording(self) -> bool:
+        e = self.episode
+        if self.limit is not None and e >= self.limit:
+            return False
+        return self.record_all or (round(e ** (1 / 3)) ** 3 == e if e < 1000 else e % 1000 == 0)
+
+    def capture(self, images: np.ndarray | None, envs: gym.vector.VectorEnv) -> None:
+        if not self.recording():
+            return
+        game = getattr(envs.unwrapped, "game", None)
+        if game is not None and images is not None:  # our envs: the agent's view and the ground-truth render
+            view, truth = game.render_rgb(0), game.render_debug(0)
+        elif images is not None:
+            view, truth = images[0], None
+        else:
+            return
+        # Both panels are scaled by whole factors to at least 336 pixels high (the ground-truth size).
+        panels = [p.repeat(max(1, 336 // p.shape[0]), axis=0).repeat(max(1, 336 // p.shape[0]), axis=1)
+                  for p in (view, truth) if p is not None]
+        if len({p.shape[0] for p in panels}) > 1:
+            panels = panels[:1]
+        self.frames.append(np.concatenate(panels, axis=1))
+
+    def step_done(self, done: bool) -> None:
+        if not done:
+            return
+        if self.frames:
+            os.makedirs(self.folder, exist_ok=True)
+            path = os.path.join(self.folder, f"episode-{self.episode + 1}.mp4")
+            write_video(path, self.frames, self.fps)
+            self.finished.append((self.episode, path, np.stack(self.frames[:500])))
+        self.episode += 1
+        self.frames = []
+
+
+def write_video(path: str, frames: list[np.ndarray], fps: int) -> None:
+    """H.264 MP4 (yuv420p) that common players open."""
+    import imageio_ffmpeg
+
+    height, width = frames[0].shape[:2]
+    writer = imageio_ffmpeg.write_frames(
+        path, (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=1, quality=8
+    )
+    writer.send(None)
+    for frame in frames:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+
+
+def log_video(writer, tag: str, frames: np.ndarray, step: int, fps: int) -> None:
+    """An animated GIF in TensorBoard's image tab (W&B picks it up through tensorboard sync)."""
+    from PIL import Image
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    images = [Image.fromarray(f[::2, ::2]) for f in frames]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    height, width = frames.shape[1] // 2, frames.shape[2] // 2
+    image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=buffer.getvalue())
+    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data-parallel ranks (torchrun)
+# ---------------------------------------------------------------------------------------------
+def setup_ranks(args) -> tuple[int, torch.device]:
+    """(rank, device); under torchrun, joins the process group (NCCL on CUDA, gloo on CPU)."""
+    args.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available() and args.cuda
+    if args.world_size == 1:
+        return 0, torch.device("cuda" if cuda else "cpu")
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return rank, device
+
+
+def average_gradients(parameters: list[torch.nn.Parameter], world_size: int) -> None:
+    """All-reduce the gradients as one flat buffer and divide by the number of ranks."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    flat = torch.cat([g.flatten() for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def gather(value, world_size: int) -> list:
+    """Every rank's value, on every rank (a list of one without torchrun)."""
+    if world_size == 1:
+        return [value]
+    values = [None] * world_size
+    dist.all_gather_object(values, value)
+    return values
+
+
+def agree(flag: bool, world_size: int, device: torch.device) -> bool:
+    """True on every rank if it is true on any rank (decisions that all ranks must take together)."""
+    if world_size == 1:
+        return bool(flag)
+    tensor = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
+def format_duration(seconds: float) -> str:
+    if not np.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def checked_tensor(value: Any, like: torch.Tensor, field: str) -> torch.Tensor:
+    """A tensor read from a checkpoint, refused unless it has the shape and kind of `like`."""
+    if (
+        not isinstance(value, torch.Tensor)
+        or value.shape != like.shape
+        or value.dtype.is_floating_point != like.dtype.is_floating_point
+        or (value.dtype == torch.bool) != (like.dtype == torch.bool)
+    ):
+        described = f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"{field} is {described}, expected {like.dtype} {tuple(like.shape)}")
+    return value.to(like.device, like.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress and failures
+# ---------------------------------------------------------------------------------------------
+class Heartbeat:
+    """Prints what the run is doing every `every` seconds while one phase lasts longer than that,
+    so a long first iteration (a CPU, a large rollout) is never silent."""
+
+    def __init__(self, enabled: bool = True, every: float = 10.0):
+        self.enabled, self.every = enabled, every
+        self.label, self.started, self.timer = None, 0.0, None
+
+    def phase(self, label: str | None) -> None:
+        self.stop()
+        self.label, self.started = label, time.time()
+        if self.enabled and label is not None:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        self.timer = threading.Timer(self.every, self._beat)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def _beat(self) -> None:
+        print(f"  ... {self.label} ({format_duration(time.time() - self.started)})", flush=True)
+        self._schedule()
+
+    def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+def last_checkpoint_note(checkpoint_path: str, kind: str = "") -> str:
+    """Where to resume from (or that there is nothing to resume yet)."""
+    if os.path.exists(checkpoint_path):
+        return f"resume from the last {kind}checkpoint with --resume {checkpoint_path}"
+    return "no checkpoint was written yet"
+
+
+def crash_report(error: Exception, run_folder: str, iteration: int, checkpoint_path: str) -> str:
+    """One line for an unexpected exception; the full traceback goes to `run_folder/error.log`."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"the disk is full ({error}) in or near {run_folder}; {last_checkpoint_note(checkpoint_path)} after freeing space"
+    log = os.path.join(run_folder, "error.log")
+    try:
+        with open(log, "a") as f:
+            traceback.print_exception(error, file=f)
+        where = f"traceback in {log}"
+    except OSError:
+        where = "the traceback could not be written"
+    first_line = (str(error).strip().splitlines() or [""])[0][:300]
+    return (
+        f"training stopped in iteration {iteration} by {type(error).__name__}: {first_line} ({where}); "
+        f"{last_checkpoint_note(checkpoint_path)}"
+    )
