@@ -547,6 +547,7 @@ def load_rank_state(state: dict, envs, ro: Rollout, stats: EpisodeStats, device)
 # Training
 # ---------------------------------------------------------------------------------------------
 def check_args(args: Args) -> None:
+    plain_name(args.exp_name, "--exp-name")  # it names the run folder and the model file
     if args.sequence_length == 0 or args.sequence_length < -1:
         fail(f"--sequence-length must be -1 (whole fragments) or >= 1, got {args.sequence_length}")
     if args.total_timesteps < args.num_envs * args.num_steps * args.world_size:

@@ -644,6 +644,7 @@ def load_rank_state(state: dict, envs, ro: Rollout, stats: EpisodeStats, device)
 # Training
 # ---------------------------------------------------------------------------------------------
 def check_args(args: Args) -> None:
+    plain_name(args.exp_name, "--exp-name")  # it names the run folder and the model file
     if args.num_steps % args.num_minibatches != 0:
         fail(f"--num-minibatches ({args.num_minibatches}) must divide --num-steps ({args.num_steps})")
     if args.trxl_memory_length < 1:

@@ -263,13 +263,14 @@ def plain_name(name: Any, what: str) -> str:
     return name
 
 
-def create_run_folder(env_id: str, exp_name: str, seed: int, root: str = RUNS_ROOT) -> str:
+def create_run_folder(env_id: str, exp_name: str, seed: int, root: str = RUNS_ROOT, started: float | None = None) -> str:
     """Create `root/{env_id}__{exp_name}__{seed}__{time}` exclusively and return its name.
 
     Two runs that start in the same second (a sweep, a job array, a shared file system) get
     `...__{time}` and `...__{time}-2`: the folder is claimed by one atomic mkdir."""
     os.makedirs(root, exist_ok=True)
-    base = f"{env_id.replace('/', '-').replace(':', '-')}__{exp_name}__{seed}__{int(time.time())}"
+    started = time.time() if started is None else started
+    base = f"{env_id.replace('/', '-').replace(':', '-')}__{exp_name}__{seed}__{int(started)}"
     for attempt in range(1, 10_000):
         name = base if attempt == 1 else f"{base}-{attempt}"
         try:

@@ -1,0 +1,300 @@
+"""Files are data: tampered checkpoints and models run no code and write nowhere they name;
+run folders never collide; a crash or a full disk loses at most the work since the last checkpoint."""
+
+from __future__ import annotations
+
+import errno
+import glob
+import os
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import ppo_gru
+import ppo_trxl
+import run_utils
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = {
+    ppo_trxl: dict(trxl_dim=16, trxl_num_heads=2, trxl_num_layers=1, trxl_memory_length=4),
+    ppo_gru: dict(gru_hidden_size=16, embed_dim=16, hidden_dim=16),
+}
+SCRIPTS = pytest.mark.parametrize("script", [ppo_trxl, ppo_gru], ids=["trxl", "gru"])
+TINY = dict(env_id="ProofOfMemory-v0", num_envs=2, num_steps=8, num_minibatches=2, update_epochs=1, cuda=False)
+MARKER_MODULE = "planted_helpers"
+
+
+def tiny_args(script, **overrides):
+    return script.Args(**{**TINY, **SMALL[script], **overrides})
+
+
+def trained(script, tmp_path, monkeypatch, **overrides) -> tuple[str, str]:
+    """(checkpoint, saved model) of a tiny run inside tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    script.train(tiny_args(script, total_timesteps=16, save_model=True, **overrides))
+    (checkpoint,) = glob.glob("runs/*/checkpoint.pt")
+    (model,) = glob.glob("runs/*/*.cleanrl_model")
+    return checkpoint, model
+
+
+def tampered(path: str, out: str, edit) -> str:
+    data = torch.load(path, weights_only=True)
+    edit(data)
+    torch.save(data, out)
+    return out
+
+
+def plant_module(folder) -> str:
+    """A module next to the files that, if ever imported, leaves a marker file."""
+    marker = os.path.join(str(folder), "IMPORTED")
+    (folder / f"{MARKER_MODULE}.py").write_text(f"open({marker!r}, 'w').write('ran')\n")
+    return marker
+
+
+def run_script(*command, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *command], cwd=cwd, capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"})
+
+
+@SCRIPTS
+def test_a_module_named_in_a_file_is_never_imported(script, tmp_path, monkeypatch):
+    checkpoint, model = trained(script, tmp_path, monkeypatch)
+    marker = plant_module(tmp_path)
+    name = script.__name__
+
+    def planted_env(data):
+        data["args"]["env_id"] = f"{MARKER_MODULE}:ProofOfMemory-v0"
+
+    bad_checkpoint = tampered(checkpoint, "env-checkpoint.pt", planted_env)
+    bad_model = tampered(model, "env-model.cleanrl_model", planted_env)
+    result = run_script(os.path.join(ROOT, f"{name}.py"), "--resume", bad_checkpoint, cwd=tmp_path)
+    assert result.returncode != 0 and "--env-id planted_helpers:ProofOfMemory-v0" in result.stderr
+    result = run_script(os.path.join(ROOT, "enjoy.py"), bad_model, "--no-video", cwd=tmp_path)
+    assert result.returncode != 0 and "--env-id planted_helpers:ProofOfMemory-v0" in result.stderr
+
+    def planted_algorithm(data):
+        data["algorithm"] = MARKER_MODULE
+
+    def planted_format(data):
+        data["format"] = f"{MARKER_MODULE}-checkpoint-1"
+
+    result = run_script(os.path.join(ROOT, "enjoy.py"), tampered(model, "a.cleanrl_model", planted_algorithm),
+                        "--no-video", cwd=tmp_path)
+    assert result.returncode != 0 and "neither a saved model nor a checkpoint" in result.stderr
+    for command in (["enjoy.py"], [f"{name}.py", "--resume"]):
+        result = run_script(os.path.join(ROOT, command[0]), *command[1:], tampered(checkpoint, "f.pt", planted_format),
+                            *(["--no-video"] if command[0] == "enjoy.py" else []), cwd=tmp_path)
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert not os.path.exists(marker)
+
+
+@SCRIPTS
+def test_the_user_can_allow_a_stored_module_env_id_by_naming_it(script, tmp_path, monkeypatch):
+    checkpoint, _ = trained(script, tmp_path, monkeypatch)
+    marker = plant_module(tmp_path)
+    moved = tampered(checkpoint, "moved.pt", lambda d: d["args"].update(env_id=f"{MARKER_MODULE}:ProofOfMemory-v0"))
+    args = script.parse_args(["--resume", moved, "--env-id", f"{MARKER_MODULE}:ProofOfMemory-v0"])
+    assert args.env_id == f"{MARKER_MODULE}:ProofOfMemory-v0"
+    assert not os.path.exists(marker)  # parsing alone imports nothing; the env is built when training starts
+
+
+@SCRIPTS
+@pytest.mark.parametrize("run_name", ["../escaped", "/tmp/absolute-run", "a/b", ".."])
+def test_path_like_run_and_experiment_names_are_refused(script, run_name, tmp_path, monkeypatch):
+    checkpoint, model = trained(script, tmp_path, monkeypatch)
+    before = set(os.listdir(tmp_path.parent))
+    bad = tampered(checkpoint, "bad.pt", lambda d: d["args"].update(run_name=run_name))
+    with pytest.raises(SystemExit, match="run_name .* is not a plain folder name"):
+        script.parse_args(["--resume", bad])
+    bad = tampered(checkpoint, "bad-exp.pt", lambda d: d["args"].update(exp_name=run_name))
+    with pytest.raises(SystemExit, match="--exp-name .* is not a plain folder name"):
+        script.train(script.parse_args(["--resume", bad]))
+    bad_model = tampered(model, "bad.cleanrl_model", lambda d: d["args"].update(run_name=run_name))
+    result = run_script(os.path.join(ROOT, "enjoy.py"), bad_model, "--episodes", "1", cwd=tmp_path)
+    assert result.returncode != 0 and "not a plain folder name" in result.stderr
+    assert set(os.listdir(tmp_path.parent)) == before  # nothing written beside the test's own folder
+    assert len(os.listdir("runs")) == 1 and not os.path.exists("videos")
+    assert not os.path.exists("/tmp/absolute-run") and not os.path.exists(tmp_path.parent / "escaped")
+
+
+@SCRIPTS
+def test_tracking_settings_come_from_the_command_line_only(script, tmp_path, monkeypatch):
+    checkpoint, _ = trained(script, tmp_path, monkeypatch)
+    bad = tampered(checkpoint, "tracked.pt", lambda d: d["args"].update(track=True, wandb_entity="someone-else",
+                                                                          wandb_project_name="their-project"))
+    args = script.parse_args(["--resume", bad])
+    assert args.track is False and args.wandb_entity is None and args.wandb_project_name == script.Args().wandb_project_name
+
+
+@SCRIPTS
+@pytest.mark.parametrize("field, value, message", [
+    ("num_envs", "2", "num_envs must be an integer"),
+    ("precision", "float16", "precision must be one of"),
+    ("no_such_field", 1, "unknown key 'no_such_field'"),
+])
+def test_checkpoint_args_are_checked_like_a_preset(script, field, value, message, tmp_path, monkeypatch):
+    checkpoint, _ = trained(script, tmp_path, monkeypatch)
+    bad = tampered(checkpoint, "typed.pt", lambda d: d["args"].update({field: value}))
+    with pytest.raises(SystemExit, match=message):
+        script.parse_args(["--resume", bad])
+
+
+@SCRIPTS
+def test_damaged_parts_of_a_checkpoint_are_named(script, tmp_path, monkeypatch):
+    checkpoint, model = trained(script, tmp_path, monkeypatch)
+
+    def wrong_shape(data):
+        data["ranks"][0]["next_obs"] = [None if part is None else torch.zeros(7, 7) for part in data["ranks"][0]["next_obs"]]
+
+    bad = tampered(checkpoint, "shape.pt", wrong_shape)
+    with pytest.raises(SystemExit, match="is damaged .*next_obs"):
+        script.train(script.parse_args(["--resume", bad, "--total-timesteps", "32"]))
+    bad = tampered(checkpoint, "norng.pt", lambda d: d["ranks"][0].pop("rng"))
+    with pytest.raises(SystemExit, match="is damaged .*'rng'"):
+        script.train(script.parse_args(["--resume", bad, "--total-timesteps", "32"]))
+    bad_model = tampered(model, "weights.cleanrl_model", lambda d: d["args"].update(num_envs=2) or d["model_weights"].popitem())
+    result = run_script(os.path.join(ROOT, "enjoy.py"), bad_model, "--no-video", cwd=tmp_path)
+    assert result.returncode != 0 and "weights do not match the model its args describe" in result.stderr
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty"),
+    (b"just some text\n", "not a PyTorch zip archive"),
+    (None, "is a directory"),
+    ("truncated", "is truncated, damaged or not a"),
+])
+def test_bad_files_get_one_line(content, message, tmp_path, monkeypatch):
+    checkpoint, _ = trained(ppo_gru, tmp_path, monkeypatch)
+    target = tmp_path / "file.pt"
+    if content is None:
+        target = tmp_path / "folder.pt"
+        target.mkdir()
+    elif content == "truncated":
+        data = open(checkpoint, "rb").read()
+        target.write_bytes(data[: len(data) // 3])
+    else:
+        target.write_bytes(content)
+    for command in (["ppo_gru.py", "--resume", str(target)], ["ppo_trxl.py", "--resume", str(target)], ["enjoy.py", str(target)]):
+        result = run_script(os.path.join(ROOT, command[0]), *command[1:], cwd=tmp_path)
+        assert result.returncode != 0
+        assert message in result.stderr and str(target) in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "weights_only" not in result.stderr
+    result = run_script(os.path.join(ROOT, "ppo_trxl.py"), "--resume", checkpoint, cwd=tmp_path)
+    assert result.returncode != 0 and "is a ppo_gru checkpoint; resume it with `python ppo_gru.py" in result.stderr
+
+
+@SCRIPTS
+def test_runs_started_in_the_same_second_get_their_own_folders(script, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    same_second = run_utils.create_run_folder
+    monkeypatch.setattr(script, "create_run_folder", lambda *a, **k: same_second(*a, started=1_700_000_000.5, **k))
+    for _ in range(2):
+        script.train(tiny_args(script, total_timesteps=16, save_model=True))
+    folders = sorted(os.listdir("runs"))
+    prefix = f"ProofOfMemory-v0__{script.__name__}__1__1700000000"
+    assert folders == [prefix, f"{prefix}-2"]
+    for folder in folders:
+        files = os.listdir(os.path.join("runs", folder))
+        assert "checkpoint.pt" in files and f"{script.__name__}.cleanrl_model" in files
+        assert len([f for f in files if f.startswith("events.out.tfevents")]) == 1
+
+
+def test_concurrent_processes_claim_distinct_folders(tmp_path):
+    code = "import run_utils; print(run_utils.create_run_folder('Env-v0', 'exp', 1, started=1_700_000_000.0))"
+    processes = [subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.PIPE, text=True,
+                                  env={**os.environ, "PYTHONPATH": ROOT}) for _ in range(4)]
+    names = [p.communicate(timeout=120)[0].strip() for p in processes]
+    assert len(set(names)) == 4 and all(n.startswith("Env-v0__exp__1__1700000000") for n in names)
+    assert sorted(os.listdir(tmp_path / "runs")) == sorted(names)
+
+
+class FailingEnv(gym.Env):
+    """A vector-observation env that raises after a number of steps (a bug in a user's env)."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+    steps = 0
+    fail_after = 10**9
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        FailingEnv.steps += 1
+        if FailingEnv.steps > FailingEnv.fail_after:
+            raise RuntimeError("the simulator lost its connection")
+        return np.zeros(3, np.float32), 0.0, FailingEnv.steps % 5 == 0, False, {}
+
+
+@SCRIPTS
+def test_an_exception_in_training_leaves_a_checkpoint_to_resume_from(script, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    if "FailingEnv-v0" not in gym.registry:
+        gym.register("FailingEnv-v0", entry_point=FailingEnv)
+    FailingEnv.steps, FailingEnv.fail_after = 0, 2 * 8 * 2 + 3  # in the third iteration
+    args = tiny_args(script, env_id="FailingEnv-v0", total_timesteps=16 * 5)
+    with pytest.raises(SystemExit) as stopped:
+        script.train(args)
+    message = str(stopped.value)
+    assert "training stopped in iteration 3 by RuntimeError: the simulator lost its connection" in message
+    (checkpoint,) = glob.glob("runs/*/checkpoint.pt")
+    assert f"--resume {checkpoint}" in message and "error.log" in message
+    assert "Traceback" in open(glob.glob("runs/*/error.log")[0]).read()
+    assert torch.load(checkpoint, weights_only=True)["iteration"] == 1  # the first iteration's checkpoint
+    FailingEnv.fail_after = 10**9
+    history = script.train(script.parse_args(["--resume", checkpoint]))
+    assert [h["global_step"] for h in history] == [32, 48, 64, 80]
+
+
+@SCRIPTS
+def test_a_full_disk_is_reported_and_keeps_the_previous_checkpoint(script, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    real_open, writes = open, {"count": 0}
+
+    class FullDisk:
+        """A file that takes a few bytes, then reports no space left (as a full disk does)."""
+
+        def __init__(self, path):
+            self.file = real_open(path, "wb")
+
+        def write(self, data):
+            self.file.write(bytes(data)[:100])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+    def open_filling_up(path, mode="r", *rest, **kwargs):
+        if str(path).endswith(".tmp"):
+            writes["count"] += 1
+            if writes["count"] >= 2:  # the first checkpoint fits; the second does not
+                return FullDisk(path)
+        return real_open(path, mode, *rest, **kwargs)
+
+    monkeypatch.setattr(run_utils, "open", open_filling_up, raising=False)
+    with pytest.raises(SystemExit, match=r"the disk is full: cannot write runs/.*checkpoint\.pt .*no partial file was left"):
+        script.train(tiny_args(script, total_timesteps=16 * 4, checkpoint_interval=1))
+    (folder,) = glob.glob("runs/*")
+    assert sorted(f for f in os.listdir(folder) if not f.startswith("events")) == ["checkpoint.pt"]
+    assert torch.load(os.path.join(folder, "checkpoint.pt"), weights_only=True)["iteration"] == 1
+    monkeypatch.setattr(run_utils, "open", real_open, raising=False)
+    history = script.train(script.parse_args(["--resume", os.path.join(folder, "checkpoint.pt")]))
+    assert [h["global_step"] for h in history] == [32, 48, 64]
+
+
+def test_save_atomically_flushes_before_it_replaces(tmp_path, monkeypatch):
+    order = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(run_utils.os, "fsync", lambda fd: order.append("fsync") or real_fsync(fd))
+    monkeypatch.setattr(run_utils.os, "replace", lambda a, b: order.append("replace") or real_replace(a, b))
+    run_utils.save_atomically({"x": torch.ones(3)}, str(tmp_path / "c.pt"))
+    assert order == ["fsync", "replace", "fsync"]  # the file, the rename, then the folder
+    assert torch.equal(torch.load(tmp_path / "c.pt", weights_only=True)["x"], torch.ones(3))
