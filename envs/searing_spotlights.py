@@ -200,7 +200,7 @@ class AtlasState(Field):
                 raise ctx.refuse(where, f"must be [kind, scale] with kind one of {', '.join(_SPRITE_SCALES)}")
             scale = Value(float).load(item[1], None, f"{where}[1]", ctx)
             if not _SPRITE_SCALES[item[0]](scale):
-                raise ctx.refuse(f"{where}[1]", f"is {scale}, not a scale of a {item[0]} sprite")
+                raise ctx.refuse(f"{where}[1]", f"is {scale}, not a scale allowed for {item[0]} sprites")
             keys.append((item[0], scale))
         if keys[0] != ("exit", 0.5) or len(set(keys)) != len(keys):
             raise ctx.refuse(path, "must start with the exit and register each sprite once")

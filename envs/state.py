@@ -68,7 +68,7 @@ def _shown(key: Any) -> str:
 
 def _check_keys(data: Any, expected: list[str], path: str, ctx: Context, what: str = "field") -> None:
     if type(data) is not dict:
-        raise ctx.refuse(path or "<root>", f"holds a {type(data).__name__}, expected a dict")
+        raise ctx.refuse(path or "<root>", f"has type {type(data).__name__}, expected a dict")
     for key in data:
         if key not in expected:
             raise ctx.refuse(_join(path, _shown(key)), f"is not a {what} of this environment's state")
@@ -118,18 +118,17 @@ class Array(Field):
         dtypes = self.dtypes or (live.dtype,)
         expected = " or ".join(str(d) for d in dtypes)
         if type(data) is not torch.Tensor:
-            raise ctx.refuse(path, f"holds a {type(data).__name__}, expected a tensor of {expected}")
+            raise ctx.refuse(path, f"has type {type(data).__name__}, expected a tensor of {expected}")
         if data.layout != torch.strided or data.device.type != "cpu" or data.requires_grad:
             raise ctx.refuse(path, "must be a plain CPU tensor")
         dtype = _numpy_dtypes().get(data.dtype)
         if dtype not in dtypes:
             raise ctx.refuse(path, f"has dtype {data.dtype if dtype is None else dtype}, expected {expected}")
         shape = tuple(data.shape)
-        if len(shape) != live.ndim or any(
-            size != want and not (axis == self.grow and size >= 1) for axis, (size, want) in enumerate(zip(shape, live.shape))
-        ):
-            want = tuple("any" if axis == self.grow else size for axis, size in enumerate(live.shape))
-            raise ctx.refuse(path, f"has shape {shape}, expected {want}".replace("'", ""))
+        want = ["any" if axis == self.grow else str(size) for axis, size in enumerate(live.shape)]
+        fits = [size >= 1 if w == "any" else str(size) == w for size, w in zip(shape, want)]
+        if len(shape) != live.ndim or not all(fits):
+            raise ctx.refuse(path, f"has shape {shape}, expected ({', '.join(want)}{',' if len(want) == 1 else ''})")
         return data.numpy().copy()
 
 
@@ -146,7 +145,7 @@ class Value(Field):
     def load(self, data: Any, live: Any, path: str, ctx: Context) -> Any:
         if type(data) not in self.types:
             names = " or ".join("None" if t is type(None) else t.__name__ for t in self.types)
-            raise ctx.refuse(path, f"holds a {type(data).__name__}, expected {names}")
+            raise ctx.refuse(path, f"has type {type(data).__name__}, expected {names}")
         if data is not None and not (
             (self.low is None or data >= self.low) and (self.high is None or data <= self.high)
         ):
@@ -180,7 +179,7 @@ class ListOf(Field):
 
     def load(self, data: Any, live: Any, path: str, ctx: Context) -> list:
         if type(data) is not list:
-            raise ctx.refuse(path, f"holds a {type(data).__name__}, expected a list")
+            raise ctx.refuse(path, f"has type {type(data).__name__}, expected a list")
         if self.per_env and len(data) != ctx.num_envs:
             raise ctx.refuse(path, f"has {len(data)} items, expected one per env ({ctx.num_envs})")
         lives = live if isinstance(live, list) and len(live) == len(data) else [_MISSING] * len(data)
@@ -231,7 +230,10 @@ class BitState(Field):
             raise ctx.refuse(f"{path}.bit_generator", f"is {_shown(name)!r}, allowed: {', '.join(_BIT_GENERATORS)}")
         words = _STATE_WORDS[name]
         _check_keys(data["state"], list(words), f"{path}.state", ctx)
-        state = {w: Value(int, low=0, high=2**bits - 1).load(data["state"][w], None, f"{path}.state.{w}", ctx) for w, bits in words.items()}
+        state = {
+            word: Value(int, low=0, high=2**bits - 1).load(data["state"][word], None, f"{path}.state.{word}", ctx)
+            for word, bits in words.items()
+        }
         has_uint32 = Value(int, low=0, high=1).load(data["has_uint32"], None, f"{path}.has_uint32", ctx)
         uinteger = Value(int, low=0, high=2**32 - 1).load(data["uinteger"], None, f"{path}.uinteger", ctx)
         return {"bit_generator": name, "state": state, "has_uint32": has_uint32, "uinteger": uinteger}
@@ -344,7 +346,8 @@ class Obj(Field):
                 size = values[name].shape[field.grow]
                 first, want = groups.setdefault(field.group, (name, size))
                 if size != want:
-                    raise ctx.refuse(_join(path, name), f"has {size} {field.group}, but '{_join(path, first)}' has {want}")
+                    other = _join(path, first)
+                    raise ctx.refuse(_join(path, name), f"has {size} {field.group}, but '{other}' has {want}")
         return values
 
     def assign(self, holder: Any, key: Any, live: Any, value: dict, ctx: Context) -> None:
@@ -366,6 +369,8 @@ def restore_state(game: Any, state: Any) -> None:
     """Check `state` against the game's declaration and its live attributes, then restore it;
     refused with `ValueError` naming the field, the game left unchanged."""
     ctx = Context(game)
+    if type(state) is not dict or "fields" not in state:
+        raise ValueError(f"{game.env_id}: the saved env state has no declared fields (written by an older version?)")
     _check_keys(state, ["env_id", "fields"], "", ctx)
     if state["env_id"] != game.env_id:
         raise ctx.refuse("env_id", f"is {_shown(state['env_id'])!r}: the state of another environment")
