@@ -19,7 +19,6 @@ values raise `ValueError` naming them.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -27,6 +26,8 @@ import numpy as np
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
+
+from envs.state import Derived, Field, ListOf, Rng, restore_state, save_state
 
 RENDER_MODES = ["rgb_array", "debug_rgb_array"]
 
@@ -108,16 +109,21 @@ class BatchedGame:
         self.check_params(params)
         return params
 
+    state_fields: ClassVar[dict[str, Field]] = {"num_envs": Derived(), "rngs": ListOf(Rng(), per_env=True)}
+    """What `get_state` saves, per attribute (see `envs.state`); subclasses add theirs."""
+
     def get_state(self) -> dict[str, Any]:
-        """Every attribute of the game as tensors and plain values (for checkpoints loadable with
+        """The declared `state_fields` as tensors and plain values (for checkpoints loadable with
         `torch.load(weights_only=True)`): restoring it with `set_state` continues bit for bit."""
-        return {name: _to_state(value, name) for name, value in vars(self).items()}
+        return save_state(self)
 
     def set_state(self, state: dict[str, Any]) -> None:
-        if state.keys() != vars(self).keys():
-            raise ValueError(f"{self.env_id}: the saved env state does not match this environment")
-        for name, value in state.items():
-            setattr(self, name, _from_state(value))
+        """Restore a `get_state` result into this game (reset with the same parameters); a state
+        that does not match the declaration is refused with `ValueError` naming the field."""
+        restore_state(self, state)
+
+    def check_state(self, fields: dict[str, Any]) -> None:
+        """Raise `ValueError` (`envs.state.state_error`) if checked fields do not fit together."""
 
     def seed(self, seed: int | list[int | None] | None) -> None:
         """`int`: env i gets seed + i; list: one seed per env; `None`: keep the current generators."""
@@ -136,72 +142,6 @@ def _checked_render_mode(render_mode: str | None) -> str | None:
     if render_mode not in (None, *RENDER_MODES):
         raise ValueError(f"unknown render_mode {render_mode!r}; choose from {RENDER_MODES}")
     return render_mode
-
-
-def _to_state(value: Any, name: str) -> Any:
-    """Encode a game attribute with tensors, tags and plain containers only."""
-    import torch
-
-    if isinstance(value, np.ndarray):
-        if value.dtype == object:
-            return {"__objects__": [_to_state(v, name) for v in value.ravel()], "shape": list(value.shape)}
-        if value.dtype.kind in "biuf":
-            return {"__array__": torch.from_numpy(np.ascontiguousarray(value).copy())}
-        # Other dtypes (e.g. packed pixels as void) travel as raw bytes plus their .npy description.
-        raw = np.frombuffer(np.ascontiguousarray(value).tobytes(), dtype=np.uint8).copy()
-        return {"__bytes__": torch.from_numpy(raw), "dtype": np.lib.format.dtype_to_descr(value.dtype), "shape": list(value.shape)}
-    if isinstance(value, np.generic):
-        return {"__scalar__": value.dtype.str, "value": value.item()}
-    if isinstance(value, np.random.Generator):
-        return {"__rng__": value.bit_generator.state}
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)):
-        items = [_to_state(v, name) for v in value]
-        return {"__tuple__": items} if isinstance(value, tuple) else items
-    if isinstance(value, dict):
-        return {"__dict__": [[_to_state(k, name), _to_state(v, name)] for k, v in value.items()]}
-    if type(value).__module__.startswith("envs.") and hasattr(value, "__dict__"):
-        cls = type(value)
-        attrs = {key: _to_state(v, f"{name}.{key}") for key, v in vars(value).items()}
-        return {"__object__": f"{cls.__module__}:{cls.__qualname__}", "attrs": attrs}
-    raise TypeError(f"env state attribute {name!r} holds a {type(value).__name__}, which cannot be saved")
-
-
-def _from_state(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_from_state(v) for v in value]
-    if not isinstance(value, dict):
-        return value
-    if "__array__" in value:
-        return value["__array__"].numpy().copy()
-    if "__bytes__" in value:
-        dtype = np.lib.format.descr_to_dtype(value["dtype"])
-        return np.frombuffer(value["__bytes__"].numpy().tobytes(), dtype=dtype).reshape(value["shape"]).copy()
-    if "__objects__" in value:
-        array = np.empty(len(value["__objects__"]), dtype=object)
-        array[:] = [_from_state(v) for v in value["__objects__"]] or array
-        return array.reshape(value["shape"])
-    if "__scalar__" in value:
-        return np.dtype(value["__scalar__"]).type(value["value"])
-    if "__rng__" in value:
-        rng = np.random.Generator(getattr(np.random, value["__rng__"]["bit_generator"])())
-        rng.bit_generator.state = value["__rng__"]
-        return rng
-    if "__tuple__" in value:
-        return tuple(_from_state(v) for v in value["__tuple__"])
-    if "__object__" in value:
-        # Only classes of this package are rebuilt, so a saved state cannot name arbitrary code.
-        module, qualname = value["__object__"].split(":")
-        if not module.startswith("envs."):
-            raise ValueError(f"saved env state names a class outside envs: {value['__object__']}")
-        cls = importlib.import_module(module)
-        for part in qualname.split("."):
-            cls = getattr(cls, part)
-        obj = cls.__new__(cls)
-        obj.__dict__.update({key: _from_state(v) for key, v in value["attrs"].items()})
-        return obj
-    return {_from_state(k): _from_state(v) for k, v in value["__dict__"]}
 
 
 def _first(value: Any) -> Any:

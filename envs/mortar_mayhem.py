@@ -29,6 +29,7 @@ import numpy as np
 
 from envs.agent import AgentPainter, continuous_step, grid_step, wrap_step
 from envs.core import BatchedGame
+from envs.state import Array, Derived, Value, arrays, state_error
 from envs.raster import Sprite, SpriteSheet, blit, disk_offsets, offsets_mask, upscale
 from envs.sprites import COMMAND_SPRITES, agent_radius, agent_sprites, tile
 
@@ -282,6 +283,25 @@ class MortarMayhemGame(BatchedGame):
         "reward_episode_success": 0.0,
     }
 
+    state_fields = BatchedGame.state_fields | {
+        "all_envs": Derived(),
+        "everyone": Derived(),
+        **arrays(
+            "arena_size", "origin", "allowed", "num_commands", "show_duration", "show_period", "stay_steps",
+            "reach_steps", "visual_feedback", "reward_success", "reward_failure", "reward_episode", "speed", "scale",
+            "radius", "max_steps",
+        ),
+        "commands": Array(grow=1),  # its width grows with the longest sequence
+        **arrays(
+            "vector", "cx", "cy", "rotation", "cell_x", "cell_y", "target_x", "target_y", "ground_truth",
+            "current", "command_steps", "verify_steps", "tiles_on", "success", "completed_total", "t",
+            "episode_return", "show_pos", "show_len", "show_first", "debug_pos", "drawn_valid", "drawn_live",
+            "drawn_rotation", "drawn_scale", "drawn_x", "drawn_y", "arena", "screen",
+        ),
+        "painter": Derived(),  # sprite sheets packed per scale on demand
+        "single_scale": Value(float, None),
+    }  # fmt: skip
+
     def __init__(self, num_envs: int):
         super().__init__(num_envs)
         n = num_envs
@@ -385,6 +405,11 @@ class MortarMayhemGame(BatchedGame):
         for name in ("reward_command_failure", "reward_command_success", "reward_episode_success"):
             if name in params and not _is_real(params[name]):
                 raise ValueError(f"{env_id}: {name} must be a finite real number, got {params[name]!r}")
+
+    def check_state(self, fields: dict[str, Any]) -> None:
+        single = fields["single_scale"]
+        if single is not None and (fields["scale"] != single).any():
+            raise state_error(self.env_id, "single_scale", f"is {single}, but not every env has that agent scale")
 
     # ---- reset -----------------------------------------------------------------------------
     def reset_envs(self, idx: np.ndarray, params: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ import gymnasium as gym
 import numpy as np
 
 from envs.core import BatchedGame
+from envs.state import arrays
 
 SCREEN = 84
 # One colour and one square position per cue, so the cue is told apart by colour and place.
@@ -33,6 +34,7 @@ class ProofOfMemoryGame(BatchedGame):
     action_space = gym.spaces.Discrete(num_cues)
     defaults = {"min_delay": 1, "max_delay": 4}
     render_fps = 4
+    state_fields = BatchedGame.state_fields | arrays("cue", "delay", "t", "episode_return")
 
     def __init__(self, num_envs: int):
         super().__init__(num_envs)
