@@ -13,8 +13,8 @@ When all runs are done, `{out}/{name}/` gets `command.txt` (the exact command), 
 `.json` (one row per env and configuration: final and best return, mean +- standard error across seeds,
 environment steps, wall time, steps per second; a failed run is listed with the last error line of its log)
 and learning curves through plot.py, against environment steps and against wall time. The return is the
-held-out evaluation (`eval/return_mean`) where every run of a row logged it, else the training episodes'
-(`charts/episodic_return`; the reference's `episode/r_mean` is read as such).
+held-out evaluation (`eval/return_mean`) where every run of a row logged it, else (or with `--source training`)
+the training episodes' (`charts/episodic_return`; the reference's `episode/r_mean` is read as such).
 
     python benchmarks/learning.py --name pom --env-ids ProofOfMemory-v0 --scripts ppo_trxl ppo_gru \\
         --seeds 1 2 3 --total-timesteps 50000 --flags="--no-cuda"
@@ -320,14 +320,14 @@ def mean_and_se(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), se
 
 
-def summarise(results: list[dict]) -> list[dict]:
+def summarise(results: list[dict], source: str) -> list[dict]:
     """One row per (env, configuration), in grid order."""
     rows = []
     for key in dict.fromkeys((r["env"], r["config"]) for r in results):
         members = [r for r in results if (r["env"], r["config"]) == key]
         ok = [r for r in members if r["status"] == "ok"]
         # Evaluation returns only when every run has them: a row never mixes the two sources.
-        tag = EVAL_TAG if ok and all(EVAL_TAG in r["run"].scalars for r in ok) else TRAIN_TAG
+        tag = EVAL_TAG if source == "auto" and ok and all(EVAL_TAG in r["run"].scalars for r in ok) else TRAIN_TAG
         curves = [r["run"].scalars[tag][1] for r in ok if tag in r["run"].scalars]
         final, best = mean_and_se([float(c[-1]) for c in curves]), mean_and_se([float(c.max()) for c in curves])
         problems = [f"seed {r['seed']} {r['status']}" + (f" (exit code {r['returncode']})" if r["status"] == "failed" else "")
@@ -389,9 +389,9 @@ def plot_curves(results: list[dict], folder: str) -> list[str]:
     return written
 
 
-def report(specs: list[RunSpec], folder: str, command: str) -> list[str]:
+def report(specs: list[RunSpec], folder: str, command: str, source: str) -> list[str]:
     results = collect(specs)
-    rows = summarise(results)
+    rows = summarise(results, source)
     table = markdown(rows, command)
     with open(os.path.join(folder, "results.md"), "w") as f:
         f.write(table)
@@ -429,6 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--command", action="append", default=[],
                       help="another configuration, LABEL=TEMPLATE, with {env_id} {seed} {total_timesteps} and optionally "
                       "{env_kwargs} {label} {python} {root}; repeatable")
+    grid.add_argument("--source", choices=["auto", "training"], default="auto",
+                      help="the table's return: auto = held-out evaluation where every run of a row logged it, else "
+                      "training episodes; training = training episodes everywhere (compare with the reference, which "
+                      "does not evaluate)")
     grid.add_argument("--report-only", action="store_true", help="rebuild the table and plots of an existing results folder")
     run = parser.add_argument_group("where the runs go")
     run.add_argument("--executor", choices=["local", "slurm", "debug"], default="local",
@@ -457,7 +461,7 @@ def main(argv: list[str] | None = None) -> list[str]:
                 grid = json.load(f)
         except OSError:
             raise SystemExit(f"error: {folder} holds no grid.json: not a results folder of this benchmark")
-        written = report([RunSpec(**spec) for spec in grid["runs"]], folder, grid["command"])
+        written = report([RunSpec(**spec) for spec in grid["runs"]], folder, grid["command"], options.source)
         print("wrote " + ", ".join(written))
         return written
 
@@ -490,7 +494,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         run_local(specs, workers)
     else:
         run_submitit(specs, options, folder, options.executor)
-    written = report(specs, folder, command)
+    written = report(specs, folder, command, options.source)
     print("wrote " + ", ".join(written))
     return written
 
