@@ -34,6 +34,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -234,7 +235,7 @@ def run_submitit(specs: list[RunSpec], options, folder: str, cluster: str) -> No
     executor = submitit.AutoExecutor(folder=os.path.join(folder, "submitit"), cluster=cluster)
     executor.update_parameters(
         name=f"learning-{options.name}", timeout_min=options.slurm_time, cpus_per_task=options.slurm_cpus_per_task,
-        gpus_per_node=options.slurm_gpus_per_task, tasks_per_node=1, mem_gb=options.slurm_mem_gb,
+        gpus_per_node=options.slurm_gpus_per_task or None, tasks_per_node=1, mem_gb=options.slurm_mem_gb,
         slurm_partition=options.slurm_partition, slurm_array_parallelism=options.slurm_array_parallelism,
         slurm_setup=options.slurm_setup, slurm_additional_parameters=options.slurm_additional,
     )
@@ -461,7 +462,9 @@ def main(argv: list[str] | None = None) -> list[str]:
                 grid = json.load(f)
         except OSError:
             raise SystemExit(f"error: {folder} holds no grid.json: not a results folder of this benchmark")
-        written = report([RunSpec(**spec) for spec in grid["runs"]], folder, grid["command"], options.source)
+        # Run folders are stored relative to the results folder, so a copied folder (e.g. off a cluster) still reads.
+        specs = [RunSpec(**{**spec, "folder": os.path.join(folder, spec["folder"])}) for spec in grid["runs"]]
+        written = report(specs, folder, grid["command"], options.source)
         print("wrote " + ", ".join(written))
         return written
 
@@ -469,6 +472,9 @@ def main(argv: list[str] | None = None) -> list[str]:
         raise SystemExit("error: --total-timesteps must be given as a positive number of environment steps")
     if options.workers is not None and options.workers < 1 or options.threads is not None and options.threads < 1:
         raise SystemExit("error: --workers and --threads must be at least 1")
+    if options.executor == "slurm" and shutil.which("srun") is None:
+        raise SystemExit("error: --executor slurm needs a Slurm cluster (no srun on this machine); use --executor local, "
+                         "or debug to try the Slurm path here")
     if not isinstance(options.slurm_additional, dict):
         raise SystemExit("error: --slurm-additional must be a JSON object of sbatch parameters")
     specs = build_grid(options, folder)
@@ -486,7 +492,8 @@ def main(argv: list[str] | None = None) -> list[str]:
     command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]) if argv is None else ["benchmarks/learning.py", *argv])
     with open(os.path.join(folder, "command.txt"), "w") as f:
         f.write(f"cd {shlex.quote(os.getcwd())}\n{command}\n")
-    write_json(os.path.join(folder, "grid.json"), {"command": command, "runs": [asdict(spec) for spec in specs]})
+    runs = [{**asdict(spec), "folder": os.path.relpath(spec.folder, folder)} for spec in specs]
+    write_json(os.path.join(folder, "grid.json"), {"command": command, "runs": runs})
 
     where = f"{workers} worker(s) x {threads} thread(s)" if options.executor == "local" else options.executor
     print(f"{len(specs)} run(s) into {folder} ({where})", flush=True)

@@ -81,10 +81,11 @@ def test_local_grid_builds_table_and_curves_from_event_files(tmp_path, monkeypat
         assert png in written
         assert_valid_png(png)
 
-    # The table can be rebuilt from the folder alone.
-    os.remove(folder / "results.md")
-    learning.main(["--name", "tiny", "--out", str(tmp_path), "--report-only"])
-    assert (folder / "results.md").read_text() == markdown
+    # The table can be rebuilt from the folder alone, also once it has been moved.
+    os.rename(folder, tmp_path / "moved")
+    os.remove(tmp_path / "moved" / "results.md")
+    learning.main(["--name", "moved", "--out", str(tmp_path), "--report-only"])
+    assert (tmp_path / "moved" / "results.md").read_text() == markdown
 
 
 def test_failed_run_is_reported_with_its_error_line_through_the_submitit_path(tmp_path, monkeypatch):
@@ -141,3 +142,10 @@ def test_bad_grid_is_refused_with_one_line(tmp_path, flags, message):
     with pytest.raises(SystemExit, match="^error: .*" + message.replace("{", r"\{").replace("}", r"\}")):
         learning.main(["--name", "x", "--out", str(tmp_path), "--total-timesteps", "512", *flags])
     assert not os.path.exists(tmp_path / "x")  # refused before anything is written
+
+
+def test_slurm_executor_without_a_cluster_is_refused_with_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(learning.shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit, match="^error: --executor slurm needs a Slurm cluster"):
+        learning.main(["--name", "x", "--out", str(tmp_path), "--total-timesteps", "512", "--executor", "slurm"])
+    assert not os.path.exists(tmp_path / "x")
