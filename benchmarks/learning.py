@@ -141,6 +141,14 @@ def fill(template: list[str], values: dict[str, str]) -> list[str]:
     return out
 
 
+def split(text: str, what: str) -> list[str]:
+    """Shell words of a flag string, or a one-line error that names the option."""
+    try:
+        return shlex.split(text)
+    except ValueError as error:
+        raise SystemExit(f"error: {what} is not a valid shell command line ({error}): {text!r}")
+
+
 def configurations(options) -> list[tuple[str, list[str], str | None, bool]]:
     """(label, command template words, script name whose preset applies, takes reset parameters) per configuration."""
     configs = []
@@ -153,7 +161,7 @@ def configurations(options) -> list[tuple[str, list[str], str | None, bool]]:
         for variant, flags in variants:
             label = f"{name}-{variant}" if variant else name
             words = fill(shlex.split(OURS), {"python": options.python, "script": os.path.abspath(path)})
-            configs.append((label, words + shlex.split(options.flags) + shlex.split(flags), name, True))
+            configs.append((label, words + split(options.flags, "--flags") + split(flags, f"--variants {variant}"), name, True))
     if options.reference_script or options.reference_python:
         if not (options.reference_script and options.reference_python):
             raise SystemExit("error: the reference needs both --reference-python and --reference-script")
@@ -161,14 +169,15 @@ def configurations(options) -> list[tuple[str, list[str], str | None, bool]]:
             if not os.path.isfile(path):
                 raise SystemExit(f"error: {path} not found (set up the reference as benchmarks/README.md describes)")
         words = fill(shlex.split(REFERENCE), {"python": options.reference_python, "script": os.path.abspath(options.reference_script)})
-        configs.append(("reference", words + shlex.split(options.reference_flags), None, False))
+        configs.append(("reference", words + split(options.reference_flags, "--reference-flags"), None, False))
     for entry in options.command:
         label, _, template = entry.partition("=")
         missing = [p for p in REQUIRED if p not in template]
         if not label or missing:
             raise SystemExit(f"error: --command takes LABEL=TEMPLATE using {', '.join(REQUIRED)} (missing: "
                              f"{', '.join(missing) or 'the label'}), got {entry!r}")
-        configs.append((label, fill(shlex.split(template), {"python": options.python, "root": ROOT}), None, "{env_kwargs}" in template))
+        words = fill(split(template, f"--command {label}"), {"python": options.python, "root": ROOT})
+        configs.append((label, words, None, "{env_kwargs}" in template))
     labels = [label for label, *_ in configs]
     if not configs:
         raise SystemExit("error: nothing to run: give --scripts, --reference-script or --command")
@@ -195,6 +204,8 @@ def build_grid(options, folder: str) -> list[RunSpec]:
                           "total_timesteps": str(options.total_timesteps), "label": label}
                 run_folder = os.path.join(folder, "runs", file_name(f"{label}__{env}__{seed}"))
                 specs.append(RunSpec(label, env, seed, fill(words, values), run_folder, threads=1))
+    if len({spec.folder for spec in specs}) < len(specs):
+        raise SystemExit("error: the grid names a run twice: give each seed and each env once")
     return specs
 
 

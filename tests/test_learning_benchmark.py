@@ -137,6 +137,8 @@ def test_local_pool_never_oversubscribes_the_cores(monkeypatch):
     (["--scripts", "--command", "x=run {env_id} {seed} {total_timesteps}", "--env-ids", 'MortarMayhem-v0={"command_count": 5}'],
      "configuration x takes no reset parameters"),
     (["--reference-script", "/nonexistent/ppo_trxl.py"], "needs both --reference-python and --reference-script"),
+    (["--seeds", "1", "1"], "names a run twice"),
+    (["--flags=--env-kwargs '{}"], "--flags is not a valid shell command line"),
 ])
 def test_bad_grid_is_refused_with_one_line(tmp_path, flags, message):
     with pytest.raises(SystemExit, match="^error: .*" + message.replace("{", r"\{").replace("}", r"\}")):
