@@ -100,14 +100,21 @@ def has_event_files(path: str) -> bool:
     return any(name.startswith("events.out.tfevents") for name in os.listdir(path))
 
 
-def load_run(path: str) -> Run:
-    """Read every scalar of a run; repeated steps keep the last value, non-finite values are dropped."""
+def load_run(path: str, start_time: float | None = None) -> Run:
+    """Read every scalar of a run; repeated steps keep the last value, non-finite values are dropped.
+
+    With `start_time` (a unix time), each scalar is keyed by the wall-clock seconds since then instead of
+    by its environment step, so curves can be drawn against wall time."""
     match = RUN_NAME.match(os.path.basename(path))
     accumulator = EventAccumulator(path, size_guidance={"scalars": 0})  # 0: keep every point
     accumulator.Reload()
     scalars = {}
     for tag in accumulator.Tags()["scalars"]:
-        by_step = {event.step: event.value for event in accumulator.Scalars(tag)}
+        events = accumulator.Scalars(tag)
+        if start_time is None:
+            by_step = {event.step: event.value for event in events}
+        else:
+            by_step = {event.wall_time - start_time: event.value for event in events}
         steps = np.array(sorted(by_step), dtype=np.float64)
         values = np.array([by_step[s] for s in sorted(by_step)], dtype=np.float64)
         finite = np.isfinite(values)
@@ -176,7 +183,9 @@ def aggregate(curves: list[tuple[np.ndarray, np.ndarray]], spread: str):
     return grid, mean, mean - se, mean + se
 
 
-def plot_env(env_id: str, groups: dict[str, list[Run]], tag: str, spread: str, smoothing: float, path: str) -> bool:
+def plot_env(
+    env_id: str, groups: dict[str, list[Run]], tag: str, spread: str, smoothing: float, path: str, xlabel: str = "environment steps"
+) -> bool:
     """Draw one learning-curve figure for an env; returns False when no algorithm logged the tag."""
     fig, ax = plt.subplots(figsize=(8, 5))
     drawn = 0
@@ -203,7 +212,7 @@ def plot_env(env_id: str, groups: dict[str, list[Run]], tag: str, spread: str, s
         band = "standard error" if spread == "se" else "min / max"
         smoothed = f", EMA smoothing {smoothing:g}" if smoothing > 0 else ""
         ax.set_title(f"{env_id}: {tag}\nmean over seeds, shaded: {band} across seeds{smoothed}", fontsize=11)
-        ax.set_xlabel("environment steps")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(tag)
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         ax.grid(alpha=0.3)
