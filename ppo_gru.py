@@ -1,7 +1,7 @@
 """PPO with a GRU, in one file.
 
-The agent embeds each observation, a GRU carries a hidden state through the episode (zero at
-every episode start), and a shared body feeds the policy and value heads.
+The agent embeds each observation, a GRU (or an LSTM, `--rnn-type`) carries a recurrent state
+through the episode (zero at every episode start), and a shared body feeds the policy and value heads.
 
 Training uses truncated backpropagation through time over episode fragments: each env's rollout
 is cut where episodes end (and, with `--sequence-length`, into chunks); each fragment starts from
