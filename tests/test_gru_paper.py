@@ -226,14 +226,26 @@ def test_ground_truth_coef_is_refused_for_envs_without_ground_truth(tmp_path, mo
         ppo_gru.check_args(ppo_gru.Args(ground_truth_coef=-1.0))
 
 
-def test_eval_env_kwargs_apply_to_the_evaluation_envs_only():
-    args = ppo_gru.Args(env_id="Endless-MysteryPath-v0", env_kwargs='{"show_origin": true}',
-                        eval_env_kwargs='{"max_steps": 8192}')
-    training, evaluation = ppo_gru.make_envs(args, 1), ppo_gru.make_envs(args, 1, evaluation=True)
-    assert training.unwrapped.params["show_origin"] and training.unwrapped.params["max_steps"] == -1
-    assert evaluation.unwrapped.params["show_origin"] and evaluation.unwrapped.params["max_steps"] == 8192
-    with pytest.raises(SystemExit, match="--eval-env-kwargs must be a JSON object"):
-        ppo_gru.make_envs(ppo_gru.Args(eval_env_kwargs="[1]"), 1, evaluation=True)
+def test_eval_env_kwargs_apply_to_the_evaluation_envs_only(tmp_path, monkeypatch):
+    """The evaluation envs are made with --eval-env-kwargs (which replace --env-kwargs there)."""
+    monkeypatch.chdir(tmp_path)
+    made = []
+    original = ppo_gru.make_envs
+
+    def recording(args, num_envs, env_kwargs=None):
+        envs = original(args, num_envs, env_kwargs)
+        made.append((num_envs, dict(envs.unwrapped.params)))
+        return envs
+
+    monkeypatch.setattr(ppo_gru, "make_envs", recording)
+    ppo_gru.train(ppo_gru.Args(env_id="Endless-MysteryPath-v0", env_kwargs='{"show_origin": true}',
+                               eval_env_kwargs='{"show_origin": true, "max_steps": 8192}', eval_interval=1,
+                               eval_seeds=2, eval_repetitions=1, eval_seed_start=100, num_envs=2, num_steps=8,
+                               num_minibatches=2, update_epochs=1, total_timesteps=16, **SMALL))
+    (training, train_params), (evaluation, eval_params) = made
+    assert (training, evaluation) == (2, 2)
+    assert train_params["show_origin"] and train_params["max_steps"] == -1
+    assert eval_params["show_origin"] and eval_params["max_steps"] == 8192
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,9 +286,11 @@ def test_paper_preset_holds_the_paper_config(path):
     assert args.anneal_steps == 512 * 32 * (20_000 if "SearingSpotlights" in env else 10_000)
     assert (args.eval_seeds, args.eval_repetitions, args.eval_seed_start, args.eval_interval) == (50, 3, 200_000, 500)
     env_kwargs = {"Endless-MysteryPath-v0": '{"show_origin": true}',
-                  "MysteryPath-Grid-v0-cues-shown": '{"show_origin": true, "show_goal": true}'}
-    assert args.env_kwargs == env_kwargs.get(env, "{}")
-    assert args.eval_env_kwargs == ('{"max_steps": 8192}' if env.startswith("Endless") else "{}")
+                  "MysteryPath-Grid-v0-cues-shown": '{"show_origin": true, "show_goal": true}'}.get(env, "{}")
+    assert args.env_kwargs == env_kwargs
+    # The evaluation envs get the training envs' parameters, and a cap of 8192 steps on the endless envs.
+    capped = env_kwargs[:-1] + (', ' if env_kwargs != "{}" else "") + '"max_steps": 8192}'
+    assert args.eval_env_kwargs == (capped if env.startswith("Endless") else env_kwargs)
     assert args.total_timesteps % (512 * 32 * 500) == 0, "the budget ends on an evaluated checkpoint"
 
 
