@@ -1,7 +1,7 @@
 """PPO with a GRU, in one file.
 
-The agent embeds each observation, a GRU carries a hidden state through the episode (zero at
-every episode start), and a shared body feeds the policy and value heads.
+The agent embeds each observation, a GRU (or an LSTM, `--rnn-type`) carries a recurrent state
+through the episode (zero at every episode start), and a shared body feeds the policy and value heads.
 
 Training uses truncated backpropagation through time over episode fragments: each env's rollout
 is cut where episodes end (and, with `--sequence-length`, into chunks); each fragment starts from
@@ -82,10 +82,12 @@ class Args:
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = True
     """if toggled, use CUDA when it is available"""
-    precision: Literal["auto", "float32", "bfloat16"] = "auto"
-    """compute precision of the encoder's convolutions and matrix products (bfloat16 autocast); the GRU,
-    heads, losses and the optimizer stay float32. auto: bfloat16 where the device computes it natively
-    (CUDA GPUs from Ampere on, CPUs with AVX512-BF16 or AMX), float32 elsewhere"""
+    precision: Literal["float32", "bfloat16", "auto"] = "float32"
+    """compute precision of the encoder's convolutions and matrix products. bfloat16 (autocast; the recurrent
+    layer, heads, losses and the optimizer stay float32) is opt-in: one-seed runs on an easy Mortar Mayhem
+    Grid setting learned worse in bfloat16 (TrXL: success 0.34 vs 0.60 at 600 k steps); several seeds are being
+    measured. auto: bfloat16 where the device computes it natively (CUDA GPUs from Ampere on, CPUs with
+    AVX512-BF16 or AMX), float32 elsewhere"""
     track: bool = False
     """if toggled, mirror the TensorBoard logs to Weights and Biases"""
     wandb_project_name: str = "memory-gym-baselines"
@@ -113,6 +115,9 @@ class Args:
     """the number of episodes played on each held-out seed"""
     eval_seed_start: int = 200_000
     """the first held-out seed (the paper's are 200000-200049); must not overlap the training seeds"""
+    eval_env_kwargs: str = "{}"
+    """reset parameters of the evaluation envs as a JSON object; they replace --env-kwargs there, so repeat
+    what evaluation needs of those (e.g. '{"max_steps": 8192}' caps evaluation episodes of the endless envs)"""
 
     # Environment
     env_id: str = "MortarMayhem-Grid-v0"
@@ -160,12 +165,17 @@ class Args:
     """stop the update early once an epoch ends above this approximate KL"""
     reconstruction_coef: float = 0.0
     """weight of the observation-reconstruction loss (0 disables the decoder; image observations only)"""
+    ground_truth_coef: float = 0.0
+    """weight of the MSE loss of a head that estimates the env's `info["ground_truth"]` from the recurrent
+    output (0 disables the head; Endless-MortarMayhem, Endless-MysteryPath and Endless-SearingSpotlights report it)"""
 
-    # GRU
-    gru_hidden_size: int = 512
-    """the size of the GRU hidden state"""
+    # Recurrent core
+    rnn_type: Literal["gru", "lstm"] = "gru"
+    """the recurrent layer: gru (hidden state h) or lstm (hidden and cell state h, c)"""
+    rnn_hidden_size: int = 512
+    """the size of the recurrent hidden state (and of the LSTM's cell state)"""
     embed_dim: int = 512
-    """the size of the observation embedding fed to the GRU"""
+    """the size of the observation embedding fed to the recurrent layer"""
     hidden_dim: int = 512
     """the width of the body and of the policy / value layers"""
     sequence_length: int = -1
@@ -184,6 +194,8 @@ class Args:
     """the number of data-parallel ranks (set by torchrun)"""
     run_name: str = ""
     """the name of the run's folders (kept when resuming)"""
+    ground_truth_size: int = 0
+    """the size of the env's ground truth (set from the env when --ground-truth-coef is used)"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,7 +205,7 @@ RUNTIME_FIELDS = ("config", "resume", "batch_size", "minibatch_size", "num_itera
 # What a resumed run must keep: the rollout layout, the model and the environment.
 STRUCTURAL_FIELDS = (
     "env_id", "env_kwargs", "num_envs", "num_steps", "reconstruction_coef", "world_size",
-    "gru_hidden_size", "embed_dim", "hidden_dim",
+    "rnn_type", "rnn_hidden_size", "embed_dim", "hidden_dim", "ground_truth_coef",
 )
 
 
@@ -283,18 +295,25 @@ class Decoder(nn.Module):
 
 
 class Agent(nn.Module):
+    """Encoder -> GRU or LSTM -> body -> policy / value layers and heads (the paper's GRU agent by default).
+
+    The recurrent state of each env is one tensor: h for a GRU, h and c side by side for an LSTM, so
+    that storing, zeroing and carrying it is the same for both.
+    """
+
     def __init__(self, args: Args, image_shape, vector_size: int, branches: list[int]):
         super().__init__()
-        self.hidden_size = args.gru_hidden_size
         self.zero_memory = args.zero_memory
         self.encoder = Encoder(image_shape, vector_size, args.embed_dim)
-        self.gru = nn.GRU(args.embed_dim, args.gru_hidden_size, batch_first=True)
-        for name, param in self.gru.named_parameters():
+        rnn = {"gru": nn.GRU, "lstm": nn.LSTM}[args.rnn_type]
+        self.rnn = rnn(args.embed_dim, args.rnn_hidden_size, batch_first=True)
+        self.state_size = args.rnn_hidden_size * (2 if args.rnn_type == "lstm" else 1)
+        for name, param in self.rnn.named_parameters():
             if "weight" in name:
                 nn.init.orthogonal_(param, math.sqrt(2))
             else:
                 nn.init.zeros_(param)
-        self.body = nn.Sequential(layer_init(nn.Linear(args.gru_hidden_size, args.hidden_dim)), nn.ReLU())
+        self.body = nn.Sequential(layer_init(nn.Linear(args.rnn_hidden_size, args.hidden_dim)), nn.ReLU())
         self.policy = nn.Sequential(layer_init(nn.Linear(args.hidden_dim, args.hidden_dim)), nn.ReLU())
         self.actor = nn.ModuleList(layer_init(nn.Linear(args.hidden_dim, n), std=0.01) for n in branches)
         self.value = nn.Sequential(
@@ -302,7 +321,15 @@ class Agent(nn.Module):
         )
         self.decoder = None
         if args.reconstruction_coef > 0 and image_shape is not None:
-            self.decoder = Decoder(args.gru_hidden_size, image_shape[2])
+            self.decoder = Decoder(args.rnn_hidden_size, image_shape[2])
+        # Like the decoder, the ground-truth estimator reads the recurrent output (neroRL's layout).
+        self.ground_truth = None
+        if args.ground_truth_coef > 0:
+            self.ground_truth = nn.Sequential(
+                layer_init(nn.Linear(args.rnn_hidden_size, args.hidden_dim)),
+                nn.ReLU(),
+                layer_init(nn.Linear(args.hidden_dim, args.ground_truth_size)),
+            )
         self.precision = args.precision
 
     def autocast(self):
@@ -311,7 +338,7 @@ class Agent(nn.Module):
         return torch.autocast(device_type, torch.bfloat16, enabled=computes_in_bfloat16(self.precision, device_type))
 
     def forward(self, image, vector, hidden: torch.Tensor, mask: torch.Tensor | None = None):
-        """Sequences from initial hidden states (B, hidden) -> GRU outputs (B, L, hidden), final hidden.
+        """Sequences from initial recurrent states (B, state_size) -> outputs (B, L, hidden), final states.
 
         Without `mask`, image / vector are (B, L, ...). With a (B, L) mask of real steps they hold the
         real steps only, (N, ...): the encoder skips the padding, which enters the GRU as zeros at
@@ -320,17 +347,24 @@ class Agent(nn.Module):
         with self.autocast():
             x = self.encoder(image.flatten(0, 1) if image is not None and mask is None else image,
                              vector.flatten(0, 1) if vector is not None and mask is None else vector)
-        x = x.float()  # the GRU runs in float32 outside autocast: its state is carried across hundreds of steps
+        x = x.float()  # the recurrence runs in float32 outside autocast: its state is carried across hundreds of steps
         if mask is None:
             x = x.unflatten(0, hidden.shape[:1] + (-1,))
         else:
             x = x.new_zeros((*mask.shape, x.shape[-1])).masked_scatter(mask[..., None], x)
-        out, hidden = self.gru(x, hidden[None].contiguous())
+        if isinstance(self.rnn, nn.LSTM):
+            h, c = hidden.chunk(2, dim=-1)
+            out, (h, c) = self.rnn(x, (h[None].contiguous(), c[None].contiguous()))
+            return out, torch.cat([h[0], c[0]], dim=-1)
+        out, hidden = self.rnn(x, hidden[None].contiguous())
         return out, hidden[0]
 
     def reconstruct(self, memory_out: torch.Tensor) -> torch.Tensor:
         with self.autocast():
             return self.decoder(memory_out).float()
+
+    def estimate_ground_truth(self, memory_out: torch.Tensor) -> torch.Tensor:
+        return self.ground_truth(memory_out)
 
     def heads(self, memory_out: torch.Tensor):
         features = self.body(memory_out)
@@ -353,15 +387,18 @@ class Rollout:
     rewards: torch.Tensor  # (num_steps, num_envs)
     dones: torch.Tensor  # (num_steps, num_envs): the episode ended with this step
     starts: torch.Tensor  # (num_steps, num_envs): the sample begins an episode
-    hiddens: torch.Tensor  # (num_steps, num_envs, hidden): the hidden state each step started from
-    next_obs: tuple  # (images, vectors) of the observation the next step starts from
-    next_hidden: torch.Tensor  # (num_envs, hidden)
+    hiddens: torch.Tensor  # (num_steps, num_envs, state_size): the recurrent state each step started from
+    ground_truths: torch.Tensor | None  # (num_steps, num_envs, size): the env's ground truth at each observation
+    next_obs: tuple  # (images, vectors, ground truth or None) of the observation the next step starts from
+    next_hidden: torch.Tensor  # (num_envs, state_size)
     next_start: torch.Tensor  # (num_envs,) bool: the next step begins an episode
 
 
-def new_rollout(agent: Agent, envs: gym.vector.VectorEnv, num_steps: int, first_obs, device) -> Rollout:
+def new_rollout(agent: Agent, envs: gym.vector.VectorEnv, num_steps: int, first_obs, device, first_info=None) -> Rollout:
+    """Empty storage; the ground truth is stored when the agent estimates it and `first_info` is given (training)."""
     image_shape, vector_size = observation_layout(envs.single_observation_space)
     S, E = num_steps, envs.num_envs
+    ground_truth = agent.ground_truth is not None and first_info is not None
     return Rollout(
         images=None if image_shape is None else torch.zeros((S, E, *image_shape), dtype=torch.uint8, device=device),
         vectors=None if not vector_size else torch.zeros((S, E, vector_size), device=device),
@@ -371,11 +408,26 @@ def new_rollout(agent: Agent, envs: gym.vector.VectorEnv, num_steps: int, first_
         rewards=torch.zeros((S, E), device=device),
         dones=torch.zeros((S, E), device=device),
         starts=torch.zeros((S, E), dtype=torch.bool, device=device),
-        hiddens=torch.zeros((S, E, agent.hidden_size), device=device),
-        next_obs=split_observation(first_obs, envs.single_observation_space),
-        next_hidden=torch.zeros((E, agent.hidden_size), device=device),
+        hiddens=torch.zeros((S, E, agent.state_size), device=device),
+        ground_truths=torch.zeros((S, E, agent.ground_truth[-1].out_features), device=device) if ground_truth else None,
+        next_obs=observed(first_obs, first_info, envs.single_observation_space, ground_truth),
+        next_hidden=torch.zeros((E, agent.state_size), device=device),
         next_start=torch.ones(E, dtype=torch.bool, device=device),
     )
+
+
+def observed(obs, info: dict | None, space: gym.Space, ground_truth: bool) -> tuple:
+    """(images, vectors, ground truth or None) of a batched observation.
+
+    The ground truth is the one reported in the same info as the observation: where an episode ended
+    (same-step autoreset) that is the first one of the next episode, like the observation.
+    """
+    image, vector = split_observation(obs, space)
+    if not ground_truth:
+        return image, vector, None
+    if info is None or "ground_truth" not in info:
+        fail("--ground-truth-coef: the environment reported no info['ground_truth'] with its observation")
+    return image, vector, np.asarray(info["ground_truth"], dtype=np.float32)
 
 
 def to_device(obs: tuple, device: torch.device) -> tuple:
@@ -384,7 +436,7 @@ def to_device(obs: tuple, device: torch.device) -> tuple:
 
 def act(agent: Agent, ro: Rollout, device: torch.device):
     """One GRU step of every env; the hidden state is zero at an episode start."""
-    image, vector = to_device(ro.next_obs, device)
+    image, vector, _ = to_device(ro.next_obs, device)
     reset = torch.ones_like(ro.next_start)[:, None] if agent.zero_memory else ro.next_start[:, None]
     hidden = torch.where(reset, 0.0, ro.next_hidden)
     out, next_hidden = agent(
@@ -408,6 +460,8 @@ def collect_rollout(agent: Agent, envs: gym.vector.VectorEnv, ro: Rollout, devic
         if vector is not None:
             ro.vectors[s] = vector
         ro.hiddens[s] = hidden
+        if ro.ground_truths is not None:
+            ro.ground_truths[s] = torch.as_tensor(ro.next_obs[2], device=device)
         ro.starts[s] = ro.next_start
         ro.actions[s] = action
         ro.logprobs[s] = torch.stack([d.log_prob(a) for d, a in zip(dists, action.T)], dim=1)
@@ -418,7 +472,7 @@ def collect_rollout(agent: Agent, envs: gym.vector.VectorEnv, ro: Rollout, devic
         done = np.logical_or(terminated, truncated)
         ro.rewards[s] = torch.as_tensor(reward, dtype=torch.float32, device=device)
         ro.dones[s] = torch.as_tensor(done, dtype=torch.float32, device=device)
-        ro.next_obs = split_observation(obs, envs.single_observation_space)
+        ro.next_obs = observed(obs, info, envs.single_observation_space, ro.ground_truths is not None)
         ro.next_hidden = next_hidden
         ro.next_start = torch.as_tensor(done, device=device)
         on_episode(reward, done, info)
@@ -546,8 +600,26 @@ def load_rank_state(state: dict, envs, ro: Rollout, stats: EpisodeStats, device)
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
+def ground_truth_size(envs: gym.vector.VectorEnv, env_id: str) -> int:
+    """The size of the env's `info["ground_truth"]`, declared as `ground_truth_space` (Memory Gym's convention)."""
+    game = getattr(envs.unwrapped, "game", None)
+    if game is not None:
+        space = game.ground_truth_space
+    else:
+        try:
+            space = envs.get_attr("ground_truth_space")[0]
+        except AttributeError:
+            space = None
+    if space is None:
+        fail(f"{env_id}: --ground-truth-coef needs an environment that reports info['ground_truth'] "
+             "(Endless-MortarMayhem-v0, Endless-MysteryPath-v0, Endless-SearingSpotlights-v0)")
+    return int(np.prod(space.shape))
+
+
 def check_args(args: Args) -> None:
     plain_name(args.exp_name, "--exp-name")  # it names the run folder and the model file
+    if args.ground_truth_coef < 0:
+        fail(f"--ground-truth-coef must be >= 0 (0 disables the ground-truth head), got {args.ground_truth_coef}")
     if args.sequence_length == 0 or args.sequence_length < -1:
         fail(f"--sequence-length must be -1 (whole fragments) or >= 1, got {args.sequence_length}")
     if args.total_timesteps < args.num_envs * args.num_steps * args.world_size:
@@ -616,13 +688,15 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
         fail(f"{args.env_id}: --reconstruction-coef needs image observations")
     if args.capture_video and image_shape is None:
         fail(f"{args.env_id} has no image observations, so --capture-video has nothing to film")
+    if args.ground_truth_coef > 0:
+        args.ground_truth_size = ground_truth_size(envs, args.env_id)
     agent = Agent(args, image_shape, vector_size, action_branches(envs.single_action_space, args.env_id)).to(device)
     # Fused: one pass over the parameters per step instead of one per operation and tensor.
     optimizer = torch.optim.AdamW(agent.parameters(), lr=args.init_lr, fused=device.type in ("cpu", "cuda"))
     if rank > 0:
         torch.manual_seed(args.seed + rank)  # each rank samples its own actions
-    obs, _ = envs.reset(seed=args.seed + rank * args.num_envs)  # distinct env seeds per rank
-    ro = new_rollout(agent, envs, args.num_steps, obs, device)
+    obs, info = envs.reset(seed=args.seed + rank * args.num_envs)  # distinct env seeds per rank
+    ro = new_rollout(agent, envs, args.num_steps, obs, device, info)
     stats = EpisodeStats(args.num_envs)
     iteration, global_step = 0, 0
     if main:
@@ -671,7 +745,7 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
                 "hyperparameters",
                 "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in vars(args).items()),
             )
-    eval_envs = make_envs(args, args.eval_seeds) if main and args.eval_interval else None
+    eval_envs = make_envs(args, args.eval_seeds, args.eval_env_kwargs) if main and args.eval_interval else None
     recorder = None
     if main and args.capture_video:
         recorder = VideoRecorder(os.path.join("videos", args.run_name), envs.metadata.get("render_fps", 25))
@@ -727,7 +801,7 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
             heartbeat.phase(f"iteration {iteration}: updating")
             update_start = time.time()
             sequences = make_sequences(args, ro)
-            logs = {key: [] for key in ("policy", "value", "entropy", "reconstruction", "old_approx_kl", "approx_kl", "clipfrac")}
+            logs = {key: [] for key in ("policy", "value", "entropy", "reconstruction", "ground_truth", "old_approx_kl", "approx_kl", "clipfrac")}
             for epoch in range(args.update_epochs):
                 for minibatch in sequence_minibatches(args, sequences):
                     logprob, entropy, value, features, image, (sel, envs_index) = recompute(agent, ro, minibatch)
@@ -761,6 +835,11 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
                         r_loss = F.binary_cross_entropy(reconstruction, image.float() / 255.0)
                         loss = loss + args.reconstruction_coef * r_loss
                         logs["reconstruction"].append(r_loss.item())
+                    if agent.ground_truth is not None:
+                        # Real steps only; each target is the info reported with that step's observation.
+                        gt_loss = F.mse_loss(agent.estimate_ground_truth(features), ro.ground_truths[sel, envs_index])
+                        loss = loss + args.ground_truth_coef * gt_loss
+                        logs["ground_truth"].append(gt_loss.item())
 
                     optimizer.zero_grad()
                     loss.backward()
@@ -794,7 +873,8 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
                     "charts/entropy_coefficient": ent_coef,
                     "losses/explained_variance": np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y,
                 }
-                names = {"policy": "policy_loss", "value": "value_loss", "reconstruction": "reconstruction_loss"}
+                names = {"policy": "policy_loss", "value": "value_loss", "reconstruction": "reconstruction_loss",
+                         "ground_truth": "ground_truth_loss"}
                 for key, values in logs.items():
                     if values:
                         metrics[f"losses/{names.get(key, key)}"] = float(np.mean(values))

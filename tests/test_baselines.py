@@ -13,7 +13,7 @@ import ppo_trxl
 # Small models so that every test runs in seconds on a laptop CPU.
 SMALL = {
     ppo_trxl: dict(trxl_dim=32, trxl_num_heads=2, trxl_num_layers=2, trxl_memory_length=8),
-    ppo_gru: dict(gru_hidden_size=32, embed_dim=32, hidden_dim=32),
+    ppo_gru: dict(rnn_hidden_size=32, embed_dim=32, hidden_dim=32),
 }
 # A budget in which the probe env is solved with memory (about 10k steps are needed).
 LEARN = dict(
@@ -34,7 +34,7 @@ LEARN = dict(
 )
 LEARN_MODEL = {
     ppo_trxl: dict(trxl_dim=64, trxl_num_heads=2, trxl_num_layers=1, trxl_memory_length=8, trxl_positional_encoding="none"),
-    ppo_gru: dict(gru_hidden_size=64, embed_dim=64, hidden_dim=64),
+    ppo_gru: dict(rnn_hidden_size=64, embed_dim=64, hidden_dim=64),
 }
 MEMORYLESS = {ppo_trxl: dict(trxl_memory_length=1), ppo_gru: dict(zero_memory=True)}
 SCRIPTS = pytest.mark.parametrize("script", [ppo_trxl, ppo_gru], ids=["trxl", "gru"])

@@ -21,7 +21,7 @@ TINY = dict(env_id="ProofOfMemory-v0", num_envs=4, num_steps=16, num_minibatches
             total_timesteps=4 * 16 * 3, cuda=False)
 TINY_MODEL = {
     ppo_trxl: dict(trxl_dim=16, trxl_num_heads=2, trxl_num_layers=1, trxl_memory_length=4),
-    ppo_gru: dict(gru_hidden_size=16, embed_dim=16, hidden_dim=16),
+    ppo_gru: dict(rnn_hidden_size=16, embed_dim=16, hidden_dim=16),
 }
 
 

@@ -13,7 +13,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {
     "ppo_trxl.py": ["--trxl-dim", "32", "--trxl-num-heads", "2", "--trxl-num-layers", "1", "--trxl-memory-length", "8"],
-    "ppo_gru.py": ["--gru-hidden-size", "32", "--embed-dim", "32", "--hidden-dim", "32"],
+    "ppo_gru.py": ["--rnn-hidden-size", "32", "--embed-dim", "32", "--hidden-dim", "32"],
 }
 SCRIPTS = pytest.mark.parametrize("script", list(TINY))
 

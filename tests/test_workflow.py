@@ -19,7 +19,7 @@ import ppo_trxl
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = {
     ppo_trxl: dict(trxl_dim=32, trxl_num_heads=2, trxl_num_layers=2, trxl_memory_length=8),
-    ppo_gru: dict(gru_hidden_size=32, embed_dim=32, hidden_dim=32),
+    ppo_gru: dict(rnn_hidden_size=32, embed_dim=32, hidden_dim=32),
 }
 SCRIPTS = pytest.mark.parametrize("script", [ppo_trxl, ppo_gru], ids=["trxl", "gru"])
 ROLLOUT = dict(num_envs=4, num_steps=16, num_minibatches=2, update_epochs=2, cuda=False)
