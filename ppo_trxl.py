@@ -546,11 +546,9 @@ def window_mask(query_slots: torch.Tensor, query_steps: torch.Tensor, num_keys: 
     return (distance >= 1) & (distance <= reach), distance
 
 
-def output_head(features: int, hidden: int, outputs: int, std: float) -> nn.Module:
-    """An output layer, with its own Linear(features -> hidden) + ReLU before it when hidden > 0."""
-    if hidden == 0:
-        return layer_init(nn.Linear(features, outputs), std=std)
-    return nn.Sequential(layer_init(nn.Linear(features, hidden)), nn.ReLU(), layer_init(nn.Linear(hidden, outputs), std=std))
+def hidden_layer(features: int, hidden: int) -> nn.Module:
+    """A head's own Linear(features -> hidden) + ReLU before its outputs (none when hidden is 0)."""
+    return nn.Sequential(layer_init(nn.Linear(features, hidden)), nn.ReLU()) if hidden else nn.Identity()
 
 
 class Agent(nn.Module):
@@ -580,15 +578,17 @@ class Agent(nn.Module):
             self.distance_bias = nn.Parameter(torch.zeros(layers, heads, max(self.memory_length - 1, 1)))
         self.post = nn.Sequential(layer_init(nn.Linear(dim, dim)), nn.ReLU())
         hidden = args.head_hidden_size
-        self.actor = nn.ModuleList(output_head(dim, hidden, n, std=0.01) for n in branches)
-        self.critic = output_head(dim, hidden, 1, std=1.0)
+        self.actor_hidden = hidden_layer(dim, hidden)
+        self.actor = nn.ModuleList(layer_init(nn.Linear(hidden or dim, n), std=0.01) for n in branches)
+        self.critic_hidden = hidden_layer(dim, hidden)
+        self.critic = layer_init(nn.Linear(hidden or dim, 1), std=1.0)
         self.decoder = None
         if args.reconstruction_coef > 0 and image_shape is not None:
             self.decoder = Decoder(dim, image_shape[2])
         self.reconstruction_from = args.reconstruction_from
         self.ground_truth, self.ground_truth_size = None, args.ground_truth_size
         if args.ground_truth_coef > 0:
-            self.ground_truth = output_head(dim, hidden, args.ground_truth_size, std=math.sqrt(2))
+            self.ground_truth = nn.Sequential(hidden_layer(dim, hidden), layer_init(nn.Linear(hidden or dim, args.ground_truth_size)))
         self.precision = args.precision
 
     def autocast(self):
@@ -654,8 +654,9 @@ class Agent(nn.Module):
 
     def heads(self, output: torch.Tensor):
         features = self.features(output)
-        logits = [branch(features) for branch in self.actor]
-        return logits, self.critic(features).squeeze(-1)
+        policy = self.actor_hidden(features)
+        logits = [branch(policy) for branch in self.actor]
+        return logits, self.critic(self.critic_hidden(features)).squeeze(-1)
 
     def reconstruct(self, output: torch.Tensor) -> torch.Tensor:
         source = self.features(output) if self.reconstruction_from == "features" else output
