@@ -116,8 +116,8 @@ class Args:
     eval_seed_start: int = 200_000
     """the first held-out seed (the paper's are 200000-200049); must not overlap the training seeds"""
     eval_env_kwargs: str = "{}"
-    """reset parameters of the evaluation envs as a JSON object; they replace --env-kwargs there, so repeat
-    what evaluation needs of those (e.g. '{"max_steps": 8192}' caps evaluation episodes of the endless envs)"""
+    """reset parameters of the evaluation envs only, as a JSON object over --env-kwargs (e.g.
+    '{"max_steps": 8192}' caps evaluation episodes of the endless envs)"""
 
     # Environment
     env_id: str = "MortarMayhem-Grid-v0"
@@ -745,7 +745,7 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
                 "hyperparameters",
                 "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in vars(args).items()),
             )
-    eval_envs = make_envs(args, args.eval_seeds, args.eval_env_kwargs) if main and args.eval_interval else None
+    eval_envs = make_envs(args, args.eval_seeds, evaluation=True) if main and args.eval_interval else None
     recorder = None
     if main and args.capture_video:
         recorder = VideoRecorder(os.path.join("videos", args.run_name), envs.metadata.get("render_fps", 25))

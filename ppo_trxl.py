@@ -50,6 +50,7 @@ from run_utils import (
     args_from_checkpoint,
     RUNS_ROOT,
     average_gradients,
+    json_object,
     crash_report,
     last_checkpoint_note,
     checked_tensor,
@@ -89,10 +90,12 @@ class Args:
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = True
     """if toggled, use CUDA when it is available"""
-    precision: Literal["auto", "float32", "bfloat16"] = "auto"
-    """compute precision of the convolutions and matrix products (bfloat16 autocast); normalisations,
-    softmax, heads, losses and the optimizer stay float32. auto: bfloat16 where the device computes it
-    natively (CUDA GPUs from Ampere on, CPUs with AVX512-BF16 or AMX), float32 elsewhere"""
+    precision: Literal["float32", "bfloat16", "auto"] = "float32"
+    """compute precision of the convolutions and matrix products. bfloat16 (autocast; normalisations,
+    softmax, heads, losses and the optimizer stay float32) is opt-in: one-seed runs on an easy Mortar
+    Mayhem Grid setting learned worse in bfloat16 (success 0.34 vs 0.60 at 600 k steps); it is being
+    measured with several seeds. auto: bfloat16 where the device computes it natively (CUDA GPUs from
+    Ampere on, CPUs with AVX512-BF16 or AMX), float32 elsewhere"""
     track: bool = False
     """if toggled, mirror the TensorBoard logs to Weights and Biases"""
     wandb_project_name: str = "memory-gym-baselines"
@@ -127,6 +130,9 @@ class Args:
     (`module:EnvId-v0` imports `module` first, for envs registered there)"""
     env_kwargs: str = "{}"
     """reset parameters of the environment as a JSON object, e.g. '{"max_steps": 2560}'"""
+    eval_env_kwargs: str = "{}"
+    """reset parameters of the evaluation envs only, as a JSON object over --env-kwargs (e.g. the
+    paper's evaluation cap '{"max_steps": 2560}')"""
     total_timesteps: int = 200_000_000
     """total environment steps of the experiment"""
     num_envs: int = 32
@@ -167,6 +173,15 @@ class Args:
     """stop the update early once an epoch ends above this approximate KL"""
     reconstruction_coef: float = 0.0
     """weight of the observation-reconstruction loss (0 disables the decoder; image observations only)"""
+    reconstruction_from: Literal["features", "memory"] = "features"
+    """what the decoder reconstructs the observation from. features: the body layer's output (CleanRL's
+    agent); memory: the transformer's output before the body layer (the paper's agent)"""
+    ground_truth_coef: float = 0.0
+    """weight of the MSE loss of a head that estimates the env's `info["ground_truth"]` from the
+    transformer's output (0 disables the head; needs an env that reports it, as the Endless ids)"""
+    head_hidden_size: int = 0
+    """a Linear(dim -> N) + ReLU layer of its own before the policy, value and ground-truth outputs
+    (the paper's agent: 512; 0: the outputs read the body layer directly, as CleanRL's agent)"""
 
     # Transformer-XL
     trxl_num_layers: int = 3
@@ -179,9 +194,25 @@ class Args:
     """W: each step attends over the hidden states of the previous W - 1 steps of its episode (1 = no memory)"""
     trxl_memory_dtype: Literal["float32", "bfloat16"] = "float32"
     """storage precision of the cached memory (bfloat16 halves its size; it is normalised in float32)"""
-    trxl_positional_encoding: Literal["absolute", "learned", "none"] = "absolute"
-    """absolute: sinusoidal encoding of each memory slot's episode step (any step);
-    learned: a learned attention bias per head and distance within the window; none"""
+    trxl_positional_encoding: Literal["absolute", "learned", "relative", "none"] = "absolute"
+    """absolute: sinusoidal encoding of each memory slot's episode step, added to the memory;
+    learned: a learned attention bias per head and distance within the window (with
+    --trxl-positional-encoding-horizon: a learned vector per episode step added to the memory, the paper's);
+    relative: Transformer-XL's relative encoding (sinusoid of query step minus key step, u/v biases); none"""
+    trxl_positional_encoding_horizon: int = 0
+    """0: the absolute encoding encodes the episode step t itself (episodes of any length). T > 0: the
+    paper's agent's table convention, which encodes T - 1 - t (steps past T - 1 share the last row),
+    with T its max episode steps"""
+    trxl_query_positional_encoding: bool = False
+    """if toggled, the absolute encoding is also added to each layer's query input ("QPos"; with a
+    horizon, of the newest memory step max(t - 1, 0), as the paper's agent)"""
+    trxl_head_projections: Literal["full", "shared"] = "full"
+    """full: query/key/value Linear(dim, dim) split into heads, scores scaled by 1/sqrt(head dim);
+    shared: ONE bias-free Linear(head dim, head dim) each for query, key and value applied to every
+    head's slice, scores scaled by 1/sqrt(dim) (the paper's agent)"""
+    trxl_gate_bias: float | None = None
+    """GTrXL: GRU-type gates with this initial bias replace both residual connections of every layer
+    (unset: plain residuals)"""
 
     # Filled in at runtime
     batch_size: int = 0
@@ -194,17 +225,21 @@ class Args:
     """the number of data-parallel ranks (set by torchrun)"""
     run_name: str = ""
     """the name of the run's folders (kept when resuming)"""
+    ground_truth_size: int = 0
+    """the size of the env's `info["ground_truth"]` (set when --ground-truth-coef is used)"""
 
 
 # ---------------------------------------------------------------------------------------------
 # Command line and presets
 # ---------------------------------------------------------------------------------------------
-RUNTIME_FIELDS = ("config", "resume", "batch_size", "minibatch_size", "num_iterations", "world_size", "run_name")
+RUNTIME_FIELDS = ("config", "resume", "batch_size", "minibatch_size", "num_iterations", "world_size", "run_name",
+                  "ground_truth_size")
 # What a resumed run must keep: the rollout layout, the model and the environment.
 STRUCTURAL_FIELDS = (
     "env_id", "env_kwargs", "num_envs", "num_steps", "reconstruction_coef", "world_size",
     "trxl_num_layers", "trxl_num_heads", "trxl_dim", "trxl_memory_length", "trxl_positional_encoding",
-    "trxl_memory_dtype",
+    "trxl_memory_dtype", "trxl_positional_encoding_horizon", "trxl_query_positional_encoding",
+    "trxl_head_projections", "trxl_gate_bias", "head_hidden_size", "reconstruction_from", "ground_truth_coef",
 )
 
 
@@ -300,44 +335,104 @@ def sinusoidal_encoding(positions: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
+class GRUGate(nn.Module):
+    """GTrXL's gate in place of a residual: out = (1 - z) * x + z * tanh(W_g y + U_g (r * x)).
+
+    x is the residual stream, y the sublayer's output; the bias lowers z at first, so that a layer
+    starts close to the identity."""
+
+    def __init__(self, dim: int, bias: float):
+        super().__init__()
+        self.w = nn.Linear(dim, 3 * dim, bias=False)  # W_r, W_z, W_g applied to y in one product
+        self.u = nn.Linear(dim, 2 * dim, bias=False)  # U_r, U_z applied to x
+        self.u_g = nn.Linear(dim, dim, bias=False)
+        self.bias = nn.Parameter(torch.full((dim,), float(bias)))
+        for weight in (*self.w.weight.chunk(3), *self.u.weight.chunk(2), self.u_g.weight):
+            nn.init.xavier_uniform_(weight)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        w_r, w_z, w_g = self.w(y).chunk(3, dim=-1)
+        u_r, u_z = self.u(x).chunk(2, dim=-1)
+        r = torch.sigmoid(w_r + u_r)
+        z = torch.sigmoid(w_z + u_z - self.bias)
+        return (1 - z) * x + z * torch.tanh(w_g + self.u_g(r * x))
+
+
 class TransformerLayer(nn.Module):
     """Pre-LayerNorm attention of queries over cached memory, then a position-wise layer.
 
-    Keys and values are never materialised: with per-head key/value weights K_h, V_h, a query's
+    Keys and values are never materialised: with key/value weights K_h, V_h of head h, a query's
     score for slot j is (K_h^T q_h) . n_j and its output is V_h (sum_j a_j n_j), where n_j is the
-    normalised memory. Only the normalisation is computed per stored state, which is much cheaper
-    than projecting every state when queries x heads < dim.
+    normalised memory (with shared head projections, n_j's slice of head h). Only the normalisation
+    is computed per stored state, which is much cheaper than projecting every state.
     """
 
-    def __init__(self, dim: int, num_heads: int):
+    def __init__(self, dim: int, num_heads: int, shared_heads: bool, distances: int, relative: bool,
+                 gate_bias: float | None):
         super().__init__()
-        self.num_heads = num_heads
+        self.num_heads, self.shared_heads, self.distances = num_heads, shared_heads, distances
+        head_dim = dim // num_heads
+        # The paper's agent scales by 1/sqrt(dim); the usual 1/sqrt(head dim) goes with full projections.
+        self.scale = 1 / math.sqrt(dim if shared_heads else head_dim)
         self.norm_query = nn.LayerNorm(dim)
         self.norm_memory = nn.LayerNorm(dim)
         self.norm_ff = nn.LayerNorm(dim)
-        self.query = nn.Linear(dim, dim, bias=False)
-        self.key = nn.Linear(dim, dim, bias=False)
-        self.value = nn.Linear(dim, dim, bias=False)
+        size = head_dim if shared_heads else dim
+        self.query = nn.Linear(size, size, bias=False)
+        self.key = nn.Linear(size, size, bias=False)
+        self.value = nn.Linear(size, size, bias=False)
         self.out = nn.Linear(dim, dim)
         self.ff = nn.Linear(dim, dim)
+        self.relative = None
+        if relative:
+            self.relative = nn.Linear(dim, dim, bias=False)  # W_r of the distance encoding
+            self.content_bias = nn.Parameter(torch.zeros(num_heads, head_dim))  # u
+            self.position_bias = nn.Parameter(torch.zeros(num_heads, head_dim))  # v
+        self.gates = None
+        if gate_bias is not None:
+            self.gates = nn.ModuleList([GRUGate(dim, gate_bias), GRUGate(dim, gate_bias)])
 
-    def forward(self, x, memory, attn_bias, has_memory) -> torch.Tensor:
+    def forward(self, x, memory, attn_bias, has_memory, distance_index=None) -> torch.Tensor:
         """x (B, Q, dim); memory (B, T, dim) normalised; attn_bias (B, 1 or heads, Q, T) added to the
         scores (-inf hides a slot); has_memory (B, Q, 1): queries without any visible slot get no
-        attention contribution."""
+        attention contribution; distance_index (B, 1, Q, T): each slot's distance - 1 (relative only)."""
         batch, queries, dim = x.shape
         heads, head_dim = self.num_heads, dim // self.num_heads
-        # Per-head products batch over heads with all queries stacked: (H, B*Q, .), no weight copies.
-        q = self.query(self.norm_query(x)).view(batch * queries, heads, head_dim).transpose(0, 1)
-        q_memory = torch.bmm(q, self.key.weight.view(heads, head_dim, dim))  # (H, B*Q, dim)
-        q_memory = q_memory.view(heads, batch, queries, dim).transpose(0, 1).reshape(batch, heads * queries, dim)
-        scores = (q_memory @ memory.transpose(1, 2)).view(batch, heads, queries, -1) / math.sqrt(head_dim)
-        weights = (scores + attn_bias).softmax(-1).view(batch, heads * queries, -1)  # (B, H*Q, T)
-        mixed = (weights @ memory).view(batch, heads, queries, dim).transpose(0, 1).reshape(heads, batch * queries, dim)
-        attended = torch.bmm(mixed, self.value.weight.view(heads, head_dim, dim).transpose(1, 2))  # (H, B*Q, hd)
-        attended = attended.transpose(0, 1).reshape(batch, queries, dim)
-        x = x + has_memory * self.out(attended)
-        return x + F.relu(self.ff(self.norm_ff(x)))
+        normed = self.norm_query(x)
+        if self.shared_heads:
+            q = self.query(normed.view(batch, queries, heads, head_dim)).transpose(1, 2)  # (B, H, Q, hd)
+        else:
+            # Per-head products batch over heads with all queries stacked: (H, B*Q, .), no weight copies.
+            q = self.query(normed).view(batch * queries, heads, head_dim).transpose(0, 1)
+        content_q = q if self.relative is None else q + self.content_bias[:, None]
+        if self.shared_heads:
+            # The one key weight folds into every head's query, which then reads its head's slice of n_j.
+            memory_heads = memory.view(batch, -1, heads, head_dim).transpose(1, 2)  # (B, H, T, hd)
+            scores = (content_q @ self.key.weight) @ memory_heads.transpose(2, 3)  # (B, H, Q, T)
+        else:
+            q_memory = torch.bmm(content_q, self.key.weight.view(heads, head_dim, dim))  # (H, B*Q, dim)
+            q_memory = q_memory.view(heads, batch, queries, dim).transpose(0, 1).reshape(batch, heads * queries, dim)
+            scores = (q_memory @ memory.transpose(1, 2)).view(batch, heads, queries, -1)
+        if self.relative is not None:
+            # Each distance 1..W-1 is scored once per query; every slot then reads its distance's score.
+            distances = torch.arange(1, self.distances + 1, device=x.device)
+            encoded = self.relative(sinusoidal_encoding(distances, dim)).view(-1, heads, head_dim).permute(1, 2, 0)
+            position_q = q + self.position_bias[:, None]
+            if self.shared_heads:
+                position_q = position_q.transpose(0, 1).reshape(heads, batch * queries, head_dim)
+            by_distance = torch.bmm(position_q, encoded).view(heads, batch, queries, -1).transpose(0, 1)  # (B, H, Q, W-1)
+            scores = scores + by_distance.gather(-1, distance_index.expand(batch, heads, queries, -1))
+        weights = (scores * self.scale + attn_bias).softmax(-1)  # (B, H, Q, T)
+        if self.shared_heads:
+            attended = self.value(weights @ memory_heads).transpose(1, 2)  # (B, Q, H, hd)
+        else:
+            mixed = (weights.view(batch, heads * queries, -1) @ memory).view(batch, heads, queries, dim)
+            mixed = mixed.transpose(0, 1).reshape(heads, batch * queries, dim)
+            attended = torch.bmm(mixed, self.value.weight.view(heads, head_dim, dim).transpose(1, 2)).transpose(0, 1)
+        attention = has_memory * self.out(attended.reshape(batch, queries, dim))
+        x = x + attention if self.gates is None else self.gates[0](x, attention)
+        forward = F.relu(self.ff(self.norm_ff(x)))
+        return x + forward if self.gates is None else self.gates[1](x, forward)
 
 
 def window_mask(query_slots: torch.Tensor, query_steps: torch.Tensor, num_keys: int, memory_length: int):
@@ -353,6 +448,11 @@ def window_mask(query_slots: torch.Tensor, query_steps: torch.Tensor, num_keys: 
     return (distance >= 1) & (distance <= reach), distance
 
 
+def hidden_layer(features: int, hidden: int) -> nn.Module:
+    """A head's own Linear(features -> hidden) + ReLU before its outputs (none when hidden is 0)."""
+    return nn.Sequential(layer_init(nn.Linear(features, hidden)), nn.ReLU()) if hidden else nn.Identity()
+
+
 class Agent(nn.Module):
     def __init__(self, args: Args, image_shape, vector_size: int, branches: list[int]):
         super().__init__()
@@ -363,30 +463,52 @@ class Agent(nn.Module):
         # Slots kept before the rollout; at least one so that a window is never empty (W = 1 masks it).
         self.context = max(self.memory_length - 1, 1)
         self.positional_encoding = args.trxl_positional_encoding
+        self.horizon = args.trxl_positional_encoding_horizon
+        self.query_positional_encoding = args.trxl_query_positional_encoding
         self.memory_dtype = getattr(torch, args.trxl_memory_dtype)
         self.encoder = Encoder(image_shape, vector_size, dim)
-        self.layers = nn.ModuleList(TransformerLayer(dim, heads) for _ in range(layers))
-        if self.positional_encoding == "learned":
+        self.layers = nn.ModuleList(
+            TransformerLayer(dim, heads, args.trxl_head_projections == "shared", self.context,
+                             self.positional_encoding == "relative", args.trxl_gate_bias)
+            for _ in range(layers)
+        )
+        if self.positional_encoding == "learned" and self.horizon:
+            # The paper's learned encoding: one vector per episode step, added to the memory.
+            self.step_embedding = nn.Parameter(torch.randn(self.horizon, dim))
+        elif self.positional_encoding == "learned":
             # One bias per layer, head and distance 1..W-1: works for episodes of any length.
             self.distance_bias = nn.Parameter(torch.zeros(layers, heads, max(self.memory_length - 1, 1)))
         self.post = nn.Sequential(layer_init(nn.Linear(dim, dim)), nn.ReLU())
-        self.actor = nn.ModuleList(layer_init(nn.Linear(dim, n), std=0.01) for n in branches)
-        self.critic = layer_init(nn.Linear(dim, 1), std=1.0)
+        hidden = args.head_hidden_size
+        self.actor_hidden = hidden_layer(dim, hidden)
+        self.actor = nn.ModuleList(layer_init(nn.Linear(hidden or dim, n), std=0.01) for n in branches)
+        self.critic_hidden = hidden_layer(dim, hidden)
+        self.critic = layer_init(nn.Linear(hidden or dim, 1), std=1.0)
         self.decoder = None
         if args.reconstruction_coef > 0 and image_shape is not None:
             self.decoder = Decoder(dim, image_shape[2])
+        self.reconstruction_from = args.reconstruction_from
+        self.ground_truth, self.ground_truth_size = None, args.ground_truth_size
+        if args.ground_truth_coef > 0:
+            self.ground_truth = nn.Sequential(hidden_layer(dim, hidden), layer_init(nn.Linear(hidden or dim, args.ground_truth_size)))
         self.precision = args.precision
 
     def autocast(self):
         """bfloat16 autocast of convolutions and matrix products when `--precision` asks for it."""
-        device_type = self.critic.weight.device.type
+        device_type = self.post[0].weight.device.type
         return torch.autocast(device_type, torch.bfloat16, enabled=computes_in_bfloat16(self.precision, device_type))
+
+    def encoded_position(self, steps: torch.Tensor) -> torch.Tensor:
+        """The position the absolute encoding encodes for episode steps (the paper's table counts down)."""
+        return steps if self.horizon == 0 else self.horizon - 1 - steps
 
     def normalise_memory(self, memory: torch.Tensor, steps: torch.Tensor) -> list[torch.Tensor]:
         """memory (B, T, layers, dim), steps (B, T) -> per layer the normalised memory (B, T, dim)."""
         memory = memory.float()
         if self.positional_encoding == "absolute":
-            memory = memory + sinusoidal_encoding(steps, self.dim)[:, :, None]
+            memory = memory + sinusoidal_encoding(self.encoded_position(steps), self.dim)[:, :, None]
+        elif self.positional_encoding == "learned" and self.horizon:
+            memory = memory + self.step_embedding[steps.clamp(max=self.horizon - 1)][:, :, None]
         # Rounded once here to the precision attention computes in, rather than in every product.
         dtype = torch.bfloat16 if computes_in_bfloat16(self.precision, memory.device.type) else torch.float32
         return [layer.norm_memory(memory[:, :, i]).to(dtype) for i, layer in enumerate(self.layers)]
@@ -394,8 +516,8 @@ class Agent(nn.Module):
     def forward(self, image, vector, memories, query_slots, query_steps):
         """Queries (B, Q) attend over (B, T) memory slots (`memories`: per layer, normalised).
 
-        Returns features (B, Q, dim) and the input each layer received, (B, Q, layers, dim): the
-        states this step adds to the memory.
+        Returns the transformer's output (B, Q, dim) and the input each layer received,
+        (B, Q, layers, dim): the states this step adds to the memory.
         """
         with self.autocast():
             batch, queries = query_slots.shape
@@ -409,24 +531,42 @@ class Agent(nn.Module):
             has_memory = visible.any(-1, keepdim=True)
             hidden = (~visible & has_memory)[:, None]  # (B, 1, Q, T)
             mask_bias = torch.zeros(hidden.shape, device=x.device).masked_fill(hidden, float("-inf"))
-            if self.positional_encoding == "learned":
-                bias_index = (distance - 1).clamp(0, self.distance_bias.shape[-1] - 1)
+            distance_index = (distance - 1).clamp(0, max(self.memory_length - 2, 0))[:, None]  # (B, 1, Q, T)
+            query_encoding = None
+            if self.query_positional_encoding:
+                # The paper's agent encodes the newest visible memory step, max(t - 1, 0).
+                steps = query_steps if self.horizon == 0 else (query_steps - 1).clamp(min=0)
+                query_encoding = sinusoidal_encoding(self.encoded_position(steps), self.dim)
             layer_inputs = []
             for i, layer in enumerate(self.layers):
                 layer_inputs.append(x)
                 bias = mask_bias
-                if self.positional_encoding == "learned":
-                    bias = mask_bias + self.distance_bias[i][:, bias_index].transpose(0, 1)  # (B, heads, Q, T)
-                x = layer(x, memories[i], bias, has_memory)
-            return self.post(x).float(), torch.stack(layer_inputs, dim=2)
+                if self.positional_encoding == "learned" and not self.horizon:
+                    bias = mask_bias + self.distance_bias[i][:, distance_index[:, 0]].transpose(0, 1)  # (B, heads, Q, T)
+                if query_encoding is not None:
+                    x = x + query_encoding
+                relative = distance_index if self.positional_encoding == "relative" else None
+                x = layer(x, memories[i], bias, has_memory, relative)
+            return x.float(), torch.stack(layer_inputs, dim=2)
 
-    def reconstruct(self, features: torch.Tensor) -> torch.Tensor:
+    def features(self, output: torch.Tensor) -> torch.Tensor:
+        """The body layer over the transformer's output: what the policy and value read."""
         with self.autocast():
-            return self.decoder(features).float()
+            return self.post(output).float()
 
-    def heads(self, features: torch.Tensor):
-        logits = [branch(features) for branch in self.actor]
-        return logits, self.critic(features).squeeze(-1)
+    def heads(self, output: torch.Tensor):
+        features = self.features(output)
+        policy = self.actor_hidden(features)
+        logits = [branch(policy) for branch in self.actor]
+        return logits, self.critic(self.critic_hidden(features)).squeeze(-1)
+
+    def reconstruct(self, output: torch.Tensor) -> torch.Tensor:
+        source = self.features(output) if self.reconstruction_from == "features" else output
+        with self.autocast():
+            return self.decoder(source).float()
+
+    def estimate_ground_truth(self, output: torch.Tensor) -> torch.Tensor:
+        return self.ground_truth(output)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -448,11 +588,20 @@ class Rollout:
     memory_steps: torch.Tensor  # (num_envs, context + num_steps): episode step of each slot
     next_obs: tuple  # (images, vectors) of the observation the next step starts from
     next_step: torch.Tensor  # (num_envs,): its episode step
+    ground_truths: torch.Tensor | None = None  # (num_steps, num_envs, size): info["ground_truth"] of each sample
+    next_ground_truth: torch.Tensor | None = None  # (num_envs, size): the one reported with next_obs
 
 
-def new_rollout(agent: Agent, envs: gym.vector.VectorEnv, num_steps: int, first_obs, device) -> Rollout:
+def new_rollout(agent: Agent, envs: gym.vector.VectorEnv, num_steps: int, first_obs, device, first_info=None) -> Rollout:
+    """Empty storage; `first_info` (the reset's info) gives the first ground truth where the agent estimates it."""
     image_shape, vector_size = observation_layout(envs.single_observation_space)
     S, E = num_steps, envs.num_envs
+    ground_truth = None
+    if agent.ground_truth is not None:
+        size = agent.ground_truth_size
+        ground_truth = torch.zeros((E, size), device=device)
+        if first_info is not None:
+            ground_truth = torch.as_tensor(first_info["ground_truth"], dtype=torch.float32, device=device)
     return Rollout(
         images=None if image_shape is None else torch.zeros((S, E, *image_shape), dtype=torch.uint8, device=device),
         vectors=None if not vector_size else torch.zeros((S, E, vector_size), device=device),
@@ -466,6 +615,8 @@ def new_rollout(agent: Agent, envs: gym.vector.VectorEnv, num_steps: int, first_
         memory_steps=torch.zeros((E, agent.context + S), dtype=torch.long, device=device),
         next_obs=split_observation(first_obs, envs.single_observation_space),
         next_step=torch.zeros(E, dtype=torch.long, device=device),
+        ground_truths=None if ground_truth is None else torch.zeros((S, E, ground_truth.shape[1]), device=device),
+        next_ground_truth=ground_truth,
     )
 
 
@@ -478,14 +629,14 @@ def act(agent: Agent, ro: Rollout, cache: list, slot: int, device: torch.device)
     image, vector = to_device(ro.next_obs, device)
     window = [normalised[:, slot - agent.context : slot] for normalised in cache]
     query_slots = torch.full_like(ro.next_step, agent.context)[:, None]
-    features, layer_inputs = agent(
+    output, layer_inputs = agent(
         None if image is None else image[:, None],
         None if vector is None else vector[:, None],
         window,
         query_slots,
         ro.next_step[:, None],
     )
-    logits, value = agent.heads(features[:, 0])
+    logits, value = agent.heads(output[:, 0])
     return image, vector, logits, value, layer_inputs
 
 
@@ -523,6 +674,8 @@ def collect_rollout(agent: Agent, envs: gym.vector.VectorEnv, ro: Rollout, devic
         ro.logprobs[s] = torch.stack([d.log_prob(a) for d, a in zip(dists, action.T)], dim=1)
         ro.values[s] = value
         ro.steps[s] = ro.next_step
+        if ro.ground_truths is not None:
+            ro.ground_truths[s] = ro.next_ground_truth
 
         env_action = action.cpu().numpy()
         obs, reward, terminated, truncated, info = envs.step(env_action[:, 0] if len(dists) == 1 else env_action)
@@ -531,6 +684,9 @@ def collect_rollout(agent: Agent, envs: gym.vector.VectorEnv, ro: Rollout, devic
         ro.dones[s] = torch.as_tensor(done, dtype=torch.float32, device=device)
         ro.next_obs = split_observation(obs, envs.single_observation_space)
         ro.next_step = torch.where(torch.as_tensor(done, device=device), 0, ro.next_step + 1)
+        if ro.ground_truths is not None:
+            # With same-step autoreset the info returned with an observation belongs to that observation.
+            ro.next_ground_truth = torch.as_tensor(info["ground_truth"], dtype=torch.float32, device=device)
         on_episode(reward, done, info)
         if recorder is not None:
             recorder.step_done(bool(done[0]))
@@ -560,7 +716,8 @@ def stratified_minibatches(args: Args, device) -> tuple[torch.Tensor, ...]:
 
 
 def recompute(agent: Agent, ro: Rollout, sel: torch.Tensor):
-    """Recompute the policy and value of the samples `sel` (num_envs, Q): step indices per env.
+    """Recompute the policy and value of the samples `sel` (num_envs, Q): step indices per env;
+    also returns the transformer's output and the images, for the auxiliary losses.
 
     Every query attends over its env's whole timeline through the window mask; the memory is
     normalised once per stored state.
@@ -569,13 +726,13 @@ def recompute(agent: Agent, ro: Rollout, sel: torch.Tensor):
     image = None if ro.images is None else ro.images[sel, envs_index]
     vector = None if ro.vectors is None else ro.vectors[sel, envs_index]
     memories = agent.normalise_memory(ro.memory, ro.memory_steps)
-    features, _ = agent(image, vector, memories, agent.context + sel, ro.steps[sel, envs_index])
-    logits, value = agent.heads(features)
+    output, _ = agent(image, vector, memories, agent.context + sel, ro.steps[sel, envs_index])
+    logits, value = agent.heads(output)
     actions = ro.actions[sel, envs_index]
     dists = [torch.distributions.Categorical(logits=l) for l in logits]
     logprob = torch.stack([d.log_prob(a) for d, a in zip(dists, actions.unbind(-1))], dim=-1)
     entropy = torch.stack([d.entropy() for d in dists], dim=-1).sum(-1)
-    return logprob, entropy, value, features, image
+    return logprob, entropy, value, output, image
 
 
 # ---------------------------------------------------------------------------------------------
@@ -649,6 +806,15 @@ def check_args(args: Args) -> None:
         fail(f"--num-minibatches ({args.num_minibatches}) must divide --num-steps ({args.num_steps})")
     if args.trxl_memory_length < 1:
         fail(f"--trxl-memory-length must be >= 1, got {args.trxl_memory_length}")
+    if args.trxl_positional_encoding_horizon < 0:
+        fail(f"--trxl-positional-encoding-horizon must be >= 0, got {args.trxl_positional_encoding_horizon}")
+    if args.trxl_query_positional_encoding and args.trxl_positional_encoding != "absolute":
+        fail("--trxl-query-positional-encoding adds the absolute encoding; it needs --trxl-positional-encoding absolute")
+    if args.head_hidden_size < 0:
+        fail(f"--head-hidden-size must be >= 0 (0: no hidden layer), got {args.head_hidden_size}")
+    if args.ground_truth_coef < 0 or args.reconstruction_coef < 0:
+        fail("--ground-truth-coef and --reconstruction-coef must be >= 0")
+    json_object(args.eval_env_kwargs, "--eval-env-kwargs")
     if args.total_timesteps < args.num_envs * args.num_steps * args.world_size:
         fail(f"--total-timesteps ({args.total_timesteps}) is smaller than one rollout of all ranks")
     training_seeds = range(args.seed, args.seed + args.num_envs * args.world_size)
@@ -715,13 +881,18 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
         fail(f"{args.env_id}: --reconstruction-coef needs image observations")
     if args.capture_video and image_shape is None:
         fail(f"{args.env_id} has no image observations, so --capture-video has nothing to film")
+    obs, info = envs.reset(seed=args.seed + rank * args.num_envs)  # distinct env seeds per rank
+    if args.ground_truth_coef > 0:
+        if "ground_truth" not in info:
+            fail(f"{args.env_id} reports no info['ground_truth'], which --ground-truth-coef estimates; "
+                 "the Endless ids (Endless-MortarMayhem-v0, Endless-MysteryPath-v0, Endless-SearingSpotlights-v0) do")
+        args.ground_truth_size = int(np.asarray(info["ground_truth"]).reshape(args.num_envs, -1).shape[1])
     agent = Agent(args, image_shape, vector_size, action_branches(envs.single_action_space, args.env_id)).to(device)
     # Fused: one pass over the parameters per step instead of one per operation and tensor.
     optimizer = torch.optim.AdamW(agent.parameters(), lr=args.init_lr, fused=device.type in ("cpu", "cuda"))
     if rank > 0:
         torch.manual_seed(args.seed + rank)  # each rank samples its own actions
-    obs, _ = envs.reset(seed=args.seed + rank * args.num_envs)  # distinct env seeds per rank
-    ro = new_rollout(agent, envs, args.num_steps, obs, device)
+    ro = new_rollout(agent, envs, args.num_steps, obs, device, info)
     stats = EpisodeStats(args.num_envs)
     iteration, global_step = 0, 0
     if main:
@@ -742,6 +913,8 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
             envs_restored = load_rank_state(checkpoint["ranks"][rank], envs, ro, stats, device)
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
             fail(f"checkpoint {args.resume!r} is damaged ({type(e).__name__}: {e})")
+        if envs_restored and ro.ground_truths is not None:  # the restored envs' ground truth of their current observation
+            ro.next_ground_truth = torch.as_tensor(envs.unwrapped.game.step_info()["ground_truth"], dtype=torch.float32, device=device)
         if main:
             fresh = "" if envs_restored else " (this env's state cannot be saved: its envs restart from a reset, with fresh episodes)"
             print(f"resumed at iteration {iteration:,}, step {global_step:,}{fresh}", flush=True)
@@ -770,7 +943,7 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
                 "hyperparameters",
                 "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in vars(args).items()),
             )
-    eval_envs = make_envs(args, args.eval_seeds) if main and args.eval_interval else None
+    eval_envs = make_envs(args, args.eval_seeds, evaluation=True) if main and args.eval_interval else None
     recorder = None
     if main and args.capture_video:
         recorder = VideoRecorder(os.path.join("videos", args.run_name), envs.metadata.get("render_fps", 25))
@@ -826,10 +999,10 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
             heartbeat.phase(f"iteration {iteration}: updating")
             update_start = time.time()
             envs_index = torch.arange(args.num_envs, device=device)[:, None]
-            logs = {key: [] for key in ("policy", "value", "entropy", "reconstruction", "old_approx_kl", "approx_kl", "clipfrac")}
+            logs = {key: [] for key in ("policy", "value", "entropy", "reconstruction", "ground_truth", "old_approx_kl", "approx_kl", "clipfrac")}
             for epoch in range(args.update_epochs):
                 for sel in stratified_minibatches(args, device):
-                    logprob, entropy, value, features, image = recompute(agent, ro, sel)
+                    logprob, entropy, value, output, image = recompute(agent, ro, sel)
                     logratio = logprob - ro.logprobs[sel, envs_index]
                     ratio = logratio.exp()
                     with torch.no_grad():
@@ -856,10 +1029,14 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
                     loss = pg_loss - ent_coef * entropy_loss + args.vf_coef * v_loss
 
                     if agent.decoder is not None:
-                        reconstruction = agent.reconstruct(features.flatten(0, 1))
+                        reconstruction = agent.reconstruct(output.flatten(0, 1))
                         r_loss = F.binary_cross_entropy(reconstruction, image.flatten(0, 1).float() / 255.0)
                         loss = loss + args.reconstruction_coef * r_loss
                         logs["reconstruction"].append(r_loss.item())
+                    if agent.ground_truth is not None:
+                        gt_loss = F.mse_loss(agent.estimate_ground_truth(output), ro.ground_truths[sel, envs_index])
+                        loss = loss + args.ground_truth_coef * gt_loss
+                        logs["ground_truth"].append(gt_loss.item())
 
                     optimizer.zero_grad()
                     loss.backward()
@@ -893,7 +1070,8 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
                     "charts/entropy_coefficient": ent_coef,
                     "losses/explained_variance": np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y,
                 }
-                names = {"policy": "policy_loss", "value": "value_loss", "reconstruction": "reconstruction_loss"}
+                names = {"policy": "policy_loss", "value": "value_loss", "reconstruction": "reconstruction_loss",
+                         "ground_truth": "ground_truth_loss"}
                 for key, values in logs.items():
                     if values:
                         metrics[f"losses/{names.get(key, key)}"] = float(np.mean(values))

@@ -284,15 +284,24 @@ def create_run_folder(env_id: str, exp_name: str, seed: int, root: str = RUNS_RO
 # ---------------------------------------------------------------------------------------------
 # Environments
 # ---------------------------------------------------------------------------------------------
-def make_envs(args, num_envs: int, env_kwargs: str | None = None) -> gym.vector.VectorEnv:
-    """Our ids get their native vector env; any other gymnasium id a sync vector env (same-step autoreset)."""
-    source = "--env-kwargs" if env_kwargs is None else "--eval-env-kwargs"
+def json_object(text: str, flag: str) -> dict:
+    """A JSON object given on the command line or in a preset (reset parameters)."""
     try:
-        kwargs = json.loads(args.env_kwargs if env_kwargs is None else env_kwargs)
+        value = json.loads(text)
     except json.JSONDecodeError as e:
-        fail(f"{source} is not valid JSON: {e}")
-    if not isinstance(kwargs, dict):
-        fail(f"{source} must be a JSON object")
+        fail(f"{flag} is not valid JSON: {e}")
+    if not isinstance(value, dict):
+        fail(f"{flag} must be a JSON object, e.g. '{{\"max_steps\": 2560}}'")
+    return value
+
+
+def make_envs(args, num_envs: int, evaluation: bool = False) -> gym.vector.VectorEnv:
+    """Our ids get their native vector env; any other gymnasium id a sync vector env (same-step autoreset).
+
+    Evaluation envs take `--eval-env-kwargs` over `--env-kwargs` (e.g. an episode cap for evaluation only)."""
+    kwargs = json_object(args.env_kwargs, "--env-kwargs")
+    if evaluation:
+        kwargs.update(json_object(args.eval_env_kwargs, "--eval-env-kwargs"))
     env_id = args.env_id
     if ":" in env_id:  # "my_package.my_envs:MyEnv-v0" imports the module that registers MyEnv-v0
         module, env_id = env_id.split(":", 1)
