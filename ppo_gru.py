@@ -42,7 +42,13 @@ from run_utils import (
     agree,
     args_from_checkpoint,
     RUNS_ROOT,
+    agreed_min,
+    COMMON_RANGES,
     average_gradients,
+    check_ranges,
+    check_rollout_fits,
+    final_observations,
+    mean_across,
     crash_report,
     last_checkpoint_note,
     checked_tensor,
@@ -60,6 +66,7 @@ from run_utils import (
     mean_of,
     observation_layout,
     plain_name,
+    preset_headline,
     rng_state,
     save_atomically,
     set_rng_state,
@@ -144,7 +151,8 @@ class Args:
     gae_lambda: float = 0.95
     """the lambda of generalised advantage estimation"""
     num_minibatches: int = 8
-    """the number of minibatches per epoch (must divide num_steps: each env gives num_steps / num_minibatches steps)"""
+    """the number of minibatches per epoch: the rollout's sequences (episode fragments) are shuffled into this
+    many near-equal groups (fewer when there are fewer sequences; the same number on every rank)"""
     update_epochs: int = 3
     """the number of epochs over each rollout"""
     norm_adv: bool = False
@@ -183,18 +191,18 @@ class Args:
     zero_memory: bool = False
     """ablation: zero the hidden state before every step, making the agent memoryless"""
 
-    # Filled in at runtime
-    batch_size: int = 0
+    # Filled in at runtime (not flags)
+    batch_size: tyro.conf.Suppress[int] = 0
     """the rollout size (num_envs * num_steps)"""
-    minibatch_size: int = 0
+    minibatch_size: tyro.conf.Suppress[int] = 0
     """the minibatch size (batch_size // num_minibatches)"""
-    num_iterations: int = 0
+    num_iterations: tyro.conf.Suppress[int] = 0
     """the number of iterations (total_timesteps // (batch_size x world_size))"""
-    world_size: int = 1
+    world_size: tyro.conf.Suppress[int] = 1
     """the number of data-parallel ranks (set by torchrun)"""
-    run_name: str = ""
+    run_name: tyro.conf.Suppress[str] = ""
     """the name of the run's folders (kept when resuming)"""
-    ground_truth_size: int = 0
+    ground_truth_size: tyro.conf.Suppress[int] = 0
     """the size of the env's ground truth (set from the env when --ground-truth-coef is used)"""
 
 
@@ -207,6 +215,9 @@ STRUCTURAL_FIELDS = (
     "env_id", "env_kwargs", "num_envs", "num_steps", "reconstruction_coef", "world_size",
     "rnn_type", "rnn_hidden_size", "embed_dim", "hidden_dim", "ground_truth_coef",
 )
+
+# The allowed values of every number (checked before anything starts).
+RANGES = {**COMMON_RANGES, "rnn_hidden_size": ">= 1", "embed_dim": ">= 1", "hidden_dim": ">= 1"}
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
@@ -447,8 +458,11 @@ def act(agent: Agent, ro: Rollout, device: torch.device):
 
 
 @torch.no_grad()
-def collect_rollout(agent: Agent, envs: gym.vector.VectorEnv, ro: Rollout, device, on_episode, recorder=None):
-    """Step all envs for one rollout; return the bootstrap value of the observation that follows."""
+def collect_rollout(agent: Agent, envs: gym.vector.VectorEnv, ro: Rollout, device, on_episode, recorder=None, gamma=None):
+    """Step all envs for one rollout; return the bootstrap value of the observation that follows.
+
+    With `gamma`, an episode cut by a time limit (truncated, not terminated) gets the discounted value of
+    its last observation added to its last reward: the task did not end there."""
     for s in range(ro.values.shape[0]):
         if recorder is not None:
             recorder.capture(ro.next_obs[0], envs)
@@ -472,8 +486,15 @@ def collect_rollout(agent: Agent, envs: gym.vector.VectorEnv, ro: Rollout, devic
         done = np.logical_or(terminated, truncated)
         ro.rewards[s] = torch.as_tensor(reward, dtype=torch.float32, device=device)
         ro.dones[s] = torch.as_tensor(done, dtype=torch.float32, device=device)
-        ro.next_obs = observed(obs, info, envs.single_observation_space, ro.ground_truths is not None)
         ro.next_hidden = next_hidden
+        cut = np.logical_and(truncated, np.logical_not(terminated))
+        if gamma is not None and cut.any():
+            # The last observation's value, from the hidden state the episode reached.
+            ro.next_obs = observed(final_observations(obs, info, cut), None, envs.single_observation_space, False)
+            ro.next_start = torch.zeros_like(ro.next_start)
+            final_value = act(agent, ro, device)[5]
+            ro.rewards[s] += gamma * final_value * torch.as_tensor(cut, dtype=torch.float32, device=device)
+        ro.next_obs = observed(obs, info, envs.single_observation_space, ro.ground_truths is not None)
         ro.next_start = torch.as_tensor(done, device=device)
         on_episode(reward, done, info)
         if recorder is not None:
@@ -508,10 +529,11 @@ def make_sequences(args: Args, ro: Rollout) -> list[tuple[int, int, int]]:
     return sequences
 
 
-def sequence_minibatches(args: Args, sequences: list[tuple[int, int, int]]) -> list[list[tuple[int, int, int]]]:
-    """One epoch's minibatches: the sequences shuffled into `num_minibatches` near-equal groups."""
+def sequence_minibatches(args: Args, sequences: list[tuple[int, int, int]], num_groups: int | None = None) -> list[list[tuple[int, int, int]]]:
+    """One epoch's minibatches: the sequences shuffled into `num_groups` near-equal groups (default:
+    `num_minibatches`, or one per sequence when there are fewer sequences)."""
     order = torch.randperm(len(sequences)).numpy()
-    groups = np.array_split(order, min(args.num_minibatches, len(sequences)))
+    groups = np.array_split(order, num_groups or min(args.num_minibatches, len(sequences)))
     return [[sequences[k] for k in group] for group in groups]
 
 
@@ -617,9 +639,8 @@ def ground_truth_size(envs: gym.vector.VectorEnv, env_id: str) -> int:
 
 
 def check_args(args: Args) -> None:
+    check_ranges(args, RANGES)
     plain_name(args.exp_name, "--exp-name")  # it names the run folder and the model file
-    if args.ground_truth_coef < 0:
-        fail(f"--ground-truth-coef must be >= 0 (0 disables the ground-truth head), got {args.ground_truth_coef}")
     if args.sequence_length == 0 or args.sequence_length < -1:
         fail(f"--sequence-length must be -1 (whole fragments) or >= 1, got {args.sequence_length}")
     if args.total_timesteps < args.num_envs * args.num_steps * args.world_size:
@@ -645,7 +666,10 @@ def train(args: Args) -> list[dict]:
     """Run the experiment; returns the metrics logged at every iteration (on rank 0)."""
     rank, device = setup_ranks(args)
     try:
-        return run_training(args, rank, device)
+        history = run_training(args, rank, device)
+        if args.world_size > 1:
+            dist.barrier()  # no rank tears down the process group while another still uses it
+        return history
     except BaseException as e:
         if args.world_size > 1 and not isinstance(e, SystemExit):
             print(f"rank {rank} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
@@ -684,6 +708,7 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
 
     envs = make_envs(args, args.num_envs)
     image_shape, vector_size = observation_layout(envs.single_observation_space, args.env_id)
+    check_rollout_fits(args, envs.single_observation_space)
     if args.reconstruction_coef > 0 and image_shape is None:
         fail(f"{args.env_id}: --reconstruction-coef needs image observations")
     if args.capture_video and image_shape is None:
@@ -699,16 +724,6 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
     ro = new_rollout(agent, envs, args.num_steps, obs, device, info)
     stats = EpisodeStats(args.num_envs)
     iteration, global_step = 0, 0
-    if main:
-        precision = "bfloat16" if computes_in_bfloat16(args.precision, device.type) else "float32"
-        print(
-            f"{args.env_id} | device {device} | precision {precision} | parameters: "
-            f"{sum(p.numel() for p in agent.parameters()):,}\n"
-            f"{args.num_envs} envs x {args.num_steps} steps x {args.world_size} rank(s) = "
-            f"{args.batch_size * args.world_size:,} steps per iteration, {args.num_iterations:,} iterations\n"
-            f"run folder {run_folder} (watch it with: tensorboard --logdir {RUNS_ROOT})",
-            flush=True,
-        )
     if checkpoint is not None:
         load_weights(agent, checkpoint.get("model"), args.resume)
         try:
@@ -776,6 +791,18 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
             print(f"\nreceived signal {signum}: stopping after this iteration with a checkpoint", flush=True)
 
     previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    if main:
+        precision = "bfloat16" if computes_in_bfloat16(args.precision, device.type) else "float32"
+        print(
+            f"{args.env_id} | device {device} | precision {precision} | parameters: "
+            f"{sum(p.numel() for p in agent.parameters()):,}\n"
+            f"{args.num_envs} envs x {args.num_steps} steps x {args.world_size} rank(s) = "
+            f"{args.batch_size * args.world_size:,} steps per iteration, {args.num_iterations:,} iterations\n"
+            f"run folder {run_folder} (watch it with: tensorboard --logdir {RUNS_ROOT})",
+            flush=True,
+        )
+        if (headline := preset_headline(args.config)) is not None:
+            print(f"preset {args.config}: {headline}", flush=True)
     history = []
     start_time, start_step = time.time(), global_step
     last_checkpoint = start_time
@@ -792,7 +819,7 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
 
             heartbeat.phase(f"iteration {iteration}: collecting the rollout")
             rollout_start = time.time()
-            next_value = collect_rollout(agent, envs, ro, device, stats, recorder)
+            next_value = collect_rollout(agent, envs, ro, device, stats, recorder, args.gamma)
             global_step += args.batch_size * args.world_size
             rollout_time = time.time() - rollout_start
             advantages, returns = compute_advantages(args, ro, next_value)
@@ -801,9 +828,11 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
             heartbeat.phase(f"iteration {iteration}: updating")
             update_start = time.time()
             sequences = make_sequences(args, ro)
+            # Every rank takes the same number of optimizer steps, whatever its episodes look like.
+            num_groups = agreed_min(min(args.num_minibatches, len(sequences)), args.world_size, device)
             logs = {key: [] for key in ("policy", "value", "entropy", "reconstruction", "ground_truth", "old_approx_kl", "approx_kl", "clipfrac")}
             for epoch in range(args.update_epochs):
-                for minibatch in sequence_minibatches(args, sequences):
+                for minibatch in sequence_minibatches(args, sequences, num_groups):
                     logprob, entropy, value, features, image, (sel, envs_index) = recompute(agent, ro, minibatch)
                     logratio = logprob - ro.logprobs[sel, envs_index]
                     ratio = logratio.exp()
@@ -852,7 +881,9 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
                     logs["policy"].append(pg_loss.item())
                     logs["value"].append(v_loss.item())
                     logs["entropy"].append(entropy_loss.item())
-                if args.target_kl is not None and np.mean(logs["approx_kl"][-args.num_minibatches :]) > args.target_kl:
+                # Every rank stops at the same epoch: the decision is taken on the KL averaged over ranks.
+                epoch_kl = logs["approx_kl"][-num_groups:]
+                if args.target_kl is not None and mean_across(np.mean(epoch_kl), args.world_size, device) > args.target_kl:
                     break
             if not all(torch.isfinite(p).all() for p in agent.parameters()):
                 raise FloatingPointError("a parameter became NaN or infinite")
@@ -925,7 +956,7 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
                 raise Interrupted
 
         if args.world_size > 1:
-            sums = gather(float(sum(p.double().sum() for p in agent.parameters())), args.world_size)
+            sums = gather(float(sum(p.detach().double().sum() for p in agent.parameters())), args.world_size)
             if len(set(sums)) != 1:
                 raise RuntimeError(f"parameters differ between ranks: {sums}")
             if main:

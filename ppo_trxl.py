@@ -49,7 +49,12 @@ from run_utils import (
     agree,
     args_from_checkpoint,
     RUNS_ROOT,
+    COMMON_RANGES,
     average_gradients,
+    check_ranges,
+    check_rollout_fits,
+    final_observations,
+    mean_across,
     json_object,
     crash_report,
     last_checkpoint_note,
@@ -68,6 +73,7 @@ from run_utils import (
     mean_of,
     observation_layout,
     plain_name,
+    preset_headline,
     rng_state,
     save_atomically,
     set_rng_state,
@@ -214,18 +220,18 @@ class Args:
     """GTrXL: GRU-type gates with this initial bias replace both residual connections of every layer
     (unset: plain residuals)"""
 
-    # Filled in at runtime
-    batch_size: int = 0
+    # Filled in at runtime (not flags)
+    batch_size: tyro.conf.Suppress[int] = 0
     """the rollout size (num_envs * num_steps)"""
-    minibatch_size: int = 0
+    minibatch_size: tyro.conf.Suppress[int] = 0
     """the minibatch size (batch_size // num_minibatches)"""
-    num_iterations: int = 0
+    num_iterations: tyro.conf.Suppress[int] = 0
     """the number of iterations (total_timesteps // (batch_size x world_size))"""
-    world_size: int = 1
+    world_size: tyro.conf.Suppress[int] = 1
     """the number of data-parallel ranks (set by torchrun)"""
-    run_name: str = ""
+    run_name: tyro.conf.Suppress[str] = ""
     """the name of the run's folders (kept when resuming)"""
-    ground_truth_size: int = 0
+    ground_truth_size: tyro.conf.Suppress[int] = 0
     """the size of the env's `info["ground_truth"]` (set when --ground-truth-coef is used)"""
 
 
@@ -241,6 +247,18 @@ STRUCTURAL_FIELDS = (
     "trxl_memory_dtype", "trxl_positional_encoding_horizon", "trxl_query_positional_encoding",
     "trxl_head_projections", "trxl_gate_bias", "head_hidden_size", "reconstruction_from", "ground_truth_coef",
 )
+
+# The allowed values of every number (checked before anything starts).
+RANGES = {
+    **COMMON_RANGES,
+    "head_hidden_size": ">= 0",
+    "trxl_num_layers": ">= 1",
+    "trxl_num_heads": ">= 1",
+    "trxl_dim": ">= 1",
+    "trxl_memory_length": ">= 1",
+    "trxl_positional_encoding_horizon": ">= 0",
+    "trxl_gate_bias": "finite",
+}
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
@@ -641,8 +659,11 @@ def act(agent: Agent, ro: Rollout, cache: list, slot: int, device: torch.device)
 
 
 @torch.no_grad()
-def collect_rollout(agent: Agent, envs: gym.vector.VectorEnv, ro: Rollout, device, on_episode, recorder=None):
-    """Step all envs for one rollout; return the bootstrap value of the observation that follows."""
+def collect_rollout(agent: Agent, envs: gym.vector.VectorEnv, ro: Rollout, device, on_episode, recorder=None, gamma=None):
+    """Step all envs for one rollout; return the bootstrap value of the observation that follows.
+
+    With `gamma`, an episode cut by a time limit (truncated, not terminated) gets the discounted value of
+    its last observation added to its last reward: the task did not end there."""
     C, S = agent.context, ro.values.shape[0]
     # The last C slots of the previous rollout become the context of this one.
     ro.memory[:, :C] = ro.memory[:, S : S + C].clone()
@@ -682,8 +703,15 @@ def collect_rollout(agent: Agent, envs: gym.vector.VectorEnv, ro: Rollout, devic
         done = np.logical_or(terminated, truncated)
         ro.rewards[s] = torch.as_tensor(reward, dtype=torch.float32, device=device)
         ro.dones[s] = torch.as_tensor(done, dtype=torch.float32, device=device)
+        cut = np.logical_and(truncated, np.logical_not(terminated))
+        if gamma is not None and cut.any():
+            # The last observation's value, attending to the window that includes the step just taken.
+            ro.next_obs = split_observation(final_observations(obs, info, cut), envs.single_observation_space)
+            ro.next_step = ro.steps[s] + 1
+            final_value = act(agent, ro, cache, slot + 1, device)[3]
+            ro.rewards[s] += gamma * final_value * torch.as_tensor(cut, dtype=torch.float32, device=device)
         ro.next_obs = split_observation(obs, envs.single_observation_space)
-        ro.next_step = torch.where(torch.as_tensor(done, device=device), 0, ro.next_step + 1)
+        ro.next_step = torch.where(torch.as_tensor(done, device=device), 0, ro.steps[s] + 1)
         if ro.ground_truths is not None:
             # With same-step autoreset the info returned with an observation belongs to that observation.
             ro.next_ground_truth = torch.as_tensor(info["ground_truth"], dtype=torch.float32, device=device)
@@ -801,19 +829,14 @@ def load_rank_state(state: dict, envs, ro: Rollout, stats: EpisodeStats, device)
 # Training
 # ---------------------------------------------------------------------------------------------
 def check_args(args: Args) -> None:
+    check_ranges(args, RANGES)
     plain_name(args.exp_name, "--exp-name")  # it names the run folder and the model file
+    if args.trxl_dim % args.trxl_num_heads != 0:
+        fail(f"--trxl-num-heads ({args.trxl_num_heads}) must divide --trxl-dim ({args.trxl_dim})")
     if args.num_steps % args.num_minibatches != 0:
         fail(f"--num-minibatches ({args.num_minibatches}) must divide --num-steps ({args.num_steps})")
-    if args.trxl_memory_length < 1:
-        fail(f"--trxl-memory-length must be >= 1, got {args.trxl_memory_length}")
-    if args.trxl_positional_encoding_horizon < 0:
-        fail(f"--trxl-positional-encoding-horizon must be >= 0, got {args.trxl_positional_encoding_horizon}")
     if args.trxl_query_positional_encoding and args.trxl_positional_encoding != "absolute":
         fail("--trxl-query-positional-encoding adds the absolute encoding; it needs --trxl-positional-encoding absolute")
-    if args.head_hidden_size < 0:
-        fail(f"--head-hidden-size must be >= 0 (0: no hidden layer), got {args.head_hidden_size}")
-    if args.ground_truth_coef < 0 or args.reconstruction_coef < 0:
-        fail("--ground-truth-coef and --reconstruction-coef must be >= 0")
     json_object(args.eval_env_kwargs, "--eval-env-kwargs")
     if args.total_timesteps < args.num_envs * args.num_steps * args.world_size:
         fail(f"--total-timesteps ({args.total_timesteps}) is smaller than one rollout of all ranks")
@@ -838,7 +861,10 @@ def train(args: Args) -> list[dict]:
     """Run the experiment; returns the metrics logged at every iteration (on rank 0)."""
     rank, device = setup_ranks(args)
     try:
-        return run_training(args, rank, device)
+        history = run_training(args, rank, device)
+        if args.world_size > 1:
+            dist.barrier()  # no rank tears down the process group while another still uses it
+        return history
     except BaseException as e:
         if args.world_size > 1 and not isinstance(e, SystemExit):
             print(f"rank {rank} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
@@ -877,6 +903,7 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
 
     envs = make_envs(args, args.num_envs)
     image_shape, vector_size = observation_layout(envs.single_observation_space, args.env_id)
+    check_rollout_fits(args, envs.single_observation_space)
     if args.reconstruction_coef > 0 and image_shape is None:
         fail(f"{args.env_id}: --reconstruction-coef needs image observations")
     if args.capture_video and image_shape is None:
@@ -895,16 +922,6 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
     ro = new_rollout(agent, envs, args.num_steps, obs, device, info)
     stats = EpisodeStats(args.num_envs)
     iteration, global_step = 0, 0
-    if main:
-        precision = "bfloat16" if computes_in_bfloat16(args.precision, device.type) else "float32"
-        print(
-            f"{args.env_id} | device {device} | precision {precision} | parameters: "
-            f"{sum(p.numel() for p in agent.parameters()):,}\n"
-            f"{args.num_envs} envs x {args.num_steps} steps x {args.world_size} rank(s) = "
-            f"{args.batch_size * args.world_size:,} steps per iteration, {args.num_iterations:,} iterations\n"
-            f"run folder {run_folder} (watch it with: tensorboard --logdir {RUNS_ROOT})",
-            flush=True,
-        )
     if checkpoint is not None:
         load_weights(agent, checkpoint.get("model"), args.resume)
         try:
@@ -974,6 +991,18 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
             print(f"\nreceived signal {signum}: stopping after this iteration with a checkpoint", flush=True)
 
     previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    if main:
+        precision = "bfloat16" if computes_in_bfloat16(args.precision, device.type) else "float32"
+        print(
+            f"{args.env_id} | device {device} | precision {precision} | parameters: "
+            f"{sum(p.numel() for p in agent.parameters()):,}\n"
+            f"{args.num_envs} envs x {args.num_steps} steps x {args.world_size} rank(s) = "
+            f"{args.batch_size * args.world_size:,} steps per iteration, {args.num_iterations:,} iterations\n"
+            f"run folder {run_folder} (watch it with: tensorboard --logdir {RUNS_ROOT})",
+            flush=True,
+        )
+        if (headline := preset_headline(args.config)) is not None:
+            print(f"preset {args.config}: {headline}", flush=True)
     history = []
     start_time, start_step = time.time(), global_step
     last_checkpoint = start_time
@@ -990,7 +1019,7 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
 
             heartbeat.phase(f"iteration {iteration}: collecting the rollout")
             rollout_start = time.time()
-            next_value = collect_rollout(agent, envs, ro, device, stats, recorder)
+            next_value = collect_rollout(agent, envs, ro, device, stats, recorder, args.gamma)
             global_step += args.batch_size * args.world_size
             rollout_time = time.time() - rollout_start
             advantages, returns = compute_advantages(args, ro, next_value)
@@ -1049,7 +1078,9 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
                     logs["policy"].append(pg_loss.item())
                     logs["value"].append(v_loss.item())
                     logs["entropy"].append(entropy_loss.item())
-                if args.target_kl is not None and np.mean(logs["approx_kl"][-args.num_minibatches :]) > args.target_kl:
+                # Every rank stops at the same epoch: the decision is taken on the KL averaged over ranks.
+                epoch_kl = logs["approx_kl"][-args.num_minibatches :]
+                if args.target_kl is not None and mean_across(np.mean(epoch_kl), args.world_size, device) > args.target_kl:
                     break
             if not all(torch.isfinite(p).all() for p in agent.parameters()):
                 raise FloatingPointError("a parameter became NaN or infinite")
@@ -1122,7 +1153,7 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
                 raise Interrupted
 
         if args.world_size > 1:
-            sums = gather(float(sum(p.double().sum() for p in agent.parameters())), args.world_size)
+            sums = gather(float(sum(p.detach().double().sum() for p in agent.parameters())), args.world_size)
             if len(set(sums)) != 1:
                 raise RuntimeError(f"parameters differ between ranks: {sums}")
             if main:

@@ -652,3 +652,123 @@ def crash_report(error: Exception, run_folder: str, iteration: int, checkpoint_p
         f"training stopped in iteration {iteration} by {type(error).__name__}: {first_line} ({where}); "
         f"{last_checkpoint_note(checkpoint_path)}"
     )
+
+
+def agreed_min(value: int, world_size: int, device: torch.device) -> int:
+    """The smallest value over all ranks (e.g. a count of optimizer steps every rank must take)."""
+    if world_size == 1:
+        return int(value)
+    tensor = torch.tensor([int(value)], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return int(tensor.item())
+
+
+def mean_across(value: float, world_size: int, device: torch.device) -> float:
+    """The mean of a number over all ranks (decisions such as target-KL stops are then the same everywhere)."""
+    if world_size == 1:
+        return float(value)
+    tensor = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return float(tensor.item()) / world_size
+
+
+def final_observations(obs, info: dict, ended: np.ndarray):
+    """The batch `obs` with each `ended` env's last observation, which same-step autoreset keeps in
+    `info["final_obs"]` (the batch itself already shows the next episode there)."""
+    final = info["final_obs"]
+    if isinstance(obs, dict):
+        batch = {key: value.copy() for key, value in obs.items()}
+        for i in np.flatnonzero(ended):
+            for key in batch:
+                batch[key][i] = final[i][key]
+        return batch
+    batch = obs.copy()
+    for i in np.flatnonzero(ended):
+        batch[i] = final[i]
+    return batch
+
+
+# ---------------------------------------------------------------------------------------------
+# Ranges of the flags both scripts share (each script adds its own)
+# ---------------------------------------------------------------------------------------------
+COMMON_RANGES = {
+    "seed": "[0, 4294967295]",
+    "total_timesteps": ">= 1",
+    "num_envs": "[1, 65536]",
+    "num_steps": ">= 1",
+    "init_lr": "> 0",
+    "final_lr": ">= 0",
+    "anneal_steps": ">= 1",
+    "gamma": "[0, 1]",
+    "gae_lambda": "[0, 1]",
+    "num_minibatches": ">= 1",
+    "update_epochs": ">= 1",
+    "clip_coef": "> 0",
+    "init_ent_coef": ">= 0",
+    "final_ent_coef": ">= 0",
+    "vf_coef": ">= 0",
+    "max_grad_norm": "> 0",
+    "target_kl": "> 0",
+    "reconstruction_coef": ">= 0",
+    "ground_truth_coef": ">= 0",
+    "checkpoint_interval": ">= 0",
+    "checkpoint_minutes": ">= 0",
+    "eval_interval": ">= 0",
+    "eval_seeds": "[1, 65536]",
+    "eval_repetitions": ">= 1",
+    "eval_seed_start": "[0, 4294967295]",
+}
+
+
+def _within(value: float, rule: str) -> bool:
+    if not np.isfinite(value):
+        return False
+    if rule == "finite":
+        return True
+    if rule.startswith((">=", ">", "<=", "<")):
+        operator, bound = rule.split()
+        bound = float(bound)
+        return {">=": value >= bound, ">": value > bound, "<=": value <= bound, "<": value < bound}[operator]
+    low, high = (float(x) for x in rule[1:-1].split(","))
+    above = value >= low if rule[0] == "[" else value > low
+    below = value <= high if rule[-1] == "]" else value < high
+    return above and below
+
+
+def check_ranges(args, ranges: dict[str, str]) -> None:
+    """Refuse a field outside its range in one line naming the flag, the value and what is allowed.
+
+    A range is '>= a', '> a', an interval such as '[a, b]' or '(a, b]', or 'finite'; an unset optional
+    field passes."""
+    for name, allowed in ranges.items():
+        value = getattr(args, name, None)
+        if value is not None and not _within(value, allowed):
+            in_range = f"in {allowed}" if allowed[0] in "[(" else allowed
+            fail(f"--{name.replace('_', '-')} must be {in_range}, got {value!r}")
+    if args.num_envs * args.num_steps > 2**24:
+        fail(f"--num-envs x --num-steps is {args.num_envs * args.num_steps:,} steps per rollout; at most {2**24:,} are allowed")
+
+
+def check_rollout_fits(args, space: gym.Space) -> None:
+    """Refuse a rollout whose observations alone would not fit in this machine's memory."""
+    boxes = list(space.spaces.values()) if isinstance(space, gym.spaces.Dict) else [space]
+    per_step = sum(int(np.prod(box.shape)) * (1 if box.dtype == np.uint8 else 4) for box in boxes)
+    needed = per_step * args.num_envs * args.num_steps
+    try:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if needed > 0.8 * available:
+        fail(
+            f"a rollout of --num-envs {args.num_envs} x --num-steps {args.num_steps} needs {needed / 2**30:.1f} GiB for "
+            f"its observations alone; this machine has {available / 2**30:.1f} GiB: use fewer envs or steps"
+        )
+
+
+def preset_headline(path: str | None) -> str | None:
+    """The first comment line of a preset: what it targets (e.g. the published number it reproduces)."""
+    if not path:
+        return None
+    with open(path, encoding="utf-8") as f:
+        first = f.readline().strip()
+    return first.lstrip("#").strip() or None if first.startswith("#") else None

@@ -21,7 +21,7 @@ import run_utils
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = {
     ppo_trxl: dict(trxl_dim=16, trxl_num_heads=2, trxl_num_layers=1, trxl_memory_length=4),
-    ppo_gru: dict(gru_hidden_size=16, embed_dim=16, hidden_dim=16),
+    ppo_gru: dict(rnn_hidden_size=16, embed_dim=16, hidden_dim=16),
 }
 SCRIPTS = pytest.mark.parametrize("script", [ppo_trxl, ppo_gru], ids=["trxl", "gru"])
 TINY = dict(env_id="ProofOfMemory-v0", num_envs=2, num_steps=8, num_minibatches=2, update_epochs=1, cuda=False)

@@ -1,0 +1,37 @@
+"""Every test runs in a fresh temporary working folder, so nothing lands in the repository's
+`runs/` or `videos/`; the session fails if either changed anyway."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WATCHED = ("runs", "videos", "wandb")
+
+
+def _listing() -> dict[str, list[str]]:
+    return {name: sorted(os.listdir(os.path.join(ROOT, name))) if os.path.isdir(os.path.join(ROOT, name)) else []
+            for name in WATCHED}
+
+
+_before: dict[str, list[str]] = {}
+
+
+def pytest_sessionstart(session):
+    _before.update(_listing())
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before, after = _before, _listing()
+    if before != after:
+        changed = [name for name in WATCHED if before[name] != after[name]]
+        print(f"\nerror: the tests wrote into the repository's {', '.join(changed)}/ folder(s)")
+        session.exitstatus = 1
+
+
+@pytest.fixture(autouse=True)
+def _work_in_a_temporary_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
