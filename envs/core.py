@@ -161,8 +161,8 @@ class _ActionCheck:
         low = np.asarray(space.start)
         high = low + (space.n if isinstance(space, gym.spaces.Discrete) else space.nvec)
         # One scalar bound per side where every component shares it (all our ids): min/max suffice.
-        self.low = low.min() if (low == low.min()).all() else None
-        self.high = high.max() if (high == high.max()).all() else None
+        self.low = int(low.min()) if (low == low.min()).all() else None
+        self.high = int(high.max()) if (high == high.max()).all() else None
         self.lows, self.highs = low, high
 
     def __call__(self, actions: Any) -> np.ndarray:
@@ -184,6 +184,9 @@ class _ActionCheck:
 
     def _within(self, array: np.ndarray) -> bool:
         if self.low is not None and self.high is not None:
+            if array.size <= 2:  # one env's action: Python's min/max cost a fraction of two reductions
+                values = array.ravel().tolist()
+                return self.low <= min(values) and max(values) < self.high
             return bool(array.min() >= self.low and array.max() < self.high)
         return bool((array >= self.lows).all() and (array < self.highs).all())
 

@@ -41,7 +41,8 @@ class Param:
     def describe(self) -> str:
         if self.kind == "bool":
             return "a bool"
-        interval = f"{'(' if self.open_low else '['}{_number(self.low)}, {_number(self.high)}{')' if self.open_high else ']'}"
+        opening, closing = "(" if self.open_low else "[", ")" if self.open_high else "]"
+        interval = f"{opening}{_number(self.low)}, {_number(self.high)}{closing}"
         return {
             "int": f"an integer in {interval}",
             "real": f"a number in {interval}",

@@ -249,7 +249,7 @@ def test_num_envs_must_be_a_positive_integer(num_envs):
         gym.make_vec("MortarMayhem-v0", num_envs=num_envs)
 
 
-@pytest.mark.parametrize("env_id", ["ProofOfMemory-v0", "MortarMayhem-Grid-v0", "MysteryPath-v0", "Endless-SearingSpotlights-v0"])
+@pytest.mark.parametrize("env_id", IDS)
 def test_stepping_before_reset_raises_reset_needed(env_id):
     single = gym.make(env_id)
     vector = gym.make_vec(env_id, num_envs=2)

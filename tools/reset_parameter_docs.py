@@ -44,8 +44,10 @@ def markdown() -> str:
     sections = [HEADER]
     for env_id in native_ids():
         game_cls = gym.registry[env_id].entry_point.game_cls
-        rows = [f"| `{name}` | `{default!r}` | {game_cls.parameters[name].describe()} |" for name, default in game_cls.defaults.items()]
-        sections.append("\n".join([f"## `{env_id}`", "", "| parameter | default | accepted |", "|---|---|---|", *rows]) + "\n")
+        rows = [f"## `{env_id}`", "", "| parameter | default | accepted |", "|---|---|---|"]
+        for name, default in game_cls.defaults.items():
+            rows.append(f"| `{name}` | `{default!r}` | {game_cls.parameters[name].describe()} |")
+        sections.append("\n".join(rows) + "\n")
     return "\n".join(sections)
 
 
