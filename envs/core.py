@@ -63,6 +63,13 @@ class BatchedGame:
 
     # ---- to implement --------------------------------------------------------------------
     def check_params(self, params: dict[str, Any]) -> None:
+        """Raise `ValueError` naming the parameter if a value is invalid (names are checked already):
+        each value against its declared range, then `check_combinations` (resets and restored states)."""
+        for name, value in params.items():
+            self.parameters[name].check(self.env_id, name, value)
+        self.check_combinations(params)
+
+    def check_combinations(self, params: dict[str, Any]) -> None:
         """Raise `ValueError` naming the parameter if values do not fit together (each one fits its `Param`)."""
 
     def reset_envs(self, idx: np.ndarray, params: dict[str, Any]) -> None:
@@ -113,8 +120,6 @@ class BatchedGame:
     def validated_params(self, *layers: dict[str, Any] | None) -> dict[str, Any]:
         """`resolve_params` of the layers, with every value checked."""
         params = self.resolve_params(*layers)
-        for name, value in params.items():
-            self.parameters[name].check(self.env_id, name, value)
         self.check_params(params)
         return params
 

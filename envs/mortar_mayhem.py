@@ -376,7 +376,7 @@ class MortarMayhemGame(BatchedGame):
         """The agent scale of every env and every drawn sprite so far, None once two differ."""
 
     # ---- parameters ------------------------------------------------------------------------
-    def check_params(self, params: dict[str, Any]) -> None:
+    def check_combinations(self, params: dict[str, Any]) -> None:
         if self.show_commands and 0 in params["command_show_duration"] and 0 in params["command_show_delay"]:
             raise ValueError(
                 f"{self.env_id}: command_show_duration and command_show_delay can both be 0, which shows "

@@ -1,6 +1,6 @@
 """The values each reset parameter accepts, declared once per family as a table of `Param`s.
 
-`BatchedGame.validated_params` checks every value against its game's table before the game's
+`BatchedGame.check_params` checks every value against its game's table before the game's
 own cross-parameter rules (e.g. a minimum not above its maximum), so a wrong value is refused
 at once with a `ValueError` naming the parameter and what it accepts. The bounds keep every
 accepted value cheap to reset and step with and far from integer overflow; where memory-gym

@@ -45,7 +45,7 @@ class ProofOfMemoryGame(BatchedGame):
         self.t = np.zeros(num_envs, dtype=np.int64)
         self.episode_return = np.zeros(num_envs)
 
-    def check_params(self, params: dict[str, Any]) -> None:
+    def check_combinations(self, params: dict[str, Any]) -> None:
         if params["min_delay"] > params["max_delay"]:
             raise ValueError(
                 f"{self.env_id}: min_delay ({params['min_delay']}) must not exceed max_delay ({params['max_delay']})"

@@ -376,7 +376,7 @@ class _SpotlightsGame(BatchedGame):
         self.frames = np.zeros((n, SCREEN, SCREEN, 3), dtype=np.uint8)
 
     # ---- parameters ----------------------------------------------------------------------
-    def check_params(self, params: dict[str, Any]) -> None:
+    def check_combinations(self, params: dict[str, Any]) -> None:
         env_id = self.env_id
         low, high = params["spot_min_radius"], params["spot_max_radius"]
         whole = f"a number whose integer part is at least that of spot_min_radius ({low})"
