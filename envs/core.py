@@ -13,12 +13,16 @@ faces turn a game into the Gymnasium API:
 Randomness comes only from one `numpy.random.Generator` per env: sub-env `i` of a vector env
 reset with seed `s` uses the generator a single env reset with seed `s + i` gets.
 Reset parameters are taken as constructor keywords (they become the env's standing
-parameters) and as `reset(options=...)` (for that reset only); unknown names and invalid
-values raise `ValueError` naming them.
+parameters) and as `reset(options=...)` (for that reset only); unknown names and values outside
+the game's declared `parameters` table raise `ValueError` naming them. Actions outside the action
+space raise `ValueError`, stepping before the first reset `gymnasium.error.ResetNeeded`; returned
+observations and infos are copies that later steps never change.
 """
 
 from __future__ import annotations
 
+import reprlib
+from numbers import Integral
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -27,6 +31,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from envs.parameters import Param
 from envs.state import Derived, Field, ListOf, Rng, restore_state, save_state
 
 RENDER_MODES = ["rgb_array", "debug_rgb_array"]
@@ -46,6 +51,8 @@ class BatchedGame:
     action_space: ClassVar[gym.Space]
     defaults: ClassVar[dict[str, Any]] = {}
     """Every reset parameter and its default value."""
+    parameters: ClassVar[dict[str, Param]] = {}
+    """The values each reset parameter accepts (a family's table may hold names other ids lack)."""
     ground_truth_space: ClassVar[gym.Space | None] = None
     render_fps: ClassVar[int] = 25
 
@@ -56,7 +63,14 @@ class BatchedGame:
 
     # ---- to implement --------------------------------------------------------------------
     def check_params(self, params: dict[str, Any]) -> None:
-        """Raise `ValueError` naming the parameter if a value is invalid (names are checked already)."""
+        """Raise `ValueError` naming the parameter if a value is invalid (names are checked already):
+        each value against its declared range, then `check_combinations` (resets and restored states)."""
+        for name, value in params.items():
+            self.parameters[name].check(self.env_id, name, value)
+        self.check_combinations(params)
+
+    def check_combinations(self, params: dict[str, Any]) -> None:
+        """Raise `ValueError` naming the parameter if values do not fit together (each one fits its `Param`)."""
 
     def reset_envs(self, idx: np.ndarray, params: dict[str, Any]) -> None:
         """Start a new episode in the envs `idx`, drawing from `self.rngs[i]`."""
@@ -71,7 +85,7 @@ class BatchedGame:
         raise NotImplementedError
 
     def step_info(self) -> dict[str, np.ndarray]:
-        """Info keys that every env reports after every reset and step, as batched arrays."""
+        """Info keys that every env reports after every reset and step, as batched arrays (the faces copy them)."""
         return {}
 
     def episode_info(self, i: int) -> dict[str, Any]:
@@ -138,16 +152,54 @@ class BatchedGame:
                 self.rngs[i], _ = seeding.np_random(s)
 
 
-def _checked_render_mode(render_mode: str | None) -> str | None:
+def _checked_render_mode(env_id: str, render_mode: str | None) -> str | None:
     if render_mode not in (None, *RENDER_MODES):
-        raise ValueError(f"unknown render_mode {render_mode!r}; choose from {RENDER_MODES}")
+        raise ValueError(f"{env_id}: unknown render_mode {render_mode!r}; choose from {RENDER_MODES}")
     return render_mode
 
 
+class _ActionCheck:
+    """Refuses actions outside the action space: a dtype test, a shape test and two reductions."""
+
+    def __init__(self, env_id: str, space: gym.spaces.Discrete | gym.spaces.MultiDiscrete, batch: tuple[int, ...]):
+        self.env_id, self.space, self.shape = env_id, space, (*batch, *space.shape)
+        low = np.asarray(space.start)
+        high = low + (space.n if isinstance(space, gym.spaces.Discrete) else space.nvec)
+        # One scalar bound per side where every component shares it (all our ids): min/max suffice.
+        self.low = int(low.min()) if (low == low.min()).all() else None
+        self.high = int(high.max()) if (high == high.max()).all() else None
+        self.lows, self.highs = low, high
+
+    def __call__(self, actions: Any) -> np.ndarray:
+        array = np.asarray(actions)
+        if array.dtype.kind not in "iu" or array.shape != self.shape or not self._within(array):
+            # A batch is summarised on one line (first and last rows).
+            if isinstance(actions, np.ndarray):
+                shown = np.array2string(actions, threshold=8, separator=", ")
+            else:
+                shown = reprlib.repr(actions)
+            expected = f"integers of shape {self.shape}" if self.shape else "an integer"
+            low = self.lows.tolist() if self.low is None else self.low
+            high = self.highs.tolist() if self.high is None else self.high
+            raise ValueError(
+                f"{self.env_id}: action {' '.join(shown.split())} is outside the "
+                f"action space {self.space} (expected {expected} in [{low}, {high}))"
+            )
+        return array
+
+    def _within(self, array: np.ndarray) -> bool:
+        if self.low is not None and self.high is not None:
+            if array.size <= 2:  # one env's action: Python's min/max cost a fraction of two reductions
+                values = array.ravel().tolist()
+                return self.low <= min(values) and max(values) < self.high
+            return bool(array.min() >= self.low and array.max() < self.high)
+        return bool((array >= self.lows).all() and (array < self.highs).all())
+
+
 def _first(value: Any) -> Any:
-    """Element 0 of a batched info value, as a plain Python number where it is a scalar."""
+    """Element 0 of a batched info value: a plain Python number where it is a scalar, else a copy."""
     item = value[0]
-    return item.item() if isinstance(item, np.generic) else item
+    return item.item() if isinstance(item, np.generic) else np.array(item, copy=True)
 
 
 class NativeEnv(gym.Env):
@@ -156,7 +208,7 @@ class NativeEnv(gym.Env):
     game_cls: type[BatchedGame]
 
     def __init__(self, render_mode: str | None = None, **params: Any):
-        self.render_mode = _checked_render_mode(render_mode)
+        self.render_mode = _checked_render_mode(self.game_cls.env_id, render_mode)
         self.game = self.game_cls(1)
         self.params = self.game.validated_params(params)
         self.observation_space = self.game_cls.observation_space
@@ -164,16 +216,21 @@ class NativeEnv(gym.Env):
         self.has_ground_truth_info = self.game_cls.ground_truth_space is not None
         if self.has_ground_truth_info:
             self.ground_truth_space = self.game_cls.ground_truth_space
+        self._checked_action = _ActionCheck(self.game_cls.env_id, self.action_space, ())
+        self._reset_done = False
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         params = self.game.validated_params(self.params, options)
         self.game.seed(seed)
         self._np_random = self.game.rngs[0]
         self.game.reset_envs(np.array([0]), params)
+        self._reset_done = True
         return self._observation(), self._info(terminated=False)
 
     def step(self, action):
-        rewards, terminated = self.game.step(np.asarray(action)[None])
+        if not self._reset_done:
+            raise gym.error.ResetNeeded(f"{self.game_cls.env_id}: call reset() before step()")
+        rewards, terminated = self.game.step(self._checked_action(action)[None])
         done = bool(terminated[0])
         return self._observation(), float(rewards[0]), done, False, self._info(terminated=done)
 
@@ -203,8 +260,11 @@ class NativeVectorEnv(VectorEnv):
     game_cls: type[BatchedGame]
 
     def __init__(self, num_envs: int = 1, render_mode: str | None = None, **params: Any):
-        self.num_envs = num_envs
-        self.render_mode = _checked_render_mode(render_mode)
+        env_id = self.game_cls.env_id
+        if not isinstance(num_envs, Integral) or isinstance(num_envs, (bool, np.bool_)) or num_envs < 1:
+            raise ValueError(f"{env_id}: num_envs must be an integer >= 1, got {num_envs!r}")
+        self.num_envs = num_envs = int(num_envs)
+        self.render_mode = _checked_render_mode(env_id, render_mode)
         self.game = self.game_cls(num_envs)
         self.params = self.game.validated_params(params)
         self.single_observation_space = self.game_cls.observation_space
@@ -212,15 +272,20 @@ class NativeVectorEnv(VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self._all = np.arange(num_envs)
+        self._checked_actions = _ActionCheck(env_id, self.single_action_space, (num_envs,))
+        self._reset_done = False
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
         params = self.game.validated_params(self.params, options)
         self.game.seed(seed)
         self.game.reset_envs(self._all, params)
+        self._reset_done = True
         return self._observation(), self._every_step_info()
 
     def step(self, actions):
-        rewards, terminated = self.game.step(np.asarray(actions))
+        if not self._reset_done:
+            raise gym.error.ResetNeeded(f"{self.game_cls.env_id}: call reset() before step()")
+        rewards, terminated = self.game.step(self._checked_actions(actions))
         truncated = np.zeros(self.num_envs, dtype=bool)
         infos: dict[str, Any] = {}
         ended = np.flatnonzero(terminated)

@@ -43,10 +43,8 @@ from envs.mystery_path import (
     CROSS_HALF,
     OBSERVATION_SPACE,
     SCREEN,
+    PARAMETERS,
     TILE,
-    check_kinds,
-    is_int,
-    is_real,
     upscale_image,
 )
 from envs.path_generation import GRID, Draws, generate_chain
@@ -268,6 +266,7 @@ class EndlessMysteryPathGame(BatchedGame):
         "reward_path_progress": 0.1,
         "reward_step": 0.0,
     }
+    parameters = PARAMETERS
     render_fps = 25
 
     state_fields = BatchedGame.state_fields | {
@@ -365,20 +364,6 @@ class EndlessMysteryPathGame(BatchedGame):
         self.params_of_all: dict[str, Any] | None = None
         """The parameters every env was last reset with, if they are the same for all."""
         self.screens = np.zeros((n, SCREEN, SCREEN, 3), dtype=np.uint8)
-
-    def check_params(self, params: dict[str, Any]) -> None:
-        env_id = self.env_id
-        check_kinds(env_id, params)
-        if params["agent_speed"] > SCREEN:
-            raise ValueError(
-                f"{env_id}: agent_speed must be at most {SCREEN} (one screen per step), got {params['agent_speed']!r}"
-            )
-        if not is_real(params["camera_offset_scale"]):
-            raise ValueError(
-                f"{env_id}: camera_offset_scale must be a finite real number, got {params['camera_offset_scale']!r}"
-            )
-        if not (is_int(params["stamina_level"]) and params["stamina_level"] >= 1):
-            raise ValueError(f"{env_id}: stamina_level must be an integer >= 1, got {params['stamina_level']!r}")
 
     # ---- path storage ----------------------------------------------------------------------
     def _store_segments(
@@ -658,7 +643,7 @@ class EndlessMysteryPathGame(BatchedGame):
         return self.screens
 
     def step_info(self) -> dict[str, np.ndarray]:
-        return {"ground_truth": self.ground_truth.copy()}  # the game updates its array in place
+        return {"ground_truth": self.ground_truth}
 
     def render_debug(self, i: int) -> np.ndarray:
         image = np.zeros((1, SCREEN, SCREEN, 3), dtype=np.uint8)

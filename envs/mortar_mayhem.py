@@ -21,7 +21,6 @@ Python, each from one block of generator outputs (`Draws`), and stored by one ta
 from __future__ import annotations
 
 from functools import lru_cache
-from numbers import Integral, Real
 from typing import Any
 
 import gymnasium as gym
@@ -29,6 +28,7 @@ import numpy as np
 
 from envs.agent import AgentPainter, continuous_step, grid_step, wrap_step
 from envs.core import BatchedGame
+from envs.parameters import REWARD, STEPS, boolean, int_list, integer, real
 from envs.state import Array, Derived, Value, arrays, state_error
 from envs.raster import Sprite, SpriteSheet, blit, disk_offsets, offsets_mask, upscale
 from envs.sprites import COMMAND_SPRITES, agent_radius, agent_sprites, tile
@@ -52,6 +52,8 @@ PAD = len(COMMAND_NAMES)
 _ONE_HOT = np.zeros((PAD + 1, 9), dtype=np.float32)
 _ONE_HOT[np.arange(PAD), ONE_HOT_SLOT] = 1.0
 MAX_VECTOR_COMMANDS = 20
+MAX_COMMANDS = 1000
+"""Most commands in a sequence (a perfect 1000-command episode lasts about 27,000 steps)."""
 
 BLUE, BLUE_BORDER = (21, 43, 77), (29, 60, 107)
 RED, RED_BORDER = (81, 18, 26), (112, 24, 36)
@@ -102,21 +104,6 @@ def _explosion_layers() -> tuple[np.ndarray, np.ndarray]:
 
 _EXPLOSION_LAYERS, _EXPLOSION_START = _explosion_layers()
 _RING = offsets_mask(*disk_offsets(TILE // 2), TILE, TILE // 2) & ~offsets_mask(*disk_offsets(TILE // 2 - 2), TILE, TILE // 2)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool) and np.isfinite(value)
-
-
-def _int_list(env_id: str, name: str, value: Any, minimum: int) -> None:
-    if not isinstance(value, (list, tuple, np.ndarray)) or len(value) == 0:
-        raise ValueError(f"{env_id}: {name} must be a non-empty list of integers, got {value!r}")
-    if not all(_is_int(v) and v >= minimum for v in value):
-        raise ValueError(f"{env_id}: every value of {name} must be an integer >= {minimum}, got {value!r}")
 
 
 @lru_cache(maxsize=None)
@@ -255,6 +242,26 @@ LAYOUT_FIELDS = 8
 """Fields of a `draw_layout` row before its commands."""
 
 
+# The accepted values of every Mortar Mayhem reset parameter (each id uses those it has).
+PARAMETERS = {
+    "max_steps": integer(-STEPS, STEPS),
+    "agent_scale": real(0, 2, open_low=True),
+    "agent_speed": real(0, SCREEN),
+    "arena_size": integer(2, 6),
+    "allowed_commands": integer(4, 9),
+    "command_count": int_list(1, MAX_COMMANDS),
+    "initial_command_count": integer(1, MAX_COMMANDS),
+    "command_show_duration": int_list(0, STEPS),
+    "command_show_delay": int_list(0, STEPS),
+    "explosion_duration": int_list(0, STEPS),
+    "explosion_delay": int_list(0, STEPS),
+    "visual_feedback": boolean(),
+    "reward_command_failure": real(-REWARD, REWARD),
+    "reward_command_success": real(-REWARD, REWARD),
+    "reward_episode_success": real(-REWARD, REWARD),
+}
+
+
 class MortarMayhemGame(BatchedGame):
     """`MortarMayhem-v0`; the other ids change the class attributes below."""
 
@@ -282,6 +289,7 @@ class MortarMayhemGame(BatchedGame):
         "reward_command_success": 0.1,
         "reward_episode_success": 0.0,
     }
+    parameters = PARAMETERS
 
     state_fields = BatchedGame.state_fields | {
         "all_envs": Derived(),
@@ -368,43 +376,12 @@ class MortarMayhemGame(BatchedGame):
         """The agent scale of every env and every drawn sprite so far, None once two differ."""
 
     # ---- parameters ------------------------------------------------------------------------
-    def check_params(self, params: dict[str, Any]) -> None:
-        env_id = self.env_id
-        if "agent_scale" in params and not (_is_real(params["agent_scale"]) and params["agent_scale"] > 0):
-            raise ValueError(f"{env_id}: agent_scale must be a finite real number > 0, got {params['agent_scale']!r}")
-        if "agent_speed" in params and not _is_real(params["agent_speed"]):
-            raise ValueError(f"{env_id}: agent_speed must be a finite real number, got {params['agent_speed']!r}")
-        if "arena_size" in params and not (_is_int(params["arena_size"]) and 2 <= params["arena_size"] <= 6):
-            raise ValueError(f"{env_id}: arena_size must be an integer in 2..6, got {params['arena_size']!r}")
-        if not (_is_int(params["allowed_commands"]) and 4 <= params["allowed_commands"] <= 9):
-            raise ValueError(f"{env_id}: allowed_commands must be an integer in 4..9, got {params['allowed_commands']!r}")
-        if self.endless:
-            count = params["initial_command_count"]
-            if not (_is_int(count) and count >= 1):
-                raise ValueError(f"{env_id}: initial_command_count must be an integer >= 1, got {count!r}")
-            if not _is_int(params["max_steps"]):
-                raise ValueError(f"{env_id}: max_steps must be an integer, got {params['max_steps']!r}")
-        else:
-            _int_list(env_id, "command_count", params["command_count"], 1)
-            if self.vector_commands and max(params["command_count"]) > MAX_VECTOR_COMMANDS:
-                raise ValueError(
-                    f"{env_id}: command_count allows at most {MAX_VECTOR_COMMANDS} commands, got {params['command_count']!r}"
-                )
-        if self.show_commands:
-            _int_list(env_id, "command_show_duration", params["command_show_duration"], 0)
-            _int_list(env_id, "command_show_delay", params["command_show_delay"], 0)
-            if 0 in params["command_show_duration"] and 0 in params["command_show_delay"]:
-                raise ValueError(
-                    f"{env_id}: command_show_duration and command_show_delay can both be 0, which shows "
-                    f"nothing: {params['command_show_duration']!r}, {params['command_show_delay']!r}"
-                )
-        _int_list(env_id, "explosion_duration", params["explosion_duration"], 0)
-        _int_list(env_id, "explosion_delay", params["explosion_delay"], 0)
-        if not isinstance(params["visual_feedback"], (bool, np.bool_)):
-            raise ValueError(f"{env_id}: visual_feedback must be a bool, got {params['visual_feedback']!r}")
-        for name in ("reward_command_failure", "reward_command_success", "reward_episode_success"):
-            if name in params and not _is_real(params[name]):
-                raise ValueError(f"{env_id}: {name} must be a finite real number, got {params[name]!r}")
+    def check_combinations(self, params: dict[str, Any]) -> None:
+        if self.show_commands and 0 in params["command_show_duration"] and 0 in params["command_show_delay"]:
+            raise ValueError(
+                f"{self.env_id}: command_show_duration and command_show_delay can both be 0, which shows "
+                f"nothing: {params['command_show_duration']!r}, {params['command_show_delay']!r}"
+            )
 
     def check_state(self, fields: dict[str, Any]) -> None:
         single = fields["single_scale"]
@@ -758,6 +735,7 @@ class MortarMayhemBGame(MortarMayhemGame):
         for key, value in MortarMayhemGame.defaults.items()
         if key not in ("command_show_duration", "command_show_delay")
     }
+    parameters = PARAMETERS | {"command_count": int_list(1, MAX_VECTOR_COMMANDS)}
 
 
 class GridMortarMayhemBGame(MortarMayhemBGame):

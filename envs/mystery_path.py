@@ -9,12 +9,11 @@ a path tile other than start and goal earns `reward_path_progress`; the episode 
 `max_steps` steps.
 
 State lives in arrays over the batch; the step and the drawing are array code, the path is
-generated per env at reset. Parameter checks shared with `endless_mystery_path` live here too.
+generated per env at reset. The parameter table shared with `endless_mystery_path` lives here too.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import gymnasium as gym
@@ -22,6 +21,7 @@ import numpy as np
 
 from envs.agent import AgentPainter, continuous_step, grid_step
 from envs.core import BatchedGame
+from envs.parameters import REWARD, STEPS, boolean, int_list, integer, real
 from envs.state import Derived, ListOf, TupleOf, Value, arrays
 from envs.path_generation import GRID, Draws, generate_segment
 from envs.raster import SpriteSheet
@@ -39,37 +39,28 @@ CROSS = SpriteSheet([FALLOFF_CROSS])
 CROSS_HALF = FALLOFF_CROSS.size[0] // 2
 
 
-# ---- reset-parameter checks ----------------------------------------------------------------
+# ---- reset parameters ----------------------------------------------------------------------
 
-
-def is_bool(value: Any) -> bool:
-    return isinstance(value, (bool, np.bool_))
-
-
-def is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not is_bool(value)
-
-
-def is_real(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not is_bool(value) and math.isfinite(value)
-
-
-def check_kinds(env_id: str, params: dict[str, Any]) -> None:
-    """Shared Mystery Path checks, by parameter name: flags, integers, rewards, agent size and speed."""
-    for name, value in params.items():
-        if name.startswith("show_") or name == "visual_feedback":
-            if not is_bool(value):
-                raise ValueError(f"{env_id}: {name} must be a bool, got {value!r}")
-        elif name == "max_steps":
-            if not is_int(value):
-                raise ValueError(f"{env_id}: max_steps must be an integer, got {value!r}")
-        elif name.startswith("reward_") or name == "agent_speed":
-            if not is_real(value) or (name == "agent_speed" and value < 0):
-                limit = " >= 0" if name == "agent_speed" else ""
-                raise ValueError(f"{env_id}: {name} must be a finite real number{limit}, got {value!r}")
-        elif name == "agent_scale":
-            if not is_real(value) or value <= 0:
-                raise ValueError(f"{env_id}: agent_scale must be a finite real number > 0, got {value!r}")
+# The accepted values of every Mystery Path reset parameter (each id uses those it has).
+PARAMETERS = {
+    "max_steps": integer(-STEPS, STEPS),
+    "agent_scale": real(0, 2, open_low=True),
+    "agent_speed": real(0, SCREEN),
+    "cardinal_origin_choice": int_list(0, 3),
+    "show_origin": boolean(),
+    "show_goal": boolean(),
+    "show_past_path": boolean(),
+    "show_background": boolean(),
+    "show_stamina": boolean(),
+    "visual_feedback": boolean(),
+    # In tiles; beyond the past path's reach (two segments, 16 columns) larger values change nothing.
+    "camera_offset_scale": real(-100, 100),
+    "stamina_level": integer(1, STEPS),
+    "reward_goal": real(-REWARD, REWARD),
+    "reward_fall_off": real(-REWARD, REWARD),
+    "reward_path_progress": real(-REWARD, REWARD),
+    "reward_step": real(-REWARD, REWARD),
+}
 
 
 # ---- the finite game -----------------------------------------------------------------------
@@ -114,6 +105,7 @@ class MysteryPathGame(BatchedGame):
         "reward_path_progress": 0.1,
         "reward_step": 0.0,
     }
+    parameters = PARAMETERS
     render_fps = 25
     grid_agent = False
 
@@ -167,18 +159,6 @@ class MysteryPathGame(BatchedGame):
         self.success = np.zeros(n, dtype=np.int64)
         self.episode_return = np.zeros(n)
         self.screens = np.zeros((n, SCREEN, SCREEN, 3), dtype=np.uint8)
-
-    def check_params(self, params: dict[str, Any]) -> None:
-        check_kinds(self.env_id, params)
-        origins = params["cardinal_origin_choice"]
-        if not (
-            isinstance(origins, (list, tuple, np.ndarray))
-            and len(origins) > 0
-            and all(is_int(o) and 0 <= o <= 3 for o in origins)
-        ):
-            raise ValueError(
-                f"{self.env_id}: cardinal_origin_choice must be a non-empty list of sides in 0..3, got {origins!r}"
-            )
 
     # ---- reset -----------------------------------------------------------------------------
     def reset_envs(self, idx: np.ndarray, params: dict[str, Any]) -> None:

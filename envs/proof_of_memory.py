@@ -19,6 +19,7 @@ import gymnasium as gym
 import numpy as np
 
 from envs.core import BatchedGame
+from envs.parameters import STEPS, integer
 from envs.state import arrays
 
 SCREEN = 84
@@ -33,6 +34,7 @@ class ProofOfMemoryGame(BatchedGame):
     observation_space = gym.spaces.Box(0.0, 1.0, (num_cues + 1,), np.float32)
     action_space = gym.spaces.Discrete(num_cues)
     defaults = {"min_delay": 1, "max_delay": 4}
+    parameters = {"min_delay": integer(0, STEPS), "max_delay": integer(0, STEPS)}
     render_fps = 4
     state_fields = BatchedGame.state_fields | arrays("cue", "delay", "t", "episode_return")
 
@@ -43,11 +45,7 @@ class ProofOfMemoryGame(BatchedGame):
         self.t = np.zeros(num_envs, dtype=np.int64)
         self.episode_return = np.zeros(num_envs)
 
-    def check_params(self, params: dict[str, Any]) -> None:
-        for name in ("min_delay", "max_delay"):
-            value = params[name]
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{self.env_id}: {name} must be an integer >= 0, got {value!r}")
+    def check_combinations(self, params: dict[str, Any]) -> None:
         if params["min_delay"] > params["max_delay"]:
             raise ValueError(
                 f"{self.env_id}: min_delay ({params['min_delay']}) must not exceed max_delay ({params['max_delay']})"

@@ -18,6 +18,7 @@ with NumPy alone their many small array calls per step cost more than the pixels
 
 from __future__ import annotations
 
+from fractions import Fraction
 from numbers import Integral, Real
 from typing import Any
 
@@ -27,6 +28,7 @@ import numpy as np
 
 from envs.agent import continuous_step
 from envs.core import BatchedGame
+from envs.parameters import REWARD, STEPS, boolean, int_list, integer, real
 from envs.raster import Sprite, disk_offsets, ring_offsets
 from envs.spotlights import DARK, RING, SCREEN, Spotlights, clear_mask, create_spot, ringed_codes
 from envs.state import Array, Context, Derived, DictOf, Field, ListOf, Obj, Optional, Params, Value, arrays, state_error
@@ -246,7 +248,51 @@ def _inside_edges(x: int, y: int) -> tuple[int, int]:
     return min(max(x, EDGE), SCREEN - EDGE), min(max(y, EDGE), SCREEN - EDGE)
 
 
-# ---- parameter checks --------------------------------------------------------------------------
+# ---- reset parameters ------------------------------------------------------------------------
+
+MAX_HEALTH = 10**6
+# The accepted values of every Searing Spotlights reset parameter (each id uses those it has).
+PARAMETERS = {
+    "max_steps": integer(-STEPS, STEPS),
+    "steps_per_coin": integer(1, STEPS),
+    "initial_spawns": integer(0, 100),
+    "num_spawns": integer(0, STEPS),
+    "initial_spawn_interval": real(0, STEPS),
+    "spawn_interval_threshold": real(0, STEPS),
+    "spawn_interval_decay": real(0, 1),
+    "spawn_interval": real(0, STEPS),
+    "spot_min_radius": real(0, SCREEN),
+    "spot_max_radius": real(0, SCREEN),
+    "spot_min_speed": real(0, 1),
+    "spot_max_speed": real(0, 1),
+    "spot_damage": real(0, MAX_HEALTH),
+    "visual_feedback": boolean(),
+    "black_background": boolean(),
+    "hide_chessboard": boolean(),
+    "light_dim_off_duration": integer(0, STEPS),
+    "light_threshold": integer(0, STEPS),
+    "num_coins": int_list(0, 20, may_be_empty=True),
+    "coin_scale": real(0, 1, open_high=True),
+    "coin_show_duration": real(0, STEPS),
+    "coins_visible": boolean(),
+    "use_exit": boolean(),
+    # Only the sizes whose rasterisation was verified against the reference are offered.
+    "exit_scale": real(0.5, 0.5),
+    "exit_visible": boolean(),
+    "agent_speed": real(0, SCREEN),
+    "agent_health": real(0, MAX_HEALTH, open_low=True),
+    "agent_scale": real(0, Fraction(2, 3), open_low=True, open_high=True),
+    "agent_visible": boolean(),
+    "sample_agent_position": boolean(),
+    "show_last_action": boolean(),
+    "show_last_positive_reward": boolean(),
+    "reward_inside_spotlight": real(-REWARD, REWARD),
+    "reward_outside_spotlight": real(-REWARD, REWARD),
+    "reward_death": real(-REWARD, REWARD),
+    "reward_exit": real(-REWARD, REWARD),
+    "reward_max_steps": real(-REWARD, REWARD),
+    "reward_coin": real(-REWARD, REWARD),
+}
 
 
 def _is_bool(value) -> bool:
@@ -255,10 +301,6 @@ def _is_bool(value) -> bool:
 
 def _is_int(value) -> bool:
     return isinstance(value, Integral) and not _is_bool(value)
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, Real) and not _is_bool(value) and np.isfinite(value)
 
 
 def _require(ok: bool, env_id: str, name: str, what: str, value) -> None:
@@ -272,16 +314,7 @@ class _SpotlightsGame(BatchedGame):
     observation_space = gym.spaces.Box(0, 255, (SCREEN, SCREEN, 3), np.uint8)
     action_space = gym.spaces.MultiDiscrete([3, 3])
     endless = False
-    _BOOLS: tuple[str, ...] = (
-        "visual_feedback", "black_background", "hide_chessboard", "coins_visible", "agent_visible",
-        "sample_agent_position", "show_last_action", "show_last_positive_reward",
-    )  # fmt: skip
-    _INTS: tuple[str, ...] = ("max_steps", "light_threshold")
-    _REALS: tuple[str, ...] = (
-        "spot_damage", "agent_speed", "agent_health", "coin_scale", "agent_scale", "spot_min_speed",
-        "spot_max_speed", "spot_min_radius", "spot_max_radius", "reward_inside_spotlight",
-        "reward_outside_spotlight", "reward_death", "reward_coin",
-    )  # fmt: skip
+    parameters = PARAMETERS
 
     state_fields = BatchedGame.state_fields | {
         "params": ListOf(Optional(Params()), per_env=True),
@@ -343,29 +376,13 @@ class _SpotlightsGame(BatchedGame):
         self.frames = np.zeros((n, SCREEN, SCREEN, 3), dtype=np.uint8)
 
     # ---- parameters ----------------------------------------------------------------------
-    def check_params(self, params: dict[str, Any]) -> None:
+    def check_combinations(self, params: dict[str, Any]) -> None:
         env_id = self.env_id
-        for name in self._BOOLS:
-            _require(_is_bool(params[name]), env_id, name, "a bool", params[name])
-        for name in self._INTS:
-            _require(_is_int(params[name]), env_id, name, "an integer", params[name])
-        for name in self._REALS:
-            _require(_is_real(params[name]), env_id, name, "a finite number", params[name])
-        _require(params["initial_spawns"] >= 0, env_id, "initial_spawns", "an integer >= 0", params["initial_spawns"])
-        duration = params["light_dim_off_duration"]
-        _require(_is_int(duration) and duration >= 0, env_id, "light_dim_off_duration", "an integer >= 0", duration)
         low, high = params["spot_min_radius"], params["spot_max_radius"]
-        _require(low >= 0, env_id, "spot_min_radius", "a number >= 0", low)
         whole = f"a number whose integer part is at least that of spot_min_radius ({low})"
         _require(int(low) < int(high + 1), env_id, "spot_max_radius", whole, high)
         low, high = params["spot_min_speed"], params["spot_max_speed"]
-        _require(low >= 0, env_id, "spot_min_speed", "a number >= 0", low)
         _require(high >= low, env_id, "spot_max_speed", f"a number >= spot_min_speed ({low})", high)
-        _require(params["spot_damage"] >= 0, env_id, "spot_damage", "a number >= 0", params["spot_damage"])
-        _require(params["agent_health"] > 0, env_id, "agent_health", "a number > 0", params["agent_health"])
-        # Only the rasterisations verified against the reference are offered.
-        _require(0 <= params["coin_scale"] < 1, env_id, "coin_scale", "a number in [0, 1)", params["coin_scale"])
-        _require(0 < params["agent_scale"] < 2 / 3, env_id, "agent_scale", "a number in (0, 2/3)", params["agent_scale"])
 
     def _store_params(self, i: int, params: dict[str, Any]) -> None:
         if params is not self._stored_params:
@@ -708,12 +725,6 @@ class SearingSpotlightsGame(_SpotlightsGame):
         "reward_max_steps": 0.0,
         "reward_coin": 0.25,
     }
-    _BOOLS = (*_SpotlightsGame._BOOLS, "use_exit", "exit_visible")
-    _INTS = (*_SpotlightsGame._INTS, "initial_spawns", "num_spawns")
-    _REALS = (
-        *_SpotlightsGame._REALS, "initial_spawn_interval", "spawn_interval_threshold", "spawn_interval_decay",
-        "exit_scale", "reward_exit", "reward_max_steps",
-    )  # fmt: skip
 
     state_fields = _SpotlightsGame.state_fields | arrays(
         "spawns_left", "spawn_interval", "num_coins", "exit_x", "exit_y", "exit_open", "success"
@@ -728,17 +739,6 @@ class SearingSpotlightsGame(_SpotlightsGame):
         self.exit_y = np.zeros(num_envs, np.int64)
         self.exit_open = np.zeros(num_envs, dtype=bool)
         self.success = np.zeros(num_envs, np.int64)
-
-    def check_params(self, params: dict[str, Any]) -> None:
-        super().check_params(params)
-        env_id = self.env_id
-        _require(params["num_spawns"] >= 0, env_id, "num_spawns", "an integer >= 0", params["num_spawns"])
-        coins = params["num_coins"]
-        _require(
-            isinstance(coins, (list, tuple, np.ndarray)) and all(_is_int(c) and c >= 0 for c in coins),
-            env_id, "num_coins", "a list of integers >= 0", coins,
-        )  # fmt: skip
-        _require(params["exit_scale"] == 0.5, env_id, "exit_scale", "0.5 (the only exit size supported)", params["exit_scale"])
 
     def _reset_entities(self, i: int, params: dict[str, Any], sampler: SpawnSampler) -> None:
         rng = self.rngs[i]
@@ -861,8 +861,6 @@ class EndlessSearingSpotlightsGame(_SpotlightsGame):
         "reward_death": 0.0,
         "reward_coin": 0.25,
     }
-    _INTS = (*_SpotlightsGame._INTS, "initial_spawns", "steps_per_coin")
-    _REALS = (*_SpotlightsGame._REALS, "spawn_interval", "coin_show_duration")
 
     state_fields = _SpotlightsGame.state_fields | arrays("coin_t")
 

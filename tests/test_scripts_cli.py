@@ -54,7 +54,7 @@ def test_image_run_with_reconstruction_config_and_saved_model(script, tmp_path):
         ([], 'env_id = "ProofOfMemory-v0"\nnum_envz = 4\n', "unknown key 'num_envz'"),
         ([], 'num_envs = "four"\n', "num_envs must be an integer"),
         ([], "num_envs = [\n", "is not valid TOML"),
-        (["--env-id", "ProofOfMemory-v0", "--env-kwargs", '{"min_delay": -1}'], None, "min_delay must be an integer >= 0"),
+        (["--env-id", "ProofOfMemory-v0", "--env-kwargs", '{"min_delay": -1}'], None, "error: ProofOfMemory-v0: reset parameter 'min_delay' must be an integer in [0, "),
     ],
     ids=["unknown-env", "continuous-actions", "unknown-config-key", "config-type", "malformed-config", "bad-env-param"],
 )
