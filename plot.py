@@ -1,8 +1,9 @@
 """Learning curves and a final-results table from the TensorBoard runs of `ppo_trxl.py` / `ppo_gru.py`.
 
 Every training run writes its event files to `runs/{env_id}__{exp_name}__{seed}__{unix_time}/`. This
-script groups the runs it is given by (env_id, exp_name) -- the experiment name is the algorithm -- and
-treats the runs of a group as repetitions over seeds. It writes
+script groups the runs it is given by (env_id, exp_name) -- the experiment name is the algorithm -- and,
+with `--group-by`, by settings read from each run's `args.json` (e.g. `--group-by precision`); it treats
+the runs of a group as repetitions over seeds and warns when they differ in other settings. It writes
 
 * one PNG per environment, `{out}/{env_id}__{tag}.png`: one line per algorithm, the mean over seeds of
   a scalar (default `charts/episodic_return`) against environment steps, shaded by the standard error
@@ -29,11 +30,12 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import re
 import sys
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import matplotlib
 
@@ -45,7 +47,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 DEFAULT_TAG = "charts/episodic_return"
 # Run directories are named {env_id}__{exp_name}__{seed}__{unix_time} by the training scripts.
-RUN_NAME = re.compile(r"^(?P<env_id>.+?)__(?P<exp_name>.+)__(?P<seed>-?\d+)__(?P<time>\d+)$")
+# A suffix -2, -3, ... marks runs that started in the same second.
+RUN_NAME = re.compile(r"^(?P<env_id>.+?)__(?P<exp_name>.+)__(?P<seed>-?\d+)__(?P<time>\d+)(-\d+)?$")
+# Settings that differ between the seeds of one experiment without making it another experiment.
+NOT_SETTINGS = {"seed", "run_name", "config", "resume", "track", "wandb_project_name", "wandb_entity", "capture_video",
+                "save_model", "checkpoint_interval", "checkpoint_minutes", "cuda", "total_timesteps", "num_iterations"}
 # Where the table reads its final values: the evaluation scalars, else the training-episode statistics.
 EVAL_PREFIX, EVAL_SUFFIX = "eval/", "_mean"
 TRAINING_TAGS = {"return": "charts/episodic_return", "length": "charts/episodic_length"}
@@ -63,6 +69,7 @@ class Run:
     exp_name: str
     seed: int
     scalars: dict[str, tuple[np.ndarray, np.ndarray]]  # tag -> (steps, values), sorted by step
+    settings: dict = field(default_factory=dict)  # the run's args.json, where the script wrote one
 
     @property
     def group(self) -> tuple[str, str]:
@@ -120,7 +127,11 @@ def load_run(path: str, start_time: float | None = None) -> Run:
         finite = np.isfinite(values)
         if finite.any():
             scalars[tag] = (steps[finite], values[finite])
-    return Run(path, match["env_id"], match["exp_name"], int(match["seed"]), scalars)
+    settings = {}
+    if os.path.isfile(os.path.join(path, "args.json")):
+        with open(os.path.join(path, "args.json")) as f:
+            settings = json.load(f)
+    return Run(path, match["env_id"], match["exp_name"], int(match["seed"]), scalars, settings)
 
 
 def load_runs(run_dirs: list[str]) -> list[Run]:
@@ -135,15 +146,23 @@ def load_runs(run_dirs: list[str]) -> list[Run]:
     return runs
 
 
-def group_runs(runs: list[Run]) -> dict[tuple[str, str], list[Run]]:
+def group_runs(runs: list[Run], group_by: list[str] = ()) -> dict[tuple[str, str], list[Run]]:
+    """Runs of one (env_id, exp_name) and the same values of the `group_by` settings are seeds of one
+    experiment; a warning names the settings that still differ inside a group and how to separate them."""
     groups = defaultdict(list)
     for run in sorted(runs, key=lambda r: (r.env_id, r.exp_name, r.seed, r.path)):
-        groups[run.group].append(run)
-    for (env_id, exp_name), members in groups.items():
+        label = " ".join([run.exp_name, *(f"{key}={run.settings.get(key, '?')}" for key in group_by)])
+        groups[(run.env_id, label)].append(run)
+    for (env_id, label), members in groups.items():
         seeds = [run.seed for run in members]
         repeated = sorted({s for s in seeds if seeds.count(s) > 1})
         if repeated:
-            warn(f"{env_id} / {exp_name}: seed(s) {repeated} appear in several runs; each run counts as one repetition")
+            warn(f"{env_id} / {label}: seed(s) {repeated} appear in several runs; each run counts as one repetition")
+        keys = sorted({key for run in members for key in run.settings} - NOT_SETTINGS - set(group_by))
+        differing = [key for key in keys if len({json.dumps(run.settings.get(key)) for run in members}) > 1]
+        if differing:
+            warn(f"{env_id} / {label}: its runs differ in {', '.join(differing)} but are averaged as seeds; "
+                 f"separate them with --group-by {','.join(differing)}")
     return dict(groups)
 
 
@@ -292,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--smooth", type=float, default=0.0, help="EMA weight in [0, 1) applied to each seed before averaging (default: 0, none)")
     parser.add_argument("--out", default="plots", help="directory for the PNGs and the table (default: plots)")
     parser.add_argument("--table", default=None, help="path of the markdown table (default: {out}/results.md)")
+    parser.add_argument("--group-by", default="", help="comma-separated settings (args of the runs, e.g. precision,init_lr) "
+                        "that separate runs of one env and algorithm into experiments (default: none)")
     return parser
 
 
@@ -301,7 +322,7 @@ def run(args: argparse.Namespace) -> list[str]:
     if not any(args.tag in r.scalars for r in runs):
         available = sorted({tag for r in runs for tag in r.scalars})
         raise PlotError(f"no run logged the tag {args.tag!r}; tags found: {', '.join(available)}")
-    groups = group_runs(runs)
+    groups = group_runs(runs, [key.strip().replace("-", "_") for key in args.group_by.split(",") if key.strip()])
 
     os.makedirs(args.out, exist_ok=True)
     written = []

@@ -75,6 +75,7 @@ from run_utils import (
     plain_name,
     preset_headline,
     rng_state,
+    save_args,
     save_atomically,
     set_rng_state,
     setup_ranks,
@@ -866,8 +867,9 @@ def train(args: Args) -> list[dict]:
             dist.barrier()  # no rank tears down the process group while another still uses it
         return history
     except BaseException as e:
-        if args.world_size > 1 and not isinstance(e, SystemExit):
-            print(f"rank {rank} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        if args.world_size > 1 and not (isinstance(e, SystemExit) and not isinstance(e.code, str)):
+            detail = e.code.removeprefix("error: ") if isinstance(e, SystemExit) else f"{type(e).__name__}: {e}"
+            print(f"rank {rank} failed: {detail}", file=sys.stderr, flush=True)
         raise
     finally:
         if args.world_size > 1 and dist.is_initialized():
@@ -956,6 +958,7 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
         # Resuming appends to the same run; events logged after the checkpoint are dropped.
         writer = SummaryWriter(run_folder, purge_step=global_step + 1 if checkpoint else None)
         if checkpoint is None:
+            save_args(run_folder, args)
             writer.add_text(
                 "hyperparameters",
                 "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in vars(args).items()),

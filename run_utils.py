@@ -228,6 +228,12 @@ def save_atomically(payload: dict, path: str) -> None:
         raise
 
 
+def save_args(run_folder: str, args) -> None:
+    """The run's settings as `args.json` (plain data: plot.py groups runs by them)."""
+    with open(os.path.join(run_folder, "args.json"), "w") as f:
+        json.dump(dataclasses.asdict(args), f, indent=1)
+
+
 def load_weights(module: torch.nn.Module, weights: dict, path: str) -> None:
     """Load a state dict, refusing one that does not fit the model built from its args in one line."""
     try:

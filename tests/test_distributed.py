@@ -131,4 +131,5 @@ def test_a_crashing_rank_takes_the_job_down_with_its_name(tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{ROOT}:{tmp_path}", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=180)
     assert result.returncode != 0
-    assert "rank 1 failed: RuntimeError: simulated failure" in result.stderr
+    assert "rank 1 failed: training stopped in iteration" in result.stderr
+    assert "by RuntimeError: simulated failure" in result.stderr

@@ -134,3 +134,23 @@ def test_clear_errors(tmp_path, capsys):
     assert "charts/episodic_return, losses/entropy" in message
     assert "skipping" in message and "no event files" in message  # the empty run dir beside a real one
     assert "--smooth must be in [0, 1)" in error(str(tmp_path / "*"), "--smooth", "1.5")
+
+
+def test_runs_are_grouped_by_settings_on_request_and_mixed_settings_are_named(tmp_path, capsys):
+    import json
+
+    for seed, precision, value in ((1, "float32", 1.0), (2, "float32", 3.0), (1, "bfloat16", 10.0), (2, "bfloat16", 20.0)):
+        path = write_run(tmp_path, f"Env-v0__ppo_trxl__{seed}__1700000000{'-2' if precision == 'bfloat16' else ''}",
+                         {"charts/episodic_return": [(100, value)]})
+        with open(os.path.join(path, "args.json"), "w") as f:
+            json.dump({"seed": seed, "precision": precision, "run_name": os.path.basename(path)}, f)
+    plot.main([str(tmp_path), "--out", str(tmp_path / "mixed")])
+    err = capsys.readouterr().err
+    assert "differ in precision but are averaged as seeds; separate them with --group-by precision" in err
+    plot.main([str(tmp_path), "--out", str(tmp_path / "split"), "--group-by", "precision"])
+    captured = capsys.readouterr()
+    assert "differ in" not in captured.err
+    rows = {row[1]: row for row in table_rows(open(tmp_path / "split" / "results.md").read())}
+    assert set(rows) == {"ppo_trxl precision=float32", "ppo_trxl precision=bfloat16"}
+    assert any(cell.startswith("2.000 ±") for cell in rows["ppo_trxl precision=float32"])
+    assert any(cell.startswith("15.000 ±") for cell in rows["ppo_trxl precision=bfloat16"])
