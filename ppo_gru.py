@@ -35,34 +35,34 @@ import tyro
 from torch.utils.tensorboard import SummaryWriter
 
 from run_utils import (
+    COMMON_RANGES,
+    RUNS_ROOT,
     DiskFull,
     EpisodeStats,
+    Heartbeat,
     VideoRecorder,
     action_branches,
     agree,
-    args_from_checkpoint,
-    RUNS_ROOT,
     agreed_min,
-    COMMON_RANGES,
+    args_from_checkpoint,
     average_gradients,
     check_ranges,
     check_rollout_fits,
-    final_observations,
-    mean_across,
-    crash_report,
-    last_checkpoint_note,
     checked_tensor,
+    crash_report,
     create_run_folder,
     fail,
+    final_observations,
     flag_value,
     format_duration,
     gather,
-    Heartbeat,
+    last_checkpoint_note,
     load_checkpoint,
     load_preset,
     load_weights,
     log_video,
     make_envs,
+    mean_across,
     mean_of,
     observation_layout,
     plain_name,
@@ -998,4 +998,11 @@ def save_model(args: Args, agent: Agent, path: str) -> None:
 
 
 if __name__ == "__main__":
-    train(parse_args())
+    args = parse_args()
+    train(args)
+    if args.world_size > 1:
+        # A finished rank leaves before interpreter finalization, where gloo's worker threads can
+        # still abort the process (SIGABRT) after all the work is done.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

@@ -320,15 +320,15 @@ def make_envs(args, num_envs: int, evaluation: bool = False) -> gym.vector.Vecto
     except gym.error.Error as e:
         fail(f"unknown environment id {args.env_id!r} ({e})")
     try:
-        envs = None
+        vector_env = None
         if spec.vector_entry_point is not None:
-            envs = gym.make_vec(env_id, num_envs=num_envs, **kwargs)
+            vector_env = gym.make_vec(env_id, num_envs=num_envs, **kwargs)
             # The scripts need same-step autoreset; a vector env with another mode is replaced.
-            if envs.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.SAME_STEP:
-                envs.close()
-                envs = None
-        if envs is None:
-            envs = gym.make_vec(
+            if vector_env.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.SAME_STEP:
+                vector_env.close()
+                vector_env = None
+        if vector_env is None:
+            vector_env = gym.make_vec(
                 env_id,
                 num_envs=num_envs,
                 vectorization_mode="sync",
@@ -338,9 +338,9 @@ def make_envs(args, num_envs: int, evaluation: bool = False) -> gym.vector.Vecto
     except (ValueError, TypeError) as e:
         message = str(e)
         fail(message if message.startswith(env_id) else f"{args.env_id}: {message}")
-    observation_layout(envs.single_observation_space, args.env_id)
-    action_branches(envs.single_action_space, args.env_id)
-    return envs
+    observation_layout(vector_env.single_observation_space, args.env_id)
+    action_branches(vector_env.single_action_space, args.env_id)
+    return vector_env
 
 
 def observation_layout(space: gym.Space, env_id: str = "the environment") -> tuple[tuple[int, ...] | None, int]:

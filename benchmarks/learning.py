@@ -49,7 +49,8 @@ sys.path.insert(0, ROOT)
 import plot  # noqa: E402
 
 # Our scripts take the grid's values as these flags (the preset, when there is one, comes first).
-OURS = "{python} {script} --env-id {env_id} --env-kwargs {env_kwargs} --seed {seed} --total-timesteps {total_timesteps} --exp-name {label}"
+# Reset parameters are passed only when the grid gives some (else the preset's env_kwargs stay in force).
+OURS = "{python} {script} --env-id {env_id} --seed {seed} --total-timesteps {total_timesteps} --exp-name {label}"
 # The published CleanRL script spells its flags with underscores and takes no reset parameters.
 REFERENCE = "{python} {script} --env_id {env_id} --seed {seed} --total_timesteps {total_timesteps} --exp_name {label}"
 # Placeholders every command template must use, so that each run gets the grid's env, seed and budget.
@@ -196,9 +197,11 @@ def build_grid(options, folder: str) -> list[RunSpec]:
             if kwargs and not takes_kwargs:
                 raise SystemExit(f"error: configuration {label} takes no reset parameters, so it cannot run {env}")
             words = list(template)
-            preset = os.path.join(ROOT, "configs", preset_script or "", f"{env_id}.toml")
+            preset = os.path.join(ROOT, "configs", options.presets, preset_script or "", f"{env_id}.toml")
             if preset_script and options.preset and os.path.isfile(preset):
                 words[2:2] = ["--config", preset]  # after `python script.py`: flags given later override it
+            if preset_script and kwargs:
+                words[2:2] = ["--env-kwargs", "{env_kwargs}"]
             for seed in options.seeds:
                 values = {"env_id": env_id, "env_kwargs": json.dumps(kwargs), "seed": str(seed),
                           "total_timesteps": str(options.total_timesteps), "label": label}
@@ -430,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="seeds: one run per seed of each configuration and env")
     grid.add_argument("--total-timesteps", type=int, help="the environment steps of every run (required unless --report-only)")
     grid.add_argument("--scripts", nargs="*", default=["ppo_trxl"], help="our scripts (names such as ppo_trxl ppo_gru, or paths); none: only the other commands")
+    grid.add_argument("--presets", default="", help="the preset folder under configs/: '' for configs/{script}/ "
+                      "(default), 'quick' for configs/quick/{script}/, 'paper' for configs/paper/{script}/")
     grid.add_argument("--preset", action=argparse.BooleanOptionalAction, default=True,
                       help="pass configs/{script}/{env_id}.toml to our scripts where it exists (default: on)")
     grid.add_argument("--flags", default="", help="flags for every run of our scripts, given with '=': --flags='--no-cuda --num-envs 8'")

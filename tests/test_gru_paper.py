@@ -66,9 +66,9 @@ DECODER = (512 * 3136 + 3136) + (64 * 64 * 3 * 3 + 64) + (64 * 32 * 4 * 4 + 32) 
 @pytest.mark.parametrize(
     "name, branches, expected",
     [
-        ("gru-MortarMayhem-Grid-v0.toml", [4], CNN + EMBED + GRU + BODY + POLICY + (512 * 4 + 4) + VALUE),
+        ("MortarMayhem-Grid-v0.toml", [4], CNN + EMBED + GRU + BODY + POLICY + (512 * 4 + 4) + VALUE),
         (
-            "gru_rec-Endless-SearingSpotlights-v0.toml",
+            "Endless-SearingSpotlights-v0-rec.toml",
             [3, 3],
             CNN + EMBED + GRU + BODY + POLICY + 2 * (512 * 3 + 3) + VALUE + DECODER,
         ),
@@ -227,19 +227,19 @@ def test_ground_truth_coef_is_refused_for_envs_without_ground_truth(tmp_path, mo
 
 
 def test_eval_env_kwargs_apply_to_the_evaluation_envs_only(tmp_path, monkeypatch):
-    """The evaluation envs are made with --eval-env-kwargs (which replace --env-kwargs there)."""
+    """The evaluation envs are made with --eval-env-kwargs over --env-kwargs; the training envs without them."""
     monkeypatch.chdir(tmp_path)
     made = []
     original = ppo_gru.make_envs
 
-    def recording(args, num_envs, env_kwargs=None):
-        envs = original(args, num_envs, env_kwargs)
+    def recording(args, num_envs, evaluation=False):
+        envs = original(args, num_envs, evaluation)
         made.append((num_envs, dict(envs.unwrapped.params)))
         return envs
 
     monkeypatch.setattr(ppo_gru, "make_envs", recording)
     ppo_gru.train(ppo_gru.Args(env_id="Endless-MysteryPath-v0", env_kwargs='{"show_origin": true}',
-                               eval_env_kwargs='{"show_origin": true, "max_steps": 8192}', eval_interval=1,
+                               eval_env_kwargs='{"max_steps": 8192}', eval_interval=1,
                                eval_seeds=2, eval_repetitions=1, eval_seed_start=100, num_envs=2, num_steps=8,
                                num_minibatches=2, update_epochs=1, total_timesteps=16, **SMALL))
     (training, train_params), (evaluation, eval_params) = made
@@ -254,25 +254,32 @@ def test_eval_env_kwargs_apply_to_the_evaluation_envs_only(tmp_path, monkeypatch
 def test_there_is_a_paper_preset_for_every_published_recurrent_agent():
     names = {os.path.basename(p)[: -len(".toml")] for p in PAPER_PRESETS}
     finite = ["MortarMayhem-v0", "MysteryPath-v0", "SearingSpotlights-v0"]
-    expected = {f"gru-{env}" for env in ["MortarMayhem-Grid-v0", "MortarMayhemB-Grid-v0", "MysteryPath-Grid-v0",
-                                         "MysteryPath-Grid-v0-cues-shown", *finite,
-                                         "Endless-MortarMayhem-v0", "Endless-MysteryPath-v0"]}
-    expected |= {f"gru_rec-{env}" for env in [*finite, "Endless-SearingSpotlights-v0"]}
-    expected |= {f"lstm-{env}" for env in finite}
-    expected |= {f"gru{size}-{env}" for size in (256, 384) for env in ["Endless-MortarMayhem-v0", "Endless-MysteryPath-v0"]}
+    expected = {"MortarMayhem-Grid-v0", "MortarMayhemB-Grid-v0", "MysteryPath-Grid-v0", "MysteryPath-Grid-v0-cues",
+                *finite, "Endless-MortarMayhem-v0", "Endless-MysteryPath-v0"}
+    expected |= {f"{env}-rec" for env in [*finite, "Endless-SearingSpotlights-v0"]}
+    expected |= {f"{env}-lstm" for env in finite}
+    expected |= {f"{env}-gru{size}" for size in (256, 384) for env in ["Endless-MortarMayhem-v0", "Endless-MysteryPath-v0"]}
     assert names == expected
+
+
+def agent_and_env(name: str) -> tuple[str, str]:
+    """A preset's name is `{env_id}` or `{env_id}-{variant}`: (variant or "gru", env id with the cue suffix)."""
+    for variant in ("rec", "lstm", "gru256", "gru384"):
+        if name.endswith(f"-{variant}"):
+            return variant, name.removesuffix(f"-{variant}")
+    return "gru", name
 
 
 @pytest.mark.parametrize("path", PAPER_PRESETS, ids=[os.path.basename(p) for p in PAPER_PRESETS])
 def test_paper_preset_holds_the_paper_config(path):
     name = os.path.basename(path)[: -len(".toml")]
-    agent, env = name.split("-", 1)
+    agent, env = agent_and_env(name)
     header = open(path).readline()
     assert header.startswith("# Targets ") and "final checkpoint, 50 held-out seeds x 3" in header
     with open(path, "rb") as f:
         assert tomllib.load(f)["precision"] == "float32", "paper presets state their precision"
     args = preset(os.path.basename(path))
-    assert args.env_id == env.removesuffix("-cues-shown")
+    assert args.env_id == env.removesuffix("-cues")
     # Shared by every paper GRU / LSTM run (reference §2.1, §2.2).
     assert (args.num_envs, args.num_steps, args.update_epochs, args.num_minibatches) == (32, 512, 3, 8)
     assert (args.gamma, args.gae_lambda, args.clip_coef, args.vf_coef, args.max_grad_norm) == (0.995, 0.95, 0.1, 0.5, 0.25)
@@ -281,12 +288,12 @@ def test_paper_preset_holds_the_paper_config(path):
     assert (args.embed_dim, args.hidden_dim) == (512, 512)
     assert args.rnn_type == ("lstm" if agent == "lstm" else "gru")
     assert args.rnn_hidden_size == {"gru256": 256, "gru384": 384}.get(agent, 512)
-    assert args.reconstruction_coef == (0.1 if agent == "gru_rec" else 0.0)
+    assert args.reconstruction_coef == (0.1 if agent == "rec" else 0.0)
     assert args.init_ent_coef == (1e-3 if "MysteryPath" in env else 1e-4)
     assert args.anneal_steps == 512 * 32 * (20_000 if "SearingSpotlights" in env else 10_000)
     assert (args.eval_seeds, args.eval_repetitions, args.eval_seed_start, args.eval_interval) == (50, 3, 200_000, 500)
     env_kwargs = {"Endless-MysteryPath-v0": '{"show_origin": true}',
-                  "MysteryPath-Grid-v0-cues-shown": '{"show_origin": true, "show_goal": true}'}.get(env, "{}")
+                  "MysteryPath-Grid-v0-cues": '{"show_origin": true, "show_goal": true}'}.get(env, "{}")
     assert args.env_kwargs == env_kwargs
     # The evaluation envs get the training envs' parameters, and a cap of 8192 steps on the endless envs.
     capped = env_kwargs[:-1] + (', ' if env_kwargs != "{}" else "") + '"max_steps": 8192}'
@@ -294,7 +301,7 @@ def test_paper_preset_holds_the_paper_config(path):
     assert args.total_timesteps % (512 * 32 * 500) == 0, "the budget ends on an evaluated checkpoint"
 
 
-@pytest.mark.parametrize("name", ["lstm-MortarMayhem-v0.toml", "gru256-Endless-MysteryPath-v0.toml"])
+@pytest.mark.parametrize("name", ["MortarMayhem-v0-lstm.toml", "Endless-MysteryPath-v0-gru256.toml"])
 def test_paper_preset_starts(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = os.path.join(ROOT, "configs", "paper", "ppo_gru", name)
@@ -306,14 +313,14 @@ def test_paper_preset_starts(name, tmp_path, monkeypatch):
 
 # Each configs/ppo_gru preset that names a published number is that paper agent's preset.
 PUBLISHED = {
-    "MortarMayhem-Grid-v0": "gru", "MortarMayhemB-Grid-v0": "gru", "MortarMayhem-v0": "gru",
-    "MysteryPath-Grid-v0": "gru", "MysteryPath-v0": "gru_rec", "SearingSpotlights-v0": "gru",
-    "Endless-MortarMayhem-v0": "gru", "Endless-MysteryPath-v0": "gru", "Endless-SearingSpotlights-v0": "gru_rec",
+    "MortarMayhem-Grid-v0": "", "MortarMayhemB-Grid-v0": "", "MortarMayhem-v0": "",
+    "MysteryPath-Grid-v0": "", "MysteryPath-v0": "-rec", "SearingSpotlights-v0": "",
+    "Endless-MortarMayhem-v0": "", "Endless-MysteryPath-v0": "", "Endless-SearingSpotlights-v0": "-rec",
 }
 
 
 @pytest.mark.parametrize("env_id", list(PUBLISHED))
 def test_default_preset_equals_the_paper_preset_of_the_number_it_names(env_id):
     default = ppo_gru.parse_args(["--config", os.path.join(ROOT, "configs", "ppo_gru", f"{env_id}.toml")])
-    paper = preset(f"{PUBLISHED[env_id]}-{env_id}.toml")
+    paper = preset(f"{env_id}{PUBLISHED[env_id]}.toml")
     assert dataclasses.replace(default, config=None) == dataclasses.replace(paper, config=None)

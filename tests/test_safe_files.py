@@ -283,7 +283,7 @@ def test_a_full_disk_is_reported_and_keeps_the_previous_checkpoint(script, tmp_p
     with pytest.raises(SystemExit, match=r"the disk is full: cannot write runs/.*checkpoint\.pt .*no partial file was left"):
         script.train(tiny_args(script, total_timesteps=16 * 4, checkpoint_interval=1))
     (folder,) = glob.glob("runs/*")
-    assert sorted(f for f in os.listdir(folder) if not f.startswith("events")) == ["checkpoint.pt"]
+    assert sorted(f for f in os.listdir(folder) if not f.startswith("events")) == ["args.json", "checkpoint.pt"]
     assert torch.load(os.path.join(folder, "checkpoint.pt"), weights_only=True)["iteration"] == 1
     monkeypatch.setattr(run_utils, "open", real_open, raising=False)
     history = script.train(script.parse_args(["--resume", os.path.join(folder, "checkpoint.pt")]))

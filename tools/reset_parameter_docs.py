@@ -37,6 +37,7 @@ def native_ids() -> list[str]:
         env_id
         for env_id, spec in gym.registry.items()
         if isinstance(spec.entry_point, type) and issubclass(spec.entry_point, NativeEnv)
+        and spec.entry_point.__module__.startswith("envs.")  # not ids that a user or a test registers
     )
 
 
