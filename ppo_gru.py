@@ -132,7 +132,7 @@ class Args:
     """the environment: one of ours, or any gymnasium id with image/vector obs and discrete actions
     (`module:EnvId-v0` imports `module` first, for envs registered there)"""
     env_kwargs: str = "{}"
-    """reset parameters of the environment as a JSON object, e.g. '{"max_steps": 2560}'"""
+    """reset parameters of the environment as a JSON object, e.g. '{"command_count": [5]}' for the default env"""
     total_timesteps: int = 200_000_000
     """total environment steps of the experiment"""
     num_envs: int = 32

@@ -136,7 +136,7 @@ class Args:
     """the environment: one of ours, or any gymnasium id with image/vector obs and discrete actions
     (`module:EnvId-v0` imports `module` first, for envs registered there)"""
     env_kwargs: str = "{}"
-    """reset parameters of the environment as a JSON object, e.g. '{"max_steps": 2560}'"""
+    """reset parameters of the environment as a JSON object, e.g. '{"command_count": [5]}' for the default env"""
     eval_env_kwargs: str = "{}"
     """reset parameters of the evaluation envs only, as a JSON object over --env-kwargs (e.g. the
     paper's evaluation cap '{"max_steps": 2560}')"""

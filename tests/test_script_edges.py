@@ -301,3 +301,12 @@ def test_one_name_per_metric(script):
 def test_capture_video_without_images_says_there_is_nothing_to_film(script):
     with pytest.raises(SystemExit, match="has no image observations, so --capture-video has nothing to film"):
         script.train(tiny_args(script, capture_video=True))
+
+
+@SCRIPTS
+def test_the_env_kwargs_example_of_the_help_works_with_the_default_env(script):
+    doc = script.Args.__dataclass_fields__["env_kwargs"]
+    example = next(line for line in open(script.__file__) if "reset parameters of the environment as a JSON object" in line)
+    kwargs = example.split("e.g. '")[1].split("'")[0]
+    envs = run_utils.make_envs(script.Args(env_kwargs=kwargs), 1)
+    assert envs.unwrapped.params["command_count"] == [5] and doc.default == "{}"
