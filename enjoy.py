@@ -38,7 +38,7 @@ def load(path: str, env_id: str | None = None):
     algorithm, saved_args, weights = load_saved(path)
     script = importlib.import_module({"ppo_trxl": "ppo_trxl", "ppo_gru": "ppo_gru"}[algorithm])
     argv = [] if env_id is None else ["--env-id", env_id]
-    values = args_from_checkpoint({"args": saved_args}, path, script.Args, argv, ())
+    values = args_from_checkpoint({"args": saved_args}, path, script.Args, argv)
     args = dataclasses.replace(script.Args(), **values)
     if env_id is not None and env_id != args.env_id:
         fail(f"--env-id {env_id!r} differs from the model's environment {args.env_id!r}")

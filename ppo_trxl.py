@@ -267,7 +267,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
     argv = sys.argv[1:] if argv is None else argv
     defaults = Args()
     if (path := flag_value(argv, "--resume")) is not None:
-        saved = args_from_checkpoint(load_checkpoint(path, "ppo_trxl"), path, Args, argv, ())
+        saved = args_from_checkpoint(load_checkpoint(path, "ppo_trxl"), path, Args, argv)
         defaults = dataclasses.replace(defaults, **saved)
     elif (path := flag_value(argv, "--config")) is not None:
         defaults = dataclasses.replace(defaults, config=path, **load_preset(path, Args, RUNTIME_FIELDS))

@@ -119,7 +119,7 @@ def flag_value(argv: list[str], flag: str) -> str | None:
     return None
 
 
-def args_from_checkpoint(checkpoint: dict, path: str, args_cls: type, argv: list[str], refused: tuple[str, ...]) -> dict:
+def args_from_checkpoint(checkpoint: dict, path: str, args_cls: type, argv: list[str]) -> dict:
     """The values of a checkpoint's args that a resumed run takes over, checked like a preset.
 
     The W&B identity and `--track` are the command line's; the run name must be a plain folder
@@ -130,7 +130,7 @@ def args_from_checkpoint(checkpoint: dict, path: str, args_cls: type, argv: list
         fail(f"checkpoint {path!r}: its args are missing or damaged")
     saved = {k: v for k, v in saved.items() if k not in COMMAND_LINE_ONLY}
     run_name = saved.pop("run_name", "")
-    values = checked_values(saved, args_cls, f"checkpoint {path!r}", refused)
+    values = checked_values(saved, args_cls, f"checkpoint {path!r}", ())
     values["run_name"] = plain_name(run_name, f"checkpoint {path!r}: run_name")
     env_id = values.get("env_id", "")
     if ":" in env_id and flag_value(argv, "--env-id") != env_id:

@@ -45,3 +45,17 @@ def test_preset_with_an_unknown_key_fails_naming_it(script, tmp_path):
     preset.write_text(open(own).read() + "learning_rate = 0.1\n")
     with pytest.raises(SystemExit, match="unknown key 'learning_rate'"):
         script.parse_args(["--config", str(preset)])
+
+
+QUICK = sorted(glob.glob(os.path.join(ROOT, "configs", "quick", "*", "*.toml")))
+
+
+@pytest.mark.parametrize("path", QUICK, ids=[os.path.relpath(p, os.path.join(ROOT, "configs")) for p in QUICK])
+def test_quick_preset_parses_and_starts(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    header = open(path).readline()
+    assert header.startswith("# ") and ("measured" in header.lower() or "DRAFT" in header), "a quick preset states what it learns"
+    script = script_of(path)
+    args = script.parse_args(["--config", path, *TINY_BUDGET])
+    assert args.env_id == os.path.basename(path)[: -len(".toml")] and args.env_kwargs != "{}"
+    assert len(script.train(args)) == 1
