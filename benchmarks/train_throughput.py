@@ -25,6 +25,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,8 +71,9 @@ def measure(options, script: str, nproc: int, variant: str) -> dict:
                      "--master_port=29531"]
     # The cores are shared out between the ranks, unless OMP_NUM_THREADS says otherwise.
     threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    env = {**os.environ, "OMP_NUM_THREADS": threads}
-    out = subprocess.run([*launcher, __file__, "--worker", script, *flags], capture_output=True, text=True, cwd=ROOT, env=env)
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+    with tempfile.TemporaryDirectory() as scratch:  # the runs' folders and checkpoints are thrown away
+        out = subprocess.run([*launcher, __file__, "--worker", script, *flags], capture_output=True, text=True, cwd=scratch, env=env)
     line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
     if line is None:
         print(out.stdout[-2000:], out.stderr[-2000:], file=sys.stderr)
