@@ -28,7 +28,6 @@ from typing import Literal
 import gymnasium as gym
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 import tyro
@@ -36,27 +35,32 @@ from torch.utils.tensorboard import SummaryWriter
 
 from run_utils import (
     COMMON_RANGES,
-    RUNS_ROOT,
     DiskFull,
     EpisodeStats,
     Heartbeat,
+    Interrupted,
+    StopNow,
     VideoRecorder,
     action_branches,
     agree,
     agreed_min,
+    announce,
     args_from_checkpoint,
     average_gradients,
-    check_ranges,
+    check_common_args,
+    check_resumable,
     check_rollout_fits,
     checked_tensor,
+    checkpoint_due,
+    claim_run_folder,
     crash_report,
-    create_run_folder,
     fail,
     final_observations,
     flag_value,
     format_duration,
     gather,
     last_checkpoint_note,
+    leave_finished_rank,
     load_checkpoint,
     load_preset,
     load_weights,
@@ -65,13 +69,12 @@ from run_utils import (
     mean_across,
     mean_of,
     observation_layout,
-    plain_name,
-    preset_headline,
+    report_resume,
     rng_state,
+    run_on_ranks,
     save_args,
     save_atomically,
     set_rng_state,
-    setup_ranks,
     split_observation,
     summarise,
 )
@@ -640,68 +643,26 @@ def ground_truth_size(envs: gym.vector.VectorEnv, env_id: str) -> int:
 
 
 def check_args(args: Args) -> None:
-    check_ranges(args, RANGES)
-    plain_name(args.exp_name, "--exp-name")  # it names the run folder and the model file
+    check_common_args(args, RANGES)
     if args.sequence_length == 0 or args.sequence_length < -1:
         fail(f"--sequence-length must be -1 (whole fragments) or >= 1, got {args.sequence_length}")
-    if args.total_timesteps < args.num_envs * args.num_steps * args.world_size:
-        fail(f"--total-timesteps ({args.total_timesteps}) is smaller than one rollout of all ranks")
-    training_seeds = range(args.seed, args.seed + args.num_envs * args.world_size)
-    if args.eval_interval and set(training_seeds) & set(range(args.eval_seed_start, args.eval_seed_start + args.eval_seeds)):
-        fail("the held-out evaluation seeds overlap the training seeds; change --eval-seed-start")
-
-
-class Interrupted(Exception):
-    """A first SIGINT / SIGTERM: the iteration was finished and a checkpoint written."""
-
-
-class StopNow(Exception):
-    """A second signal: stop at once."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
 
 
 def train(args: Args) -> list[dict]:
-    """Run the experiment; returns the metrics logged at every iteration (on rank 0)."""
-    rank, device = setup_ranks(args)
-    try:
-        history = run_training(args, rank, device)
-        if args.world_size > 1:
-            dist.barrier()  # no rank tears down the process group while another still uses it
-        return history
-    except BaseException as e:
-        if args.world_size > 1 and not (isinstance(e, SystemExit) and not isinstance(e.code, str)):
-            detail = e.code.removeprefix("error: ") if isinstance(e, SystemExit) else f"{type(e).__name__}: {e}"
-            print(f"rank {rank} failed: {detail}", file=sys.stderr, flush=True)
-        raise
-    finally:
-        if args.world_size > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+    """Run the experiment (on every rank under torchrun); returns the metrics logged at every iteration (on rank 0)."""
+    return run_on_ranks(args, run_training)
 
 
 def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
     checkpoint = load_checkpoint(args.resume, "ppo_gru") if args.resume else None
     if checkpoint is not None:
-        saved = checkpoint["args"]
-        for name in STRUCTURAL_FIELDS:
-            if name == "world_size" and saved.get(name) != args.world_size:
-                fail(f"--resume: the checkpoint was written by {saved.get(name)} ranks; resume it with the same number")
-            if saved.get(name) != getattr(args, name):
-                fail(f"--resume: {name} differs from the checkpoint ({getattr(args, name)!r} vs {saved.get(name)!r})")
+        check_resumable(checkpoint["args"], args, STRUCTURAL_FIELDS)
     check_args(args)
     args.batch_size = args.num_envs * args.num_steps
     args.minibatch_size = args.batch_size // args.num_minibatches
     args.num_iterations = args.total_timesteps // (args.batch_size * args.world_size)
     main = rank == 0
-    if checkpoint is not None:
-        args.run_name = plain_name(args.run_name, "the checkpoint's run name")
-    else:  # rank 0 claims a fresh folder (exclusively: concurrent runs never share one)
-        ranks = f"-{args.world_size}ranks" if args.world_size > 1 else ""
-        name = create_run_folder(args.env_id, f"{args.exp_name}{ranks}", args.seed) if main else None
-        args.run_name = gather(name, args.world_size)[0]
-    run_folder = os.path.join(RUNS_ROOT, args.run_name)
+    run_folder = claim_run_folder(args, checkpoint is not None, main)
 
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -735,10 +696,7 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
             fail(f"checkpoint {args.resume!r} is damaged ({type(e).__name__}: {e})")
         if main:
-            fresh = "" if envs_restored else " (this env's state cannot be saved: its envs restart from a reset, with fresh episodes)"
-            print(f"resumed at iteration {iteration:,}, step {global_step:,}{fresh}", flush=True)
-            if iteration >= args.num_iterations:
-                print(f"nothing left to do: the run has reached --total-timesteps {args.total_timesteps:,}", flush=True)
+            report_resume(args, iteration, global_step, envs_restored)
 
     writer, wandb = None, None
     if main:
@@ -796,16 +754,7 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
     previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     if main:
         precision = "bfloat16" if computes_in_bfloat16(args.precision, device.type) else "float32"
-        print(
-            f"{args.env_id} | device {device} | precision {precision} | parameters: "
-            f"{sum(p.numel() for p in agent.parameters()):,}\n"
-            f"{args.num_envs} envs x {args.num_steps} steps x {args.world_size} rank(s) = "
-            f"{args.batch_size * args.world_size:,} steps per iteration, {args.num_iterations:,} iterations\n"
-            f"run folder {run_folder} (watch it with: tensorboard --logdir {RUNS_ROOT})",
-            flush=True,
-        )
-        if (headline := preset_headline(args.config)) is not None:
-            print(f"preset {args.config}: {headline}", flush=True)
+        announce(args, device, precision, sum(p.numel() for p in agent.parameters()), run_folder)
     history = []
     start_time, start_step = time.time(), global_step
     last_checkpoint = start_time
@@ -945,12 +894,7 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
             # Stop on a signal to any rank. Checkpoint after the first iteration, then whenever
             # --checkpoint-minutes have passed or on --checkpoint-interval, at the end and when stopping.
             stopping = agree(bool(stop["signal"]), args.world_size, device)
-            scheduled = (
-                iteration in (1, args.num_iterations)
-                or (args.checkpoint_interval > 0 and iteration % args.checkpoint_interval == 0)
-                or time.time() - last_checkpoint >= args.checkpoint_minutes * 60
-            )
-            if agree(scheduled, args.world_size, device) or stopping:
+            if agree(checkpoint_due(iteration, args, last_checkpoint), args.world_size, device) or stopping:
                 write_checkpoint()
                 last_checkpoint = time.time()
                 if main and (stopping or args.checkpoint_interval or iteration == args.num_iterations):
@@ -1000,9 +944,4 @@ def save_model(args: Args, agent: Agent, path: str) -> None:
 if __name__ == "__main__":
     args = parse_args()
     train(args)
-    if args.world_size > 1:
-        # A finished rank leaves before interpreter finalization, where gloo's worker threads can
-        # still abort the process (SIGABRT) after all the work is done.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    leave_finished_rank(args)

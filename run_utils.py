@@ -22,12 +22,13 @@ import io
 import json
 import os
 import random
+import sys
 import threading
 import time
 import tomllib
 import traceback
 from collections import deque
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Callable, Literal, get_args, get_origin, get_type_hints
 
 import gymnasium as gym
 import numpy as np
@@ -106,6 +107,15 @@ def load_preset(path: str, args_cls: type, refused: tuple[str, ...]) -> dict:
     return checked_values(preset, args_cls, f"config file {path!r}", refused)
 
 
+def preset_headline(path: str | None) -> str | None:
+    """The first comment line of a preset: what it targets (e.g. the published number it reproduces)."""
+    if not path:
+        return None
+    with open(path, encoding="utf-8") as f:
+        first = f.readline().strip()
+    return first.lstrip("#").strip() or None if first.startswith("#") else None
+
+
 def flag_value(argv: list[str], flag: str) -> str | None:
     """The value of `--flag` (or `--flag_with_underscores`) on a command line, if given."""
     spellings = {flag, "--" + flag[2:].replace("-", "_")}
@@ -139,6 +149,96 @@ def args_from_checkpoint(checkpoint: dict, path: str, args_cls: type, argv: list
             f"{env_id.split(':', 1)[0]!r}; if you trust it, pass --env-id {env_id} to allow that"
         )
     return values
+
+
+# ---------------------------------------------------------------------------------------------
+# Ranges of the flags both scripts share (each script adds its own)
+# ---------------------------------------------------------------------------------------------
+COMMON_RANGES = {
+    "seed": "[0, 4294967295]",
+    "total_timesteps": ">= 1",
+    "num_envs": "[1, 65536]",
+    "num_steps": ">= 1",
+    "init_lr": "> 0",
+    "final_lr": ">= 0",
+    "anneal_steps": ">= 1",
+    "gamma": "[0, 1]",
+    "gae_lambda": "[0, 1]",
+    "num_minibatches": ">= 1",
+    "update_epochs": ">= 1",
+    "clip_coef": "> 0",
+    "init_ent_coef": ">= 0",
+    "final_ent_coef": ">= 0",
+    "vf_coef": ">= 0",
+    "max_grad_norm": "> 0",
+    "target_kl": "> 0",
+    "reconstruction_coef": ">= 0",
+    "ground_truth_coef": ">= 0",
+    "checkpoint_interval": ">= 0",
+    "checkpoint_minutes": ">= 0",
+    "eval_interval": ">= 0",
+    "eval_seeds": "[1, 65536]",
+    "eval_repetitions": ">= 1",
+    "eval_seed_start": "[0, 4294967295]",
+}
+
+
+def _within(value: float, rule: str) -> bool:
+    if not np.isfinite(value):
+        return False
+    if rule == "finite":
+        return True
+    if rule.startswith((">=", ">", "<=", "<")):
+        operator, bound = rule.split()
+        bound = float(bound)
+        return {">=": value >= bound, ">": value > bound, "<=": value <= bound, "<": value < bound}[operator]
+    low, high = (float(x) for x in rule[1:-1].split(","))
+    above = value >= low if rule[0] == "[" else value > low
+    below = value <= high if rule[-1] == "]" else value < high
+    return above and below
+
+
+def check_ranges(args, ranges: dict[str, str]) -> None:
+    """Refuse a field outside its range in one line naming the flag, the value and what is allowed.
+
+    A range is '>= a', '> a', an interval such as '[a, b]' or '(a, b]', or 'finite'; an unset optional
+    field passes."""
+    for name, allowed in ranges.items():
+        value = getattr(args, name, None)
+        if value is not None and not _within(value, allowed):
+            in_range = f"in {allowed}" if allowed[0] in "[(" else allowed
+            fail(f"--{name.replace('_', '-')} must be {in_range}, got {value!r}")
+    if args.num_envs * args.num_steps > 2**24:
+        fail(f"--num-envs x --num-steps is {args.num_envs * args.num_steps:,} steps per rollout; at most {2**24:,} are allowed")
+
+
+def check_common_args(args, ranges: dict[str, str]) -> None:
+    """The checks both scripts make before anything starts: ranges, names, JSON flags, budget, seeds."""
+    check_ranges(args, ranges)
+    plain_name(args.exp_name, "--exp-name")  # it names the run folder and the model file
+    json_object(args.env_kwargs, "--env-kwargs")
+    json_object(args.eval_env_kwargs, "--eval-env-kwargs")
+    if args.total_timesteps < args.num_envs * args.num_steps * args.world_size:
+        fail(f"--total-timesteps ({args.total_timesteps}) is smaller than one rollout of all ranks")
+    training_seeds = range(args.seed, args.seed + args.num_envs * args.world_size)
+    if args.eval_interval and set(training_seeds) & set(range(args.eval_seed_start, args.eval_seed_start + args.eval_seeds)):
+        fail("the held-out evaluation seeds overlap the training seeds; change --eval-seed-start")
+
+
+def check_rollout_fits(args, space: gym.Space) -> None:
+    """Refuse a rollout whose observations alone would not fit in this machine's memory."""
+    boxes = list(space.spaces.values()) if isinstance(space, gym.spaces.Dict) else [space]
+    per_step = sum(int(np.prod(box.shape)) * (1 if box.dtype == np.uint8 else 4) for box in boxes)
+    needed = per_step * args.num_envs * args.num_steps
+    try:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if needed > 0.8 * available:
+        fail(
+            f"a rollout of --num-envs {args.num_envs} x --num-steps {args.num_steps} needs {needed / 2**30:.1f} GiB for "
+            f"its observations alone; this machine has {available / 2**30:.1f} GiB: use fewer envs or steps"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,6 +328,25 @@ def save_atomically(payload: dict, path: str) -> None:
         raise
 
 
+def check_resumable(saved: dict, args, structural_fields: tuple[str, ...]) -> None:
+    """Refuse to resume with another rollout layout, model, environment or number of ranks, naming the field."""
+    for name in structural_fields:
+        if name == "world_size" and saved.get(name) != args.world_size:
+            fail(f"--resume: the checkpoint was written by {saved.get(name)} ranks; resume it with the same number")
+        if saved.get(name) != getattr(args, name):
+            fail(f"--resume: {name} differs from the checkpoint ({getattr(args, name)!r} vs {saved.get(name)!r})")
+
+
+def checkpoint_due(iteration: int, args, last_checkpoint: float) -> bool:
+    """After the first iteration, at the last one, every --checkpoint-interval iterations and once
+    --checkpoint-minutes have passed since the last checkpoint (`last_checkpoint`, a unix time)."""
+    return (
+        iteration in (1, args.num_iterations)
+        or (args.checkpoint_interval > 0 and iteration % args.checkpoint_interval == 0)
+        or time.time() - last_checkpoint >= args.checkpoint_minutes * 60
+    )
+
+
 def save_args(run_folder: str, args) -> None:
     """The run's settings as `args.json` (plain data: plot.py groups runs by them)."""
     with open(os.path.join(run_folder, "args.json"), "w") as f:
@@ -259,6 +378,19 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def checked_tensor(value: Any, like: torch.Tensor, field: str) -> torch.Tensor:
+    """A tensor read from a checkpoint, refused unless it has the shape and kind of `like`."""
+    if (
+        not isinstance(value, torch.Tensor)
+        or value.shape != like.shape
+        or value.dtype.is_floating_point != like.dtype.is_floating_point
+        or (value.dtype == torch.bool) != (like.dtype == torch.bool)
+    ):
+        described = f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"{field} is {described}, expected {like.dtype} {tuple(like.shape)}")
+    return value.to(like.device, like.dtype)
+
+
 # ---------------------------------------------------------------------------------------------
 # Run folders
 # ---------------------------------------------------------------------------------------------
@@ -285,6 +417,18 @@ def create_run_folder(env_id: str, exp_name: str, seed: int, root: str = RUNS_RO
         except FileExistsError:
             continue
     fail(f"cannot create a run folder under {root!r}: too many runs named {base!r}")
+
+
+def claim_run_folder(args, resumed: bool, main: bool) -> str:
+    """The run's folder: the checkpoint's when resuming (a plain name), else a fresh one that rank 0
+    creates exclusively (concurrent runs never share one) and names for every rank; sets `args.run_name`."""
+    if resumed:
+        args.run_name = plain_name(args.run_name, "the checkpoint's run name")
+    else:
+        ranks = f"-{args.world_size}ranks" if args.world_size > 1 else ""
+        name = create_run_folder(args.env_id, f"{args.exp_name}{ranks}", args.seed) if main else None
+        args.run_name = gather(name, args.world_size)[0]
+    return os.path.join(RUNS_ROOT, args.run_name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,6 +522,22 @@ def split_observation(obs, space: gym.Space) -> tuple[np.ndarray | None, np.ndar
     image = next((p for p in parts if p.ndim == 4), None)
     vector = next((p for p in parts if p.ndim == 2), None)
     return image, None if vector is None else vector.astype(np.float32)
+
+
+def final_observations(obs, info: dict, ended: np.ndarray):
+    """The batch `obs` with each `ended` env's last observation, which same-step autoreset keeps in
+    `info["final_obs"]` (the batch itself already shows the next episode there)."""
+    final = info["final_obs"]
+    if isinstance(obs, dict):
+        batch = {key: value.copy() for key, value in obs.items()}
+        for i in np.flatnonzero(ended):
+            for key in batch:
+                batch[key][i] = final[i][key]
+        return batch
+    batch = obs.copy()
+    for i in np.flatnonzero(ended):
+        batch[i] = final[i]
+    return batch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -574,15 +734,61 @@ def gather(value, world_size: int) -> list:
     return values
 
 
+def run_on_ranks(args, run_training: Callable[[Any, int, torch.device], list[dict]]) -> list[dict]:
+    """Join the ranks (under torchrun), run `run_training(args, rank, device)`, and leave the process group
+    cleanly; a rank that fails says so with its rank."""
+    rank, device = setup_ranks(args)
+    try:
+        history = run_training(args, rank, device)
+        if args.world_size > 1:
+            dist.barrier()  # no rank tears down the process group while another still uses it
+        return history
+    except BaseException as e:
+        if args.world_size > 1 and not (isinstance(e, SystemExit) and not isinstance(e.code, str)):
+            detail = e.code.removeprefix("error: ") if isinstance(e, SystemExit) else f"{type(e).__name__}: {e}"
+            print(f"rank {rank} failed: {detail}", file=sys.stderr, flush=True)
+        raise
+    finally:
+        if args.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def leave_finished_rank(args) -> None:
+    """A finished torchrun rank leaves before interpreter finalization, where gloo's worker threads can
+    still abort the process (SIGABRT) after all the work is done."""
+    if args.world_size > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+def _all_reduced(value: float, op, world_size: int, device: torch.device, dtype=torch.int64) -> float:
+    """`value` reduced over all ranks with `op` (the value itself without torchrun)."""
+    if world_size == 1:
+        return value
+    tensor = torch.tensor([value], dtype=dtype, device=device)
+    dist.all_reduce(tensor, op=op)
+    return tensor.item()
+
+
 def agree(flag: bool, world_size: int, device: torch.device) -> bool:
     """True on every rank if it is true on any rank (decisions that all ranks must take together)."""
-    if world_size == 1:
-        return bool(flag)
-    tensor = torch.tensor([int(flag)], device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return bool(tensor.item())
+    return bool(_all_reduced(int(flag), dist.ReduceOp.MAX, world_size, device))
 
 
+def agreed_min(value: int, world_size: int, device: torch.device) -> int:
+    """The smallest value over all ranks (e.g. a count of optimizer steps every rank must take)."""
+    return int(_all_reduced(int(value), dist.ReduceOp.MIN, world_size, device))
+
+
+def mean_across(value: float, world_size: int, device: torch.device) -> float:
+    """The mean of a number over all ranks (decisions such as target-KL stops are then the same everywhere)."""
+    return float(_all_reduced(float(value), dist.ReduceOp.SUM, world_size, device, torch.float64)) / world_size
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress and failures
+# ---------------------------------------------------------------------------------------------
 def format_duration(seconds: float) -> str:
     if not np.isfinite(seconds):
         return "?"
@@ -590,22 +796,27 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def checked_tensor(value: Any, like: torch.Tensor, field: str) -> torch.Tensor:
-    """A tensor read from a checkpoint, refused unless it has the shape and kind of `like`."""
-    if (
-        not isinstance(value, torch.Tensor)
-        or value.shape != like.shape
-        or value.dtype.is_floating_point != like.dtype.is_floating_point
-        or (value.dtype == torch.bool) != (like.dtype == torch.bool)
-    ):
-        described = f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
-        raise ValueError(f"{field} is {described}, expected {like.dtype} {tuple(like.shape)}")
-    return value.to(like.device, like.dtype)
+def announce(args, device: torch.device, precision: str, num_parameters: int, run_folder: str) -> None:
+    """What a run is, printed before its first iteration starts."""
+    print(
+        f"{args.env_id} | device {device} | precision {precision} | parameters: {num_parameters:,}\n"
+        f"{args.num_envs} envs x {args.num_steps} steps x {args.world_size} rank(s) = "
+        f"{args.batch_size * args.world_size:,} steps per iteration, {args.num_iterations:,} iterations\n"
+        f"run folder {run_folder} (watch it with: tensorboard --logdir {RUNS_ROOT})",
+        flush=True,
+    )
+    if (headline := preset_headline(args.config)) is not None:
+        print(f"preset {args.config}: {headline}", flush=True)
 
 
-# ---------------------------------------------------------------------------------------------
-# Progress and failures
-# ---------------------------------------------------------------------------------------------
+def report_resume(args, iteration: int, global_step: int, envs_restored: bool) -> None:
+    """What a resumed run continues from, and whether anything is left to do."""
+    fresh = "" if envs_restored else " (this env's state cannot be saved: its envs restart from a reset, with fresh episodes)"
+    print(f"resumed at iteration {iteration:,}, step {global_step:,}{fresh}", flush=True)
+    if iteration >= args.num_iterations:
+        print(f"nothing left to do: the run has reached --total-timesteps {args.total_timesteps:,}", flush=True)
+
+
 class Heartbeat:
     """Prints what the run is doing every `every` seconds while one phase lasts longer than that,
     so a long first iteration (a CPU, a large rollout) is never silent."""
@@ -635,6 +846,18 @@ class Heartbeat:
             self.timer = None
 
 
+class Interrupted(Exception):
+    """A first SIGINT / SIGTERM: the iteration was finished and a checkpoint written."""
+
+
+class StopNow(Exception):
+    """A second signal: stop at once."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def last_checkpoint_note(checkpoint_path: str, kind: str = "") -> str:
     """Where to resume from (or that there is nothing to resume yet)."""
     if os.path.exists(checkpoint_path):
@@ -658,123 +881,3 @@ def crash_report(error: Exception, run_folder: str, iteration: int, checkpoint_p
         f"training stopped in iteration {iteration} by {type(error).__name__}: {first_line} ({where}); "
         f"{last_checkpoint_note(checkpoint_path)}"
     )
-
-
-def agreed_min(value: int, world_size: int, device: torch.device) -> int:
-    """The smallest value over all ranks (e.g. a count of optimizer steps every rank must take)."""
-    if world_size == 1:
-        return int(value)
-    tensor = torch.tensor([int(value)], device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
-    return int(tensor.item())
-
-
-def mean_across(value: float, world_size: int, device: torch.device) -> float:
-    """The mean of a number over all ranks (decisions such as target-KL stops are then the same everywhere)."""
-    if world_size == 1:
-        return float(value)
-    tensor = torch.tensor([float(value)], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return float(tensor.item()) / world_size
-
-
-def final_observations(obs, info: dict, ended: np.ndarray):
-    """The batch `obs` with each `ended` env's last observation, which same-step autoreset keeps in
-    `info["final_obs"]` (the batch itself already shows the next episode there)."""
-    final = info["final_obs"]
-    if isinstance(obs, dict):
-        batch = {key: value.copy() for key, value in obs.items()}
-        for i in np.flatnonzero(ended):
-            for key in batch:
-                batch[key][i] = final[i][key]
-        return batch
-    batch = obs.copy()
-    for i in np.flatnonzero(ended):
-        batch[i] = final[i]
-    return batch
-
-
-# ---------------------------------------------------------------------------------------------
-# Ranges of the flags both scripts share (each script adds its own)
-# ---------------------------------------------------------------------------------------------
-COMMON_RANGES = {
-    "seed": "[0, 4294967295]",
-    "total_timesteps": ">= 1",
-    "num_envs": "[1, 65536]",
-    "num_steps": ">= 1",
-    "init_lr": "> 0",
-    "final_lr": ">= 0",
-    "anneal_steps": ">= 1",
-    "gamma": "[0, 1]",
-    "gae_lambda": "[0, 1]",
-    "num_minibatches": ">= 1",
-    "update_epochs": ">= 1",
-    "clip_coef": "> 0",
-    "init_ent_coef": ">= 0",
-    "final_ent_coef": ">= 0",
-    "vf_coef": ">= 0",
-    "max_grad_norm": "> 0",
-    "target_kl": "> 0",
-    "reconstruction_coef": ">= 0",
-    "ground_truth_coef": ">= 0",
-    "checkpoint_interval": ">= 0",
-    "checkpoint_minutes": ">= 0",
-    "eval_interval": ">= 0",
-    "eval_seeds": "[1, 65536]",
-    "eval_repetitions": ">= 1",
-    "eval_seed_start": "[0, 4294967295]",
-}
-
-
-def _within(value: float, rule: str) -> bool:
-    if not np.isfinite(value):
-        return False
-    if rule == "finite":
-        return True
-    if rule.startswith((">=", ">", "<=", "<")):
-        operator, bound = rule.split()
-        bound = float(bound)
-        return {">=": value >= bound, ">": value > bound, "<=": value <= bound, "<": value < bound}[operator]
-    low, high = (float(x) for x in rule[1:-1].split(","))
-    above = value >= low if rule[0] == "[" else value > low
-    below = value <= high if rule[-1] == "]" else value < high
-    return above and below
-
-
-def check_ranges(args, ranges: dict[str, str]) -> None:
-    """Refuse a field outside its range in one line naming the flag, the value and what is allowed.
-
-    A range is '>= a', '> a', an interval such as '[a, b]' or '(a, b]', or 'finite'; an unset optional
-    field passes."""
-    for name, allowed in ranges.items():
-        value = getattr(args, name, None)
-        if value is not None and not _within(value, allowed):
-            in_range = f"in {allowed}" if allowed[0] in "[(" else allowed
-            fail(f"--{name.replace('_', '-')} must be {in_range}, got {value!r}")
-    if args.num_envs * args.num_steps > 2**24:
-        fail(f"--num-envs x --num-steps is {args.num_envs * args.num_steps:,} steps per rollout; at most {2**24:,} are allowed")
-
-
-def check_rollout_fits(args, space: gym.Space) -> None:
-    """Refuse a rollout whose observations alone would not fit in this machine's memory."""
-    boxes = list(space.spaces.values()) if isinstance(space, gym.spaces.Dict) else [space]
-    per_step = sum(int(np.prod(box.shape)) * (1 if box.dtype == np.uint8 else 4) for box in boxes)
-    needed = per_step * args.num_envs * args.num_steps
-    try:
-        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return
-    if needed > 0.8 * available:
-        fail(
-            f"a rollout of --num-envs {args.num_envs} x --num-steps {args.num_steps} needs {needed / 2**30:.1f} GiB for "
-            f"its observations alone; this machine has {available / 2**30:.1f} GiB: use fewer envs or steps"
-        )
-
-
-def preset_headline(path: str | None) -> str | None:
-    """The first comment line of a preset: what it targets (e.g. the published number it reproduces)."""
-    if not path:
-        return None
-    with open(path, encoding="utf-8") as f:
-        first = f.readline().strip()
-    return first.lstrip("#").strip() or None if first.startswith("#") else None

@@ -191,7 +191,7 @@ def test_bad_files_get_one_line(content, message, tmp_path, monkeypatch):
 def test_runs_started_in_the_same_second_get_their_own_folders(script, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     same_second = run_utils.create_run_folder
-    monkeypatch.setattr(script, "create_run_folder", lambda *a, **k: same_second(*a, started=1_700_000_000.5, **k))
+    monkeypatch.setattr(run_utils, "create_run_folder", lambda *a, **k: same_second(*a, started=1_700_000_000.5, **k))
     for _ in range(2):
         script.train(tiny_args(script, total_timesteps=16, save_model=True))
     folders = sorted(os.listdir("runs"))
