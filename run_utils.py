@@ -565,7 +565,8 @@ class EpisodeStats:
                     # The env's own "reward" and "length" repeat the return and length counted here.
                     if key not in ("reward", "length") and not key.startswith("_") and final.get(f"_{key}", np.ones(len(done), bool))[i]:
                         item = np.asarray(value[i])
-                        if item.ndim == 0 and np.issubdtype(item.dtype, np.number):
+                        # NaN marks a ratio with nothing to count (Searing Spotlights' coins_collected without coins).
+                        if item.ndim == 0 and np.issubdtype(item.dtype, np.number) and np.isfinite(item):
                             episode[key] = float(item)
                 self.new.append(episode)
                 self.recent.append(episode)

@@ -310,3 +310,16 @@ def test_the_env_kwargs_example_of_the_help_works_with_the_default_env(script):
     kwargs = example.split("e.g. '")[1].split("'")[0]
     envs = run_utils.make_envs(script.Args(env_kwargs=kwargs), 1)
     assert envs.unwrapped.params["command_count"] == [5] and doc.default == "{}"
+
+
+def test_episode_stats_skip_ratios_with_nothing_to_count():
+    # Searing Spotlights without coins ends episodes with coins_collected = 0/0 = NaN; a NaN would turn the
+    # logged mean into NaN, so such a value is left out while the finite ones are kept.
+    stats = run_utils.EpisodeStats(2)
+    done = np.array([True, True])
+    info = {"final_info": {"coins_collected": np.array([np.nan, 0.5]), "_coins_collected": done,
+                           "success": np.array([1, 0]), "_success": done}}
+    stats(np.array([1.0, 0.25]), done, info)
+    first, second = stats.take_new()
+    assert first == {"return": 1.0, "length": 1, "success": 1.0}
+    assert second == {"return": 0.25, "length": 1, "coins_collected": 0.5, "success": 0.0}
