@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -9,6 +11,9 @@ import torch
 
 import ppo_gru
 import ppo_trxl
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import precision_ratio  # noqa: E402
 
 # Small models so that every test runs in seconds on a laptop CPU.
 SMALL = {
@@ -57,14 +62,7 @@ def start(script, args):
 
 def minibatches(script, args, agent, rollout):
     """The minibatches the update uses in its first epoch, as (stored index, recomputed log-prob, value)."""
-    if script is ppo_trxl:
-        for sel in ppo_trxl.stratified_minibatches(args, torch.device("cpu")):
-            logprob, _, value, _, _ = ppo_trxl.recompute(agent, rollout, sel)
-            yield (sel, torch.arange(args.num_envs)[:, None]), logprob, value
-    else:
-        for minibatch in ppo_gru.sequence_minibatches(args, ppo_gru.make_sequences(args, rollout)):
-            logprob, _, value, _, _, index = ppo_gru.recompute(agent, rollout, minibatch)
-            yield index, logprob, value
+    return precision_ratio.update_pass(script, args, agent, rollout)
 
 
 @SCRIPTS
@@ -194,3 +192,10 @@ def test_trxl_trains_through_episodes_of_thousands_of_steps():
     assert len(history) == 3
     assert history[-1]["charts/episodic_length"] == 3202
     assert all(np.isfinite(h["losses/policy_loss"]) for h in history)
+
+
+def test_precision_ratio_benchmark_finds_no_gap_in_float32():
+    """benchmarks/precision_ratio.py: acting and the update agree exactly in float32, so nothing starts clipped."""
+    args = small_args(ppo_trxl, env_id="ProofOfMemory-v0", num_envs=4, num_steps=16, num_minibatches=4)
+    row = precision_ratio.measure(ppo_trxl, args, None, rollouts=1)
+    assert row["samples"] == 4 * 16 and row["max"] < 1e-5 and row["clipped"] == 0.0 and row["value"] < 1e-5

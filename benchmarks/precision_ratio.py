@@ -1,0 +1,107 @@
+"""How far bfloat16 moves PPO's probability ratio before the first optimizer step.
+
+PPO stores the log-probability of each action while acting and recomputes it in the update; with the
+same weights the ratio exp(new - old) is exactly 1 in float32. Under bfloat16 autocast the two passes
+batch the same numbers differently (one step at a time while acting, whole minibatches in the update),
+so they round differently and the ratio starts away from 1. A sample whose ratio already lies outside
+[1 - clip, 1 + clip] gives no gradient in the direction the clip blocks. This prints, per precision,
+how large that start-up mismatch is, for a preset's agent at initialisation or for a checkpoint's
+trained weights:
+
+    python benchmarks/precision_ratio.py --script ppo_trxl --config configs/quick/ppo_trxl/MortarMayhem-Grid-v0.toml
+    python benchmarks/precision_ratio.py --script ppo_trxl --config configs/quick/ppo_trxl/MortarMayhem-Grid-v0.toml \
+        --checkpoint runs/<run>/checkpoint.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import ppo_gru  # noqa: E402
+import ppo_trxl  # noqa: E402
+from run_utils import EpisodeStats, fail, load_checkpoint, load_weights  # noqa: E402
+
+SCRIPTS = {"ppo_trxl": ppo_trxl, "ppo_gru": ppo_gru}
+
+
+def update_pass(script, args, agent, rollout):
+    """(stored index, recomputed per-branch log-prob, value) for every minibatch of one update epoch."""
+    if script is ppo_trxl:
+        for sel in ppo_trxl.stratified_minibatches(args, torch.device("cpu")):
+            logprob, _, value, _, _ = ppo_trxl.recompute(agent, rollout, sel)
+            yield (sel, torch.arange(args.num_envs)[:, None]), logprob, value
+    else:
+        for minibatch in ppo_gru.sequence_minibatches(args, ppo_gru.make_sequences(args, rollout)):
+            logprob, _, value, _, _, index = ppo_gru.recompute(agent, rollout, minibatch)
+            yield index, logprob, value
+
+
+def measure(script, args, weights: dict | None, rollouts: int) -> dict:
+    torch.manual_seed(args.seed)
+    envs = script.make_envs(args, args.num_envs)
+    image, vector = script.observation_layout(envs.single_observation_space, args.env_id)
+    agent = script.Agent(args, image, vector, script.action_branches(envs.single_action_space, args.env_id))
+    if weights is not None:
+        load_weights(agent, weights, "--checkpoint")
+    obs, _ = envs.reset(seed=args.seed)
+    rollout = script.new_rollout(agent, envs, args.num_steps, obs, torch.device("cpu"))
+    stats = EpisodeStats(args.num_envs)
+    logprob_gaps, value_gaps = [], []
+    with torch.no_grad():
+        for _ in range(rollouts):
+            script.collect_rollout(agent, envs, rollout, torch.device("cpu"), stats)
+            for index, logprob, value in update_pass(script, args, agent, rollout):
+                logprob_gaps.append((logprob - rollout.logprobs[index]).flatten())
+                value_gaps.append((value - rollout.values[index]).flatten())
+    envs.close()
+    gap = torch.cat(logprob_gaps).abs().double().numpy()
+    ratio = np.exp(gap)  # |log ratio| -> the farther of ratio and 1 / ratio
+    return {
+        "mean": gap.mean(),
+        "p99": np.quantile(gap, 0.99),
+        "max": gap.max(),
+        "clipped": float((ratio - 1 > args.clip_coef).mean()),
+        "value": torch.cat(value_gaps).abs().max().item(),
+        "samples": gap.size,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--script", choices=sorted(SCRIPTS), default="ppo_trxl")
+    parser.add_argument("--config", required=True, help="the preset whose env, rollout and agent are measured")
+    parser.add_argument("--checkpoint", help="trained weights (a checkpoint.pt of the same preset); default: a fresh agent")
+    parser.add_argument("--rollouts", type=int, default=2, help="rollouts measured per precision (default 2)")
+    parser.add_argument("--seed", type=int, default=1)
+    options = parser.parse_args()
+    if options.rollouts < 1:
+        fail(f"--rollouts must be at least 1, got {options.rollouts}")
+    if not os.path.isfile(options.config):
+        fail(f"--config: no such preset file: {options.config}")
+    script = SCRIPTS[options.script]
+    weights = None
+    if options.checkpoint:
+        weights = load_checkpoint(options.checkpoint, options.script).get("model")
+
+    print(f"{options.script}, {options.config}, {'weights of ' + options.checkpoint if weights else 'a fresh agent'}, "
+          f"{options.rollouts} rollouts per precision")
+    print("| precision | samples | mean abs log-ratio | 99th percentile | max | ratio outside 1 +- clip | max abs value gap |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for precision in ("float32", "bfloat16"):
+        args = script.parse_args(["--config", options.config, "--precision", precision, "--no-cuda",
+                                  "--seed", str(options.seed)])
+        row = measure(script, args, weights, options.rollouts)
+        print(f"| {precision} | {row['samples']:,} | {row['mean']:.2e} | {row['p99']:.2e} | {row['max']:.2e} | "
+              f"{100 * row['clipped']:.2f} % (clip {args.clip_coef}) | {row['value']:.2e} |")
+
+
+if __name__ == "__main__":
+    main()
