@@ -6,7 +6,9 @@ batch the same numbers differently (one step at a time while acting, whole minib
 so they round differently and the ratio starts away from 1. A sample whose ratio already lies outside
 [1 - clip, 1 + clip] gives no gradient in the direction the clip blocks. This prints, per precision,
 how large that start-up mismatch is, for a preset's agent at initialisation or for a checkpoint's
-trained weights:
+trained weights. For TrXL it also compares the gradient of the first minibatch's PPO loss computed in bfloat16
+with the float32 one (same weights, rollout and minibatch), beside the gap between two float32 minibatches'
+gradients, the noise that PPO's sampling already brings:
 
     python benchmarks/precision_ratio.py --script ppo_trxl --config configs/quick/ppo_trxl/MortarMayhem-Grid-v0.toml
     python benchmarks/precision_ratio.py --script ppo_trxl --config configs/quick/ppo_trxl/MortarMayhem-Grid-v0.toml \
@@ -16,6 +18,7 @@ trained weights:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -74,6 +77,62 @@ def measure(script, args, weights: dict | None, rollouts: int) -> dict:
     }
 
 
+def first_minibatch_loss(args, agent, rollout, advantages, returns, sel):
+    """PPO's loss on a minibatch before any optimizer step: the ratio is 1 and the value is the stored one, so
+    neither clip is active and the clipped objectives have the plain objectives' gradient."""
+    envs_index = torch.arange(args.num_envs)[:, None]
+    logprob, entropy, value, _, _ = ppo_trxl.recompute(agent, rollout, sel)
+    ratio = (logprob - rollout.logprobs[sel, envs_index]).exp()
+    policy = -(advantages[sel, envs_index][..., None] * ratio).mean()
+    return policy + args.vf_coef * ((value - returns[sel, envs_index]) ** 2).mean() - args.init_ent_coef * entropy.mean()
+
+
+def gradient(agent, loss_fn, precision: str) -> dict[str, torch.Tensor]:
+    agent.precision = precision
+    agent.zero_grad()
+    loss_fn().backward()
+    return {name: p.grad.detach().flatten().clone() for name, p in agent.named_parameters() if p.grad is not None}
+
+
+def compare(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefix: str = "") -> tuple[float, float]:
+    """Cosine similarity and relative error |a - b| / |a| of the gradients of the parameters named `prefix*`."""
+    names = [n for n in a if n.startswith(prefix)]
+    x, y = torch.cat([a[n] for n in names]).double(), torch.cat([b[n] for n in names]).double()
+    return float(torch.nn.functional.cosine_similarity(x, y, dim=0)), float((x - y).norm() / x.norm())
+
+
+def gradient_agreement(args, weights: dict | None) -> list[tuple[str, float, float, float, float]]:
+    """Per parameter group: (group, cos bf16 vs f32, rel. error, cos f32 minibatch 1 vs 2, rel. difference)."""
+    args = dataclasses.replace(args, precision="float32")
+    torch.manual_seed(args.seed)
+    envs = ppo_trxl.make_envs(args, args.num_envs)
+    image, vector = ppo_trxl.observation_layout(envs.single_observation_space, args.env_id)
+    agent = ppo_trxl.Agent(args, image, vector, ppo_trxl.action_branches(envs.single_action_space, args.env_id))
+    if weights is not None:
+        load_weights(agent, weights, "--checkpoint")
+    obs, _ = envs.reset(seed=args.seed)
+    rollout = ppo_trxl.new_rollout(agent, envs, args.num_steps, obs, torch.device("cpu"))
+    with torch.no_grad():
+        next_value = ppo_trxl.collect_rollout(agent, envs, rollout, torch.device("cpu"), EpisodeStats(args.num_envs),
+                                              gamma=args.gamma)
+    envs.close()
+    advantages, returns = ppo_trxl.compute_advantages(args, rollout, next_value)
+    first, second = ppo_trxl.stratified_minibatches(args, torch.device("cpu"))[:2]
+    loss_on = lambda sel: lambda: first_minibatch_loss(args, agent, rollout, advantages, returns, sel)
+    full, rounded, other = (gradient(agent, loss_on(first), "float32"), gradient(agent, loss_on(first), "bfloat16"),
+                            gradient(agent, loss_on(second), "float32"))
+    groups = [("all", ""), ("encoder", "encoder."), ("transformer", "layers."), ("heads", "")]
+    rows = []
+    for label, prefix in groups:
+        if label == "heads":
+            names = [n for n in full if not n.startswith(("encoder.", "layers."))]
+            pick = lambda g: {n: g[n] for n in names}
+            rows.append((label, *compare(pick(full), pick(rounded)), *compare(pick(full), pick(other))))
+        elif any(n.startswith(prefix) for n in full):
+            rows.append((label, *compare(full, rounded, prefix), *compare(full, other, prefix)))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--script", choices=sorted(SCRIPTS), default="ppo_trxl")
@@ -101,6 +160,12 @@ def main() -> None:
         row = measure(script, args, weights, options.rollouts)
         print(f"| {precision} | {row['samples']:,} | {row['mean']:.2e} | {row['p99']:.2e} | {row['max']:.2e} | "
               f"{100 * row['clipped']:.2f} % (clip {args.clip_coef}) | {row['value']:.2e} |")
+    if script is ppo_trxl:
+        print("\nGradient of the first minibatch's loss: bfloat16 against float32, and float32 on a second minibatch")
+        print("| parameters | cosine, bfloat16 vs float32 | relative error | cosine, minibatch 2 vs 1 | relative difference |")
+        print("|---|---:|---:|---:|---:|")
+        for label, cos_bf16, err_bf16, cos_mb, diff_mb in gradient_agreement(args, weights):
+            print(f"| {label} | {cos_bf16:.4f} | {err_bf16:.3f} | {cos_mb:.4f} | {diff_mb:.3f} |")
 
 
 if __name__ == "__main__":

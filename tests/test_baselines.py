@@ -199,3 +199,14 @@ def test_precision_ratio_benchmark_finds_no_gap_in_float32():
     args = small_args(ppo_trxl, env_id="ProofOfMemory-v0", num_envs=4, num_steps=16, num_minibatches=4)
     row = precision_ratio.measure(ppo_trxl, args, None, rollouts=1)
     assert row["samples"] == 4 * 16 and row["max"] < 1e-5 and row["clipped"] == 0.0 and row["value"] < 1e-5
+
+
+def test_precision_ratio_gradient_agreement_compares_like_with_like():
+    """The bfloat16 gradient of the first minibatch points where the float32 one does; a second minibatch's
+    float32 gradient is a different vector (the comparison would not notice a broken gradient otherwise)."""
+    args = small_args(ppo_trxl, env_id="ProofOfMemory-v0", num_envs=4, num_steps=16, num_minibatches=4)
+    rows = {row[0]: row[1:] for row in precision_ratio.gradient_agreement(args, None)}
+    assert {"all", "encoder", "transformer", "heads"} <= set(rows)
+    cos_bf16, err_bf16, cos_other, diff_other = rows["all"]
+    assert cos_bf16 > 0.99 and err_bf16 < 0.1
+    assert diff_other > 0.0 and cos_other < 1.0
