@@ -47,7 +47,8 @@ def update_pass(script, args, agent, rollout):
             yield index, logprob, value
 
 
-def measure(script, args, weights: dict | None, rollouts: int) -> dict:
+def start(script, args, weights: dict | None = None):
+    """The envs, the agent (seeded, or with the given weights) and an empty rollout after the first reset."""
     torch.manual_seed(args.seed)
     envs = script.make_envs(args, args.num_envs)
     image, vector = script.observation_layout(envs.single_observation_space, args.env_id)
@@ -55,7 +56,11 @@ def measure(script, args, weights: dict | None, rollouts: int) -> dict:
     if weights is not None:
         load_weights(agent, weights, "--checkpoint")
     obs, _ = envs.reset(seed=args.seed)
-    rollout = script.new_rollout(agent, envs, args.num_steps, obs, torch.device("cpu"))
+    return envs, agent, script.new_rollout(agent, envs, args.num_steps, obs, torch.device("cpu"))
+
+
+def measure(script, args, weights: dict | None, rollouts: int) -> dict:
+    envs, agent, rollout = start(script, args, weights)
     stats = EpisodeStats(args.num_envs)
     logprob_gaps, value_gaps = [], []
     with torch.no_grad():
@@ -94,9 +99,8 @@ def gradient(agent, loss_fn, precision: str) -> dict[str, torch.Tensor]:
     return {name: p.grad.detach().flatten().clone() for name, p in agent.named_parameters() if p.grad is not None}
 
 
-def compare(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefix: str = "") -> tuple[float, float]:
-    """Cosine similarity and relative error |a - b| / |a| of the gradients of the parameters named `prefix*`."""
-    names = [n for n in a if n.startswith(prefix)]
+def compare(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], names: list[str]) -> tuple[float, float]:
+    """Cosine similarity and relative error |a - b| / |a| of the gradients of the named parameters."""
     x, y = torch.cat([a[n] for n in names]).double(), torch.cat([b[n] for n in names]).double()
     return float(torch.nn.functional.cosine_similarity(x, y, dim=0)), float((x - y).norm() / x.norm())
 
@@ -104,14 +108,7 @@ def compare(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefix: str 
 def gradient_agreement(args, weights: dict | None) -> list[tuple[str, float, float, float, float]]:
     """Per parameter group: (group, cos bf16 vs f32, rel. error, cos f32 minibatch 1 vs 2, rel. difference)."""
     args = dataclasses.replace(args, precision="float32")
-    torch.manual_seed(args.seed)
-    envs = ppo_trxl.make_envs(args, args.num_envs)
-    image, vector = ppo_trxl.observation_layout(envs.single_observation_space, args.env_id)
-    agent = ppo_trxl.Agent(args, image, vector, ppo_trxl.action_branches(envs.single_action_space, args.env_id))
-    if weights is not None:
-        load_weights(agent, weights, "--checkpoint")
-    obs, _ = envs.reset(seed=args.seed)
-    rollout = ppo_trxl.new_rollout(agent, envs, args.num_steps, obs, torch.device("cpu"))
+    envs, agent, rollout = start(ppo_trxl, args, weights)
     with torch.no_grad():
         next_value = ppo_trxl.collect_rollout(agent, envs, rollout, torch.device("cpu"), EpisodeStats(args.num_envs),
                                               gamma=args.gamma)
@@ -121,15 +118,13 @@ def gradient_agreement(args, weights: dict | None) -> list[tuple[str, float, flo
     loss_on = lambda sel: lambda: first_minibatch_loss(args, agent, rollout, advantages, returns, sel)
     full, rounded, other = (gradient(agent, loss_on(first), "float32"), gradient(agent, loss_on(first), "bfloat16"),
                             gradient(agent, loss_on(second), "float32"))
-    groups = [("all", ""), ("encoder", "encoder."), ("transformer", "layers."), ("heads", "")]
+    # The heads row holds every parameter outside the encoder and the transformer layers.
+    groups = {"all": lambda n: True, "encoder": lambda n: n.startswith("encoder."),
+              "transformer": lambda n: n.startswith("layers."), "heads": lambda n: not n.startswith(("encoder.", "layers."))}
     rows = []
-    for label, prefix in groups:
-        if label == "heads":
-            names = [n for n in full if not n.startswith(("encoder.", "layers."))]
-            pick = lambda g: {n: g[n] for n in names}
-            rows.append((label, *compare(pick(full), pick(rounded)), *compare(pick(full), pick(other))))
-        elif any(n.startswith(prefix) for n in full):
-            rows.append((label, *compare(full, rounded, prefix), *compare(full, other, prefix)))
+    for label, member in groups.items():
+        if names := [n for n in full if member(n)]:
+            rows.append((label, *compare(full, rounded, names), *compare(full, other, names)))
     return rows
 
 

@@ -50,14 +50,7 @@ def small_args(script, **overrides):
 
 
 def start(script, args):
-    torch.manual_seed(args.seed)
-    envs = script.make_envs(args, args.num_envs)
-    image, vector = script.observation_layout(envs.single_observation_space, args.env_id)
-    branches = script.action_branches(envs.single_action_space, args.env_id)
-    agent = script.Agent(args, image, vector, branches)
-    obs, _ = envs.reset(seed=args.seed)
-    rollout = script.new_rollout(agent, envs, args.num_steps, obs, torch.device("cpu"))
-    return envs, agent, rollout
+    return precision_ratio.start(script, args)
 
 
 def minibatches(script, args, agent, rollout):
