@@ -32,7 +32,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from envs.parameters import Param
-from envs.state import Derived, Field, ListOf, Rng, restore_state, save_state
+from envs.state import Carry, EpisodeLog, restore_state, save_state
 
 RENDER_MODES = ["rgb_array", "debug_rgb_array"]
 
@@ -43,7 +43,8 @@ class BatchedGame:
     Subclasses set the class attributes and implement `reset_envs`, `step` and `observe`;
     the rest has sensible defaults. All per-step work must be array code over the batch;
     per-env Python loops belong only in `reset_envs` (e.g. level generation) and in
-    `episode_info` (called for ending envs only).
+    `episode_info` (called for ending envs only). The faces start episodes with `new_episodes`
+    and step with `play`, which record each env's current episode (see `envs.state`).
     """
 
     env_id: ClassVar[str]
@@ -55,11 +56,18 @@ class BatchedGame:
     """The values each reset parameter accepts (a family's table may hold names other ids lack)."""
     ground_truth_space: ClassVar[gym.Space | None] = None
     render_fps: ClassVar[int] = 25
+    carried: ClassVar[dict[str, Carry]] = {}
+    """Per-env arrays whose rows a new episode inherits from the last one (as memory-gym keeps them
+    across resets), with the values each may hold; saved with every episode's start."""
+    rendered: ClassVar[dict[str, Carry]] = {}
+    """Per-env arrays that rendering changes, not play (memory-gym's debug render keeps its own place
+    in the command list), with the values each may hold; saved as they are."""
 
     def __init__(self, num_envs: int):
         self.num_envs = num_envs
         # One generator per env; created from OS entropy on the first reset without a seed.
         self.rngs: list[np.random.Generator | None] = [None] * num_envs
+        self.log = EpisodeLog(num_envs, self.action_space.shape)
 
     # ---- to implement --------------------------------------------------------------------
     def check_params(self, params: dict[str, Any]) -> None:
@@ -79,6 +87,9 @@ class BatchedGame:
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Advance every env by one step; return rewards (float64) and terminated flags (bool)."""
         raise NotImplementedError
+
+    def settle(self, idx: np.ndarray) -> None:
+        """Fix what the ending episodes of envs `idx` leave to the next ones (in `carried`)."""
 
     def observe(self) -> Any:
         """The current observation of every env, batched like `batch_space(observation_space)`."""
@@ -123,21 +134,35 @@ class BatchedGame:
         self.check_params(params)
         return params
 
-    state_fields: ClassVar[dict[str, Field]] = {"num_envs": Derived(), "rngs": ListOf(Rng(), per_env=True)}
-    """What `get_state` saves, per attribute (see `envs.state`); subclasses add theirs."""
+    def new_episodes(self, idx: np.ndarray, params: dict[str, Any], carried: dict[str, np.ndarray] | None = None) -> None:
+        """Start new episodes in envs `idx` (recorded for `get_state`); `carried`: the values they
+        inherit, in place of the previous episodes' (when a saved state is replayed)."""
+        self.settle(idx)
+        for name, rows in (carried or {}).items():
+            getattr(self, name)[idx] = rows
+        self.log.started(self, idx, params)
+        self.reset_envs(idx, params)
+
+    def play(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`step` (the actions checked by the caller), recorded for `get_state`."""
+        rewards, terminated = self.step(actions)
+        self.log.stepped(actions, terminated)
+        return rewards, terminated
+
+    def checked_actions(self, actions: Any) -> np.ndarray:
+        """`actions` (any number of them, stacked) as an array, refused with `ValueError` outside the action space."""
+        batch = np.shape(actions)[: np.ndim(actions) - len(self.action_space.shape)]
+        return _ActionCheck(self.env_id, self.action_space, batch)(actions)
 
     def get_state(self) -> dict[str, Any]:
-        """The declared `state_fields` as tensors and plain values (for checkpoints loadable with
+        """Each env's current episode as plain values and CPU tensors (for checkpoints loadable with
         `torch.load(weights_only=True)`): restoring it with `set_state` continues bit for bit."""
         return save_state(self)
 
     def set_state(self, state: dict[str, Any]) -> None:
-        """Restore a `get_state` result into this game (reset with the same parameters); a state
-        that does not match the declaration is refused with `ValueError` naming the field."""
+        """Replay a `get_state` result into this game; a state that play could not have produced is
+        refused with `ValueError` naming the field, the game left unchanged."""
         restore_state(self, state)
-
-    def check_state(self, fields: dict[str, Any]) -> None:
-        """Raise `ValueError` (`envs.state.state_error`) if checked fields do not fit together."""
 
     def seed(self, seed: int | list[int | None] | None) -> None:
         """`int`: env i gets seed + i; list: one seed per env; `None`: keep the current generators."""
@@ -223,14 +248,14 @@ class NativeEnv(gym.Env):
         params = self.game.validated_params(self.params, options)
         self.game.seed(seed)
         self._np_random = self.game.rngs[0]
-        self.game.reset_envs(np.array([0]), params)
+        self.game.new_episodes(np.array([0]), params)
         self._reset_done = True
         return self._observation(), self._info(terminated=False)
 
     def step(self, action):
         if not self._reset_done:
             raise gym.error.ResetNeeded(f"{self.game_cls.env_id}: call reset() before step()")
-        rewards, terminated = self.game.step(self._checked_action(action)[None])
+        rewards, terminated = self.game.play(self._checked_action(action)[None])
         done = bool(terminated[0])
         return self._observation(), float(rewards[0]), done, False, self._info(terminated=done)
 
@@ -278,14 +303,14 @@ class NativeVectorEnv(VectorEnv):
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
         params = self.game.validated_params(self.params, options)
         self.game.seed(seed)
-        self.game.reset_envs(self._all, params)
+        self.game.new_episodes(self._all, params)
         self._reset_done = True
         return self._observation(), self._every_step_info()
 
     def step(self, actions):
         if not self._reset_done:
             raise gym.error.ResetNeeded(f"{self.game_cls.env_id}: call reset() before step()")
-        rewards, terminated = self.game.step(self._checked_actions(actions))
+        rewards, terminated = self.game.play(self._checked_actions(actions))
         truncated = np.zeros(self.num_envs, dtype=bool)
         infos: dict[str, Any] = {}
         ended = np.flatnonzero(terminated)
@@ -305,7 +330,7 @@ class NativeVectorEnv(VectorEnv):
                 episodes.append(episode)
             infos["final_info"] = self._batch_infos(rows, episodes)
             infos["_final_info"] = infos["_final_obs"].copy()
-            self.game.reset_envs(ended, self.params)
+            self.game.new_episodes(ended, self.params)
         infos.update(self._every_step_info())
         return self._observation(), rewards.astype(np.float64), terminated.astype(bool), truncated, infos
 

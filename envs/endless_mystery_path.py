@@ -37,7 +37,6 @@ import numpy as np
 
 from envs.agent import AgentPainter
 from envs.core import BatchedGame
-from envs.state import Array, BitState, Derived, ListOf, Optional, Params, Rng, arrays
 from envs.mystery_path import (
     CROSS,
     CROSS_HALF,
@@ -268,31 +267,6 @@ class EndlessMysteryPathGame(BatchedGame):
     }
     parameters = PARAMETERS
     render_fps = 25
-
-    state_fields = BatchedGame.state_fields | {
-        "painter": Derived(),  # sprite sheets packed per scale on demand
-        **arrays(
-            "max_steps", "scale", "radius", "stride", "show_past_path", "show_background", "show_stamina",
-            "visual_feedback", "camera_offset", "depth", "stamina_level", "reward_fall_off", "reward_progress",
-            "reward_step", "agent_draw_x", "agent_half", "ring_segment", "ring_columns", "ring_rows",
-            "ring_length", "ring_node", "stamina_marks",
-        ),
-        "reward_marks": Array(grow=1),  # one word per segment generated so far
-        **arrays("num_segments", "last_end_row", "start_row"),
-        "episode_start_state": ListOf(Optional(BitState()), per_env=True),
-        "replay_rngs": ListOf(Rng(), per_env=True),
-        **arrays("replay_next", "replay_end_row"),
-        "rows": Derived(),
-        **arrays(
-            "spawn_x", "spawn_y", "cx", "cy", "rotation", "tx", "ty", "camera_x", "scroll", "current_segment",
-            "current_node", "off_path", "cross_shown", "cross_x", "cross_y", "stamina", "ensured_segment", "max_x",
-            "t", "num_fails", "tiles_visited", "episode_return", "ground_truth",
-        ),
-        "fall_cells": Array(grow=1),  # room for the fall-off cells kept so far
-        "fall_count": Array(),
-        "params_of_all": Optional(Params()),
-        "screens": Array(),
-    }  # fmt: skip
 
     def __init__(self, num_envs: int):
         super().__init__(num_envs)

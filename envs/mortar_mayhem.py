@@ -29,7 +29,7 @@ import numpy as np
 from envs.agent import AgentPainter, continuous_step, grid_step, wrap_step
 from envs.core import BatchedGame
 from envs.parameters import REWARD, STEPS, boolean, int_list, integer, real
-from envs.state import Array, Derived, Value, arrays, state_error
+from envs.state import Flags, LikeParam, OneOf, Span, UpTo
 from envs.raster import Sprite, SpriteSheet, blit, disk_offsets, offsets_mask, upscale
 from envs.sprites import COMMAND_SPRITES, agent_radius, agent_sprites, tile
 
@@ -291,24 +291,17 @@ class MortarMayhemGame(BatchedGame):
     }
     parameters = PARAMETERS
 
-    state_fields = BatchedGame.state_fields | {
-        "all_envs": Derived(),
-        "everyone": Derived(),
-        **arrays(
-            "arena_size", "origin", "allowed", "num_commands", "show_duration", "show_period", "stay_steps",
-            "reach_steps", "visual_feedback", "reward_success", "reward_failure", "reward_episode", "speed", "scale",
-            "radius", "max_steps",
-        ),
-        "commands": Array(grow=1),  # its width grows with the longest sequence
-        **arrays(
-            "vector", "cx", "cy", "rotation", "cell_x", "cell_y", "target_x", "target_y", "ground_truth",
-            "current", "command_steps", "verify_steps", "tiles_on", "success", "completed_total", "t",
-            "episode_return", "show_pos", "show_len", "show_first", "debug_pos", "drawn_valid", "drawn_live",
-            "drawn_rotation", "drawn_scale", "drawn_x", "drawn_y", "arena", "screen",
-        ),
-        "painter": Derived(),  # sprite sheets packed per scale on demand
-        "single_scale": Value(float, None),
-    }  # fmt: skip
+    # The last drawn agent, which the first show phase of an endless episode and the debug render
+    # keep showing after a reset.
+    carried = {
+        "drawn_valid": Flags(),
+        "drawn_live": Flags(),
+        "drawn_rotation": OneOf(range(0, 360, 45)),
+        "drawn_scale": LikeParam("agent_scale", also=(GRID_SCALE,)),
+        "drawn_x": Span(-SCREEN, 2 * SCREEN),
+        "drawn_y": Span(-SCREEN, 2 * SCREEN),
+    }
+    rendered = {"debug_pos": UpTo("show_len")}
 
     def __init__(self, num_envs: int):
         super().__init__(num_envs)
@@ -383,22 +376,18 @@ class MortarMayhemGame(BatchedGame):
                 f"nothing: {params['command_show_duration']!r}, {params['command_show_delay']!r}"
             )
 
-    def check_state(self, fields: dict[str, Any]) -> None:
-        single = fields["single_scale"]
-        if single is not None and (fields["scale"] != single).any():
-            raise state_error(self.env_id, "single_scale", f"is {single}, but not every env has that agent scale")
-
     # ---- reset -----------------------------------------------------------------------------
-    def reset_envs(self, idx: np.ndarray, params: dict[str, Any]) -> None:
-        idx = np.asarray(idx)
+    def settle(self, idx: np.ndarray) -> None:
         # The sprite on screen stays the one of the previous episode until the next step.
         live = idx[self.drawn_live[idx]]
         self.drawn_x[live], self.drawn_y[live] = self._agent_centre(live)
         self.drawn_live[idx] = False
 
+    def reset_envs(self, idx: np.ndarray, params: dict[str, Any]) -> None:
+        idx = np.asarray(idx)
         size = 6 if self.endless else int(params["arena_size"])
         scale = GRID_SCALE if self.grid else float(params["agent_scale"])
-        if scale != self.single_scale:
+        if scale != self.single_scale or (self.drawn_scale[idx] != scale).any():
             self.single_scale = None
         origin = arena_origin(size)
         self.arena_size[idx] = size

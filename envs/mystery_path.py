@@ -22,7 +22,6 @@ import numpy as np
 from envs.agent import AgentPainter, continuous_step, grid_step
 from envs.core import BatchedGame
 from envs.parameters import REWARD, STEPS, boolean, int_list, integer, real
-from envs.state import Derived, ListOf, TupleOf, Value, arrays
 from envs.path_generation import GRID, Draws, generate_segment
 from envs.raster import SpriteSheet
 from envs.sprites import FALLOFF_CROSS, agent_radius
@@ -109,20 +108,6 @@ class MysteryPathGame(BatchedGame):
     render_fps = 25
     grid_agent = False
 
-    _cell = Value(int, low=0, high=GRID - 1)
-    state_fields = BatchedGame.state_fields | {
-        "painter": Derived(),  # sprite sheets packed per scale on demand
-        **arrays(
-            "max_steps", "scale", "speed", "radius", "visual_feedback", "reward_goal", "reward_fall_off",
-            "reward_progress", "reward_step", "on_path", "start_cell", "end_cell",
-        ),
-        "paths": ListOf(ListOf(TupleOf(_cell, _cell)), per_env=True),
-        "walls": ListOf(ListOf(Value(bool)), per_env=True),
-        **arrays(
-            "layer", "rewarded", "cx", "cy", "rotation", "off_path", "cross_shown", "cross_x", "cross_y", "t",
-            "num_fails", "success", "episode_return", "screens",
-        ),
-    }  # fmt: skip
 
     def __init__(self, num_envs: int):
         super().__init__(num_envs)

@@ -20,7 +20,6 @@ import numpy as np
 
 from envs.core import BatchedGame
 from envs.parameters import STEPS, integer
-from envs.state import arrays
 
 SCREEN = 84
 # One colour and one square position per cue, so the cue is told apart by colour and place.
@@ -36,8 +35,6 @@ class ProofOfMemoryGame(BatchedGame):
     defaults = {"min_delay": 1, "max_delay": 4}
     parameters = {"min_delay": integer(0, STEPS), "max_delay": integer(0, STEPS)}
     render_fps = 4
-    state_fields = BatchedGame.state_fields | arrays("cue", "delay", "t", "episode_return")
-
     def __init__(self, num_envs: int):
         super().__init__(num_envs)
         self.cue = np.zeros(num_envs, dtype=np.int64)

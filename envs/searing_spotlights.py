@@ -31,7 +31,7 @@ from envs.core import BatchedGame
 from envs.parameters import REWARD, STEPS, boolean, int_list, integer, real
 from envs.raster import Sprite, disk_offsets, ring_offsets
 from envs.spotlights import DARK, RING, SCREEN, Spotlights, clear_mask, create_spot, ringed_codes
-from envs.state import Array, Context, Derived, DictOf, Field, ListOf, Obj, Optional, Params, Value, arrays, state_error
+from envs.state import Flags, LikeParam, OneOf, Pixels, Span
 from envs.sprites import EXIT_CLOSED, EXIT_OPEN, agent_radius, agent_sprites
 
 SCALE = 0.25
@@ -180,41 +180,6 @@ def _draw_sprites(screens, env, sprite, x, y, dx, dy, colour, count):  # pragma:
                     screens[env[k], px, py, c] = colour[s, p, c]
 
 
-_SPRITE_SCALES = {"exit": lambda s: s == 0.5, "coin": lambda s: 0 <= s < 1, "agent": lambda s: 0 < s < 2 / 3}
-"""Per sprite kind of the atlas: the scales a saved state may register (those `check_params` allows)."""
-
-
-class AtlasState(Field):
-    """The sprite atlas as its registrations in id order (`[kind, scale]` each). Restoring empties
-    the game's atlas and registers them again from the game's own sprites, so every sprite id
-    names the same sprite as before and no pixel comes from the file."""
-
-    def save(self, atlas: SpriteAtlas) -> list:
-        return [[kind, scale] for (kind, scale), _ in sorted(atlas.ids.items(), key=lambda item: item[1])]
-
-    def load(self, data: Any, live: Any, path: str, ctx: Context) -> list[tuple[str, float]]:
-        if type(data) is not list or not data:
-            raise ctx.refuse(path, "must be a non-empty list of [kind, scale] registrations")
-        keys = []
-        for k, item in enumerate(data):
-            where = f"{path}[{k}]"
-            if type(item) is not list or len(item) != 2 or type(item[0]) is not str or item[0] not in _SPRITE_SCALES:
-                raise ctx.refuse(where, f"must be [kind, scale] with kind one of {', '.join(_SPRITE_SCALES)}")
-            scale = Value(float).load(item[1], None, f"{where}[1]", ctx)
-            if not _SPRITE_SCALES[item[0]](scale):
-                raise ctx.refuse(f"{where}[1]", f"is {scale}, not a scale allowed for {item[0]} sprites")
-            keys.append((item[0], scale))
-        if keys[0] != ("exit", 0.5) or len(set(keys)) != len(keys):
-            raise ctx.refuse(path, "must start with the exit and register each sprite once")
-        return keys
-
-    def assign(self, holder: Any, key: Any, live: SpriteAtlas, value: list[tuple[str, float]], ctx: Context) -> None:
-        live.ids.clear()
-        live._parts.clear()
-        for kind, scale in value:
-            ctx.game.register_sprites(kind, scale)
-
-
 # ---- reset-time helpers (per env, Python) ----------------------------------------------------
 
 
@@ -316,23 +281,18 @@ class _SpotlightsGame(BatchedGame):
     endless = False
     parameters = PARAMETERS
 
-    state_fields = BatchedGame.state_fields | {
-        "params": ListOf(Optional(Params()), per_env=True),
-        "spots": Obj(Spotlights.state_fields),
-        "atlas": AtlasState(),
-        "p": DictOf(Array(dtypes=(bool, np.int64, np.float64))),
-        # Which parameter dict `p` was last filled from: recomputed at the next reset.
-        "_stored_params": Derived(lambda game: None),
-        "_stored_items": Derived(lambda game: []),
-        **arrays(
-            "cx", "cy", "rotation", "health", "shown_cx", "shown_cy", "shown_rotation", "shown_scale", "stepped",
-        ),
-        **{name: Array(grow=1, group="coin slots") for name in ("coin_x", "coin_y", "coin_on")},
-        **arrays(
-            "coins_collected", "alpha", "codes", "spawn_timer", "blue_kind", "red_kind", "shows_red", "bar",
-            "last_action", "last_reward", "t", "length", "episode_return", "frames",
-        ),
-    }  # fmt: skip
+    # The darkness layer and the board surfaces are never cleared at a reset; the debug render shows
+    # the pose of the last step.
+    carried = {
+        "codes": Pixels(),
+        "blue_kind": OneOf(range(len(BACKGROUNDS))),
+        "red_kind": OneOf(range(len(BACKGROUNDS))),
+        "stepped": Flags(),
+        "shown_cx": Span(0, SCREEN),
+        "shown_cy": Span(0, SCREEN),
+        "shown_rotation": OneOf(ROTATIONS),
+        "shown_scale": LikeParam("agent_scale"),
+    }
 
     def __init__(self, num_envs: int):
         super().__init__(num_envs)
@@ -340,7 +300,7 @@ class _SpotlightsGame(BatchedGame):
         self.params: list[dict[str, Any] | None] = [None] * n
         self.spots = Spotlights(n)
         self.atlas = SpriteAtlas()
-        self.register_sprites("exit", 0.5)  # ids 0 (closed) and 1 (open)
+        self.atlas.register("exit", 0.5, [EXIT_CLOSED, EXIT_OPEN], 5)  # ids 0 (closed) and 1 (open)
         # Per-env copies of the parameters used in array code.
         self.p: dict[str, np.ndarray] = {}
         self._stored_params: dict[str, Any] | None = None
@@ -566,23 +526,6 @@ class _SpotlightsGame(BatchedGame):
             self.last_reward = np.where(shown, reward, self.last_reward)
 
     # ---- drawing ---------------------------------------------------------------------------
-    def register_sprites(self, kind: str, scale: float) -> int:
-        """The atlas id of the first sprite of `kind` ("exit", "coin" or "agent") at `scale`."""
-        if kind == "exit":
-            return self.atlas.register("exit", scale, [EXIT_CLOSED, EXIT_OPEN], 5)
-        return self._coin_sprite(scale) if kind == "coin" else self._agent_sprite(scale)
-
-    def check_state(self, fields: dict[str, Any]) -> None:
-        # The sprite ids in `p` must be the first ids of coin and agent registrations of the atlas.
-        first_ids: dict[str, list[int]] = {"exit": [], "coin": [], "agent": []}
-        count = 0
-        for kind, scale in fields["atlas"]:
-            first_ids[kind].append(count)
-            count += {"exit": 2, "coin": 1, "agent": len(agent_sprites(scale))}[kind]
-        for name, kind in (("coin_sprite", "coin"), ("agent_sprite", "agent")):
-            if name in fields["p"] and not np.isin(fields["p"][name], first_ids[kind]).all():
-                raise state_error(self.env_id, f"p.{name}", f"must hold ids of {kind} sprites of the atlas")
-
     def _coin_sprite(self, scale: float) -> int:
         return self.atlas.register("coin", scale, [coin_sprite(scale)], int(10 * scale))
 
@@ -726,10 +669,6 @@ class SearingSpotlightsGame(_SpotlightsGame):
         "reward_coin": 0.25,
     }
 
-    state_fields = _SpotlightsGame.state_fields | arrays(
-        "spawns_left", "spawn_interval", "num_coins", "exit_x", "exit_y", "exit_open", "success"
-    )
-
     def __init__(self, num_envs: int):
         super().__init__(num_envs)
         self.spawns_left = np.zeros(num_envs, np.int64)
@@ -861,8 +800,6 @@ class EndlessSearingSpotlightsGame(_SpotlightsGame):
         "reward_death": 0.0,
         "reward_coin": 0.25,
     }
-
-    state_fields = _SpotlightsGame.state_fields | arrays("coin_t")
 
     def __init__(self, num_envs: int):
         super().__init__(num_envs)

@@ -24,7 +24,6 @@ import numba
 import numpy as np
 
 from envs.raster import disk_offsets, ring_offsets, rotate_vector
-from envs.state import Array, Derived
 
 SCREEN = 84
 DARK, CLEAR, RING = 0, 1, 2
@@ -52,12 +51,6 @@ class Spotlights:
     """Ordered spotlight lists of `num_envs` envs in padded slot arrays."""
 
     _FIELDS = ("t", "speed", "p0x", "p0y", "p1x", "p1y", "p2x", "p2y")
-    state_fields = {
-        "num_envs": Derived(),
-        **{name: Array(grow=1, group="slots") for name in ("active", "done", "radius", *_FIELDS)},
-        "used": Array(),
-    }
-
     def __init__(self, num_envs: int, slots: int = 16):
         self.num_envs = num_envs
         self.active = np.zeros((num_envs, slots), dtype=bool)

@@ -1,63 +1,41 @@
-"""Saving and restoring a game's state: a declared schema per game, restored into the live game.
+"""Saving and restoring a game's state as the history of each env's current episode.
 
-Each `BatchedGame` declares `state_fields`: for every attribute, a field spec that says what is
-saved and how it is checked. `save_state` turns the game into plain nested data (dicts with str
-keys, lists, CPU tensors, Python scalars, strings: what `torch.load(weights_only=True)` reads).
-`restore_state` walks the declaration, the saved data and the live game together. It checks
-every leaf first (tensor dtype and shape against the live attribute, scalar types and ranges,
-bit-generator states field by field for a generator type of a fixed allow-list, reset
-parameters with the game's own `check_params`) and only then assigns the values into the game's
-existing attributes and objects. Keys read from the data are compared with the declaration,
-never looked up, so nothing in a file can name a class, module or attribute to call or build.
-`Derived` fields (caches, sprite sheets, constants of `num_envs`) are not saved: they are kept,
-or recomputed by the game's own code. A state is restored into a game reset with the same
-parameters: shapes that follow the parameters are compared with its current attributes.
+A game records, per env, what its current episode started from: the state of the env's random
+generator, the episode's reset parameters and the few values memory-gym carries from one episode
+into the next (`BatchedGame.carried`: the last drawn pose, the darkness layer, the board colour),
+then every action since. That record is the saved state; no internal array is ever saved.
+
+Restoring checks the record like play checks its input: the generator is a PCG64 (any of its states
+is valid), the parameters pass the game's `check_params`, the actions its action check, each carried
+value its declared `Carry` check (pixels may hold anything; positions, rotations, scales and
+kinds only what play produces), and sizes stay within what play can reach. The history is then
+replayed through the game's own `new_episodes` and `play` in a fresh game, which replaces the
+live game's attributes only once every episode has replayed to its end without finishing. Every
+value a file holds thus reaches the game through the checked public path of play, nothing in a file
+can name a class, module or attribute, and a refused state leaves the game unchanged.
 """
 
 from __future__ import annotations
 
 from functools import cache
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-_MISSING = object()
+if TYPE_CHECKING:
+    from envs.core import BatchedGame
 
-_BIT_GENERATORS = {"PCG64": np.random.PCG64}
-"""The bit generators a saved state may hold (the one `reset(seed=...)` creates), by state name."""
+MAX_EPISODE_STEPS = 1 << 20
+"""Longest episode a saved state may hold per env (about an hour of replay at the slowest id)."""
 
-_STATE_WORDS = {"PCG64": {"state": 128, "inc": 128}}
-"""Per allowed bit generator: the integers of its `state["state"]` dict and their width in bits."""
+_STATE_WORDS = {"state": 128, "inc": 128}
+"""The integers of a PCG64 state and their width in bits."""
 
 _PARAM_VALUE_TYPES = (bool, int, float)
 
 
-def state_error(env_id: str, path: str, problem: str) -> ValueError:
-    """The error for a saved state refused at field `path` (dotted attributes, `[i]` list items)."""
+def _refuse(env_id: str, path: str, problem: str) -> ValueError:
     return ValueError(f"{env_id}: env state field '{path}' {problem}")
-
-
-class Context:
-    """What checking a state needs besides the data: the live game, for its id, size and parameters."""
-
-    def __init__(self, game: Any):
-        self.game = game
-        self.env_id = game.env_id
-        self.num_envs = game.num_envs
-
-    def refuse(self, path: str, problem: str) -> ValueError:
-        return state_error(self.env_id, path, problem)
-
-
-def _put(holder: Any, key: Any, value: Any) -> None:
-    if isinstance(holder, (list, dict)):
-        holder[key] = value
-    else:
-        setattr(holder, key, value)
-
-
-def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
 
 
 def _shown(key: Any) -> str:
@@ -66,217 +44,160 @@ def _shown(key: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _check_keys(data: Any, expected: list[str], path: str, ctx: Context, what: str = "field") -> None:
+def _keys(env_id: str, data: Any, expected: list[str], path: str, what: str = "field") -> None:
+    """`data` is a dict with exactly the str keys `expected`."""
     if type(data) is not dict:
-        raise ctx.refuse(path or "<root>", f"has type {type(data).__name__}, expected a dict")
+        raise _refuse(env_id, path or "<root>", f"has type {type(data).__name__}, expected a dict")
     for key in data:
         if key not in expected:
-            raise ctx.refuse(_join(path, _shown(key)), f"is not a {what} of this environment's state")
+            raise _refuse(env_id, f"{path}.{_shown(key)}" if path else _shown(key), f"is not a {what} of this state")
     for key in expected:
         if key not in data:
-            raise ctx.refuse(_join(path, key), "is missing")
+            raise _refuse(env_id, f"{path}.{key}" if path else key, "is missing")
 
 
-class Field:
-    """How one attribute is saved, checked and put back."""
-
-    saved = True
-
-    def save(self, value: Any) -> Any:
-        raise NotImplementedError
-
-    def load(self, data: Any, live: Any, path: str, ctx: Context) -> Any:
-        """The checked value of `data` (raises `ValueError` naming `path`); changes nothing."""
-        raise NotImplementedError
-
-    def assign(self, holder: Any, key: Any, live: Any, value: Any, ctx: Context) -> None:
-        """Put a checked value into `holder` (an object, list or dict) at `key`."""
-        _put(holder, key, value)
+def _int(env_id: str, value: Any, path: str, bits: int) -> int:
+    if type(value) is not int:
+        raise _refuse(env_id, path, f"has type {type(value).__name__}, expected int")
+    if not 0 <= value < 2**bits:
+        raise _refuse(env_id, path, f"is {value}, expected an integer in [0, 2**{bits})")
+    return value
 
 
-class Array(Field):
-    """A NumPy array saved as a tensor: the live attribute's dtype (or one of `dtypes`) and shape.
+# ---------------------------------------------------------------------------------------------
+# Checks of the values carried across episodes
+# ---------------------------------------------------------------------------------------------
+class Carry:
+    """What a value that memory-gym carries into the next episode may hold, per env row."""
 
-    `grow` names an axis whose size is a capacity the game enlarges as needed (any size >= 1);
-    arrays of one `group` in an object share that size.
-    """
-
-    def __init__(self, grow: int | None = None, group: str | None = None, dtypes: tuple[type, ...] | None = None):
-        self.grow, self.group = grow, group
-        self.dtypes = None if dtypes is None else tuple(np.dtype(d) for d in dtypes)
-
-    def save(self, value: np.ndarray) -> Any:
-        import torch
-
-        return torch.from_numpy(np.array(value, copy=True, order="C"))
-
-    def load(self, data: Any, live: Any, path: str, ctx: Context) -> np.ndarray:
-        import torch
-
-        if not isinstance(live, np.ndarray):
-            raise ctx.refuse(path, "has no array to restore into: reset the env before restoring its state")
-        dtypes = self.dtypes or (live.dtype,)
-        expected = " or ".join(str(d) for d in dtypes)
-        if type(data) is not torch.Tensor:
-            raise ctx.refuse(path, f"has type {type(data).__name__}, expected a tensor of {expected}")
-        if data.layout != torch.strided or data.device.type != "cpu" or data.requires_grad:
-            raise ctx.refuse(path, "must be a plain CPU tensor")
-        dtype = _numpy_dtypes().get(data.dtype)
-        if dtype not in dtypes:
-            raise ctx.refuse(path, f"has dtype {data.dtype if dtype is None else dtype}, expected {expected}")
-        shape = tuple(data.shape)
-        want = ["any" if axis == self.grow else str(size) for axis, size in enumerate(live.shape)]
-        fits = [size >= 1 if w == "any" else str(size) == w for size, w in zip(shape, want)]
-        if len(shape) != live.ndim or not all(fits):
-            raise ctx.refuse(path, f"has shape {shape}, expected ({', '.join(want)}{',' if len(want) == 1 else ''})")
-        return data.numpy().copy()
+    def check(self, rows: np.ndarray, game: BatchedGame, i: int) -> str | None:
+        """None when every value of env `i`'s `rows` is allowed, else what is allowed."""
+        return None
 
 
-class Value(Field):
-    """A Python scalar of one of `types` (exactly: a bool is no int), optionally within [low, high]."""
+class Pixels(Carry):
+    """Colours or darkness codes: any value draws some picture."""
 
-    def __init__(self, *types: type | None, low: float | None = None, high: float | None = None):
-        self.types = tuple(type(None) if t is None else t for t in types)
+
+class Flags(Carry):
+    """Booleans, each stored as 0 or 1."""
+
+    def check(self, rows, game, i):
+        return None if (rows.view(np.uint8) <= 1).all() else "booleans stored as 0 or 1"
+
+
+class OneOf(Carry):
+    """Integers from a fixed set (rotations, kinds of board)."""
+
+    def __init__(self, values):
+        self.values = np.array(sorted(values), dtype=np.int64)
+
+    def check(self, rows, game, i):
+        return None if np.isin(rows, self.values).all() else f"one of {self.values.tolist()}"
+
+
+class Span(Carry):
+    """Integers in [low, high): positions on or just beside the screen."""
+
+    def __init__(self, low: int, high: int):
         self.low, self.high = low, high
 
-    def save(self, value: Any) -> Any:
-        return value
-
-    def load(self, data: Any, live: Any, path: str, ctx: Context) -> Any:
-        if type(data) not in self.types:
-            names = " or ".join("None" if t is type(None) else t.__name__ for t in self.types)
-            raise ctx.refuse(path, f"has type {type(data).__name__}, expected {names}")
-        if data is not None and not (
-            (self.low is None or data >= self.low) and (self.high is None or data <= self.high)
-        ):
-            raise ctx.refuse(path, f"is {data!r}, expected a value in [{self.low}, {self.high}]")
-        return data
+    def check(self, rows, game, i):
+        return None if ((rows >= self.low) & (rows < self.high)).all() else f"integers in [{self.low}, {self.high})"
 
 
-class TupleOf(Field):
-    """A tuple of fixed length, saved as a list."""
+class LikeParam(Carry):
+    """Values the reset parameter `name` accepts (or one of `also`), e.g. an agent scale."""
 
-    def __init__(self, *items: Field):
-        self.items = items
+    def __init__(self, name: str, also: tuple = ()):
+        self.name, self.also = name, also
 
-    def save(self, value: tuple) -> list:
-        return [item.save(v) for item, v in zip(self.items, value)]
-
-    def load(self, data: Any, live: Any, path: str, ctx: Context) -> tuple:
-        if type(data) is not list or len(data) != len(self.items):
-            raise ctx.refuse(path, f"must be a list of {len(self.items)} items")
-        return tuple(item.load(d, _MISSING, f"{path}[{k}]", ctx) for k, (item, d) in enumerate(zip(self.items, data)))
+    def check(self, rows, game, i):
+        param = game.parameters[self.name]
+        if all(v in self.also or param.accepts(v) for v in rows.ravel().tolist()):
+            return None
+        return f"{param.describe()}, as the reset parameter {self.name!r}"
 
 
-class ListOf(Field):
-    """A list of `item`s: one per env (`per_env`), or of any length."""
+class UpTo(Carry):
+    """Integers in [0, the env's value of the attribute `name`] (checked after the replay)."""
 
-    def __init__(self, item: Field, per_env: bool = False):
-        self.item, self.per_env = item, per_env
+    def __init__(self, name: str):
+        self.name = name
 
-    def save(self, value: list) -> list:
-        return [self.item.save(v) for v in value]
-
-    def load(self, data: Any, live: Any, path: str, ctx: Context) -> list:
-        if type(data) is not list:
-            raise ctx.refuse(path, f"has type {type(data).__name__}, expected a list")
-        if self.per_env and len(data) != ctx.num_envs:
-            raise ctx.refuse(path, f"has {len(data)} items, expected one per env ({ctx.num_envs})")
-        lives = live if isinstance(live, list) and len(live) == len(data) else [_MISSING] * len(data)
-        return [self.item.load(d, v, f"{path}[{k}]", ctx) for k, (d, v) in enumerate(zip(data, lives))]
-
-    def assign(self, holder: Any, key: Any, live: Any, value: list, ctx: Context) -> None:
-        target = live if isinstance(live, list) and len(live) == len(value) else [None] * len(value)
-        for k, v in enumerate(value):
-            self.item.assign(target, k, target[k], v, ctx)
-        if target is not live:
-            _put(holder, key, target)
+    def check(self, rows, game, i):
+        high = int(getattr(game, self.name)[i])
+        return None if ((rows >= 0) & (rows <= high)).all() else f"integers in [0, {self.name} = {high}]"
 
 
-class Optional(Field):
-    """`None` or an `item`."""
+# ---------------------------------------------------------------------------------------------
+# Recording while playing
+# ---------------------------------------------------------------------------------------------
+class EpisodeLog:
+    """Per env: the generator state, parameters and carried values its current episode started
+    from, and the actions since (one growing table for all envs, trimmed of finished episodes)."""
 
-    def __init__(self, item: Field):
-        self.item = item
+    def __init__(self, num_envs: int, action_shape: tuple[int, ...]):
+        self.start_rng: list[dict | None] = [None] * num_envs
+        self.params: list[dict | None] = [None] * num_envs
+        self.carried: list[dict[str, np.ndarray]] = [{} for _ in range(num_envs)]
+        self.actions = np.zeros((64, num_envs, *action_shape), dtype=np.int64)  # (capacity, envs, ...)
+        self.begin = np.zeros(num_envs, dtype=np.int64)  # row of `actions` where each episode began
+        self.t = 0  # rows written
+        self.ended = np.zeros(num_envs, dtype=bool)  # terminated and not reset since (a single env)
 
-    def save(self, value: Any) -> Any:
-        return None if value is None else self.item.save(value)
+    def started(self, game: BatchedGame, idx: np.ndarray, params: dict[str, Any]) -> None:
+        for i in idx.tolist():
+            self.start_rng[i] = game.rngs[i].bit_generator.state
+            self.params[i] = params
+            self.carried[i] = {name: np.array(getattr(game, name)[i]) for name in game.carried}
+        self.begin[idx] = self.t
+        self.ended[idx] = False
 
-    def load(self, data: Any, live: Any, path: str, ctx: Context) -> Any:
-        return None if data is None else self.item.load(data, live, path, ctx)
+    def stepped(self, actions: np.ndarray, terminated: np.ndarray) -> None:
+        if self.t == len(self.actions):
+            first = int(self.begin.min())  # rows before it belong to finished episodes
+            if first >= len(self.actions) // 2:
+                self.actions[: self.t - first] = self.actions[first : self.t]
+                self.begin -= first
+                self.t -= first
+            else:
+                self.actions = np.concatenate([self.actions, np.zeros_like(self.actions)])
+        self.actions[self.t] = actions
+        self.t += 1
+        self.ended |= terminated
 
-    def assign(self, holder: Any, key: Any, live: Any, value: Any, ctx: Context) -> None:
-        if value is None:
-            _put(holder, key, None)
-        else:
-            self.item.assign(holder, key, live, value, ctx)
-
-
-class BitState(Field):
-    """A bit generator's `state` dict, for a generator type of the allow-list, checked field by field."""
-
-    def save(self, value: dict) -> dict:
-        return {
-            "bit_generator": value["bit_generator"],
-            "state": {name: int(word) for name, word in value["state"].items()},
-            "has_uint32": int(value["has_uint32"]),
-            "uinteger": int(value["uinteger"]),
-        }
-
-    def load(self, data: Any, live: Any, path: str, ctx: Context) -> dict:
-        _check_keys(data, ["bit_generator", "state", "has_uint32", "uinteger"], path, ctx)
-        name = data["bit_generator"]
-        if type(name) is not str or name not in _BIT_GENERATORS:
-            raise ctx.refuse(f"{path}.bit_generator", f"is {_shown(name)!r}, allowed: {', '.join(_BIT_GENERATORS)}")
-        words = _STATE_WORDS[name]
-        _check_keys(data["state"], list(words), f"{path}.state", ctx)
-        state = {
-            word: Value(int, low=0, high=2**bits - 1).load(data["state"][word], None, f"{path}.state.{word}", ctx)
-            for word, bits in words.items()
-        }
-        has_uint32 = Value(int, low=0, high=1).load(data["has_uint32"], None, f"{path}.has_uint32", ctx)
-        uinteger = Value(int, low=0, high=2**32 - 1).load(data["uinteger"], None, f"{path}.uinteger", ctx)
-        return {"bit_generator": name, "state": state, "has_uint32": has_uint32, "uinteger": uinteger}
+    def episode_actions(self, i: int) -> np.ndarray:
+        return self.actions[self.begin[i] : self.t, i]
 
 
-class Rng(Field):
-    """A `numpy.random.Generator` (or None before the first reset): its bit generator's state is
-    restored into the live generator (a new one of the allowed type where there is none)."""
+# ---------------------------------------------------------------------------------------------
+# Saving
+# ---------------------------------------------------------------------------------------------
+def save_state(game: BatchedGame) -> dict[str, Any]:
+    """Per env: the PCG64 state, reset parameters and carried values its episode started from, its
+    actions since and its `rendered` values, as plain values and CPU tensors (what
+    `torch.load(weights_only=True)` reads)."""
+    import torch
 
-    def save(self, value: np.random.Generator | None) -> dict | None:
-        return None if value is None else BitState().save(value.bit_generator.state)
-
-    def load(self, data: Any, live: Any, path: str, ctx: Context) -> dict | None:
-        return None if data is None else BitState().load(data, live, path, ctx)
-
-    def assign(self, holder: Any, key: Any, live: Any, value: dict | None, ctx: Context) -> None:
-        if value is None:
-            _put(holder, key, None)
-            return
-        kind = _BIT_GENERATORS[value["bit_generator"]]
-        if not (isinstance(live, np.random.Generator) and type(live.bit_generator) is kind):
-            live = np.random.Generator(kind())
-            _put(holder, key, live)
-        live.bit_generator.state = value
-
-
-class Params(Field):
-    """One dict of reset parameters: the game's parameter names, plain values, valid for the game."""
-
-    def save(self, value: dict) -> dict:
-        return {name: _plain(v) for name, v in value.items()}
-
-    def load(self, data: Any, live: Any, path: str, ctx: Context) -> dict:
-        _check_keys(data, list(ctx.game.defaults), path, ctx, what="reset parameter")
-        for name, value in data.items():
-            items = value if type(value) is list else [value]
-            if not all(type(v) in _PARAM_VALUE_TYPES for v in items):
-                raise ctx.refuse(_join(path, name), "must be a bool, int, float or a list of them")
-        try:
-            ctx.game.check_params(dict(data))
-        except ValueError as error:
-            raise ctx.refuse(path, f"holds invalid parameters ({error})") from None
-        return dict(data)
+    log = game.log
+    if any(state is None for state in log.start_rng):
+        raise ValueError(f"{game.env_id}: reset the env before saving its state")
+    if log.ended.any():
+        ended = int(np.flatnonzero(log.ended)[0])
+        raise ValueError(f"{game.env_id}: env {ended} has finished its episode: reset it before saving its state")
+    episodes = []
+    for i in range(game.num_envs):
+        rng = log.start_rng[i]
+        episodes.append({
+            "rng": {word: int(rng["state"][word]) for word in _STATE_WORDS}
+            | {"has_uint32": int(rng["has_uint32"]), "uinteger": int(rng["uinteger"])},
+            "params": {name: _plain(value) for name, value in log.params[i].items()},
+            "carried": {name: torch.from_numpy(row.copy()) for name, row in log.carried[i].items()},
+            "actions": torch.from_numpy(log.episode_actions(i).copy()),
+            "rendered": {name: torch.from_numpy(np.array(getattr(game, name)[i])) for name in game.rendered},
+        })  # fmt: skip
+    return {"env_id": game.env_id, "episodes": episodes}
 
 
 def _plain(value: Any) -> Any:
@@ -288,96 +209,148 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class DictOf(Field):
-    """A dict with str keys, exactly the live dict's, each value an `item`; restored into the live dict."""
-
-    def __init__(self, item: Field):
-        self.item = item
-
-    def save(self, value: dict) -> dict:
-        return {name: self.item.save(v) for name, v in value.items()}
-
-    def load(self, data: Any, live: Any, path: str, ctx: Context) -> dict:
-        if not isinstance(live, dict):
-            raise ctx.refuse(path, "has no dict to restore into")
-        _check_keys(data, list(live), path, ctx)
-        return {name: self.item.load(data[name], live[name], _join(path, name), ctx) for name in live}
-
-    def assign(self, holder: Any, key: Any, live: dict, value: dict, ctx: Context) -> None:
-        for name, v in value.items():
-            self.item.assign(live, name, live[name], v, ctx)
+# ---------------------------------------------------------------------------------------------
+# Restoring: check everything, then replay in a fresh game
+# ---------------------------------------------------------------------------------------------
+def restore_state(game: BatchedGame, state: Any) -> None:
+    """Replay a `save_state` result into `game`; refused with one `ValueError` naming the field, the game
+    left unchanged, when a value is not what play could have produced."""
+    try:
+        episodes = _checked(game, state)
+        replayed = _replay(type(game)(game.num_envs), episodes)
+    except MemoryError:
+        raise ValueError(f"{game.env_id}: not enough memory to restore the saved env state") from None
+    vars(game).clear()
+    vars(game).update(vars(replayed))
 
 
-class Derived(Field):
-    """Not saved: kept as it is (a cache valid for any state), or set to `recompute(holder)`."""
-
-    saved = False
-
-    def __init__(self, recompute: Callable[[Any], Any] | None = None):
-        self.recompute = recompute
-
-    def assign(self, holder: Any, key: Any, live: Any, value: Any, ctx: Context) -> None:
-        if self.recompute is not None:
-            _put(holder, key, self.recompute(holder))
-
-
-class Obj(Field):
-    """An object of the game (or the game itself) restored attribute by attribute into the live one."""
-
-    def __init__(self, fields: dict[str, Field]):
-        self.fields = fields
-
-    def save(self, value: Any) -> dict:
-        return {name: field.save(getattr(value, name)) for name, field in self.fields.items() if field.saved}
-
-    def load(self, data: Any, live: Any, path: str, ctx: Context) -> dict:
-        if live is _MISSING or live is None:
-            raise ctx.refuse(path, "has no object to restore into")
-        saved = [name for name, field in self.fields.items() if field.saved]
-        _check_keys(data, saved, path, ctx)
-        values = {
-            name: self.fields[name].load(data[name], getattr(live, name, _MISSING), _join(path, name), ctx)
-            for name in saved
-        }
-        groups: dict[str, tuple[str, int]] = {}
-        for name in saved:
-            field = self.fields[name]
-            if isinstance(field, Array) and field.group is not None:
-                size = values[name].shape[field.grow]
-                first, want = groups.setdefault(field.group, (name, size))
-                if size != want:
-                    other = _join(path, first)
-                    raise ctx.refuse(_join(path, name), f"has {size} {field.group}, but '{other}' has {want}")
-        return values
-
-    def assign(self, holder: Any, key: Any, live: Any, value: dict, ctx: Context) -> None:
-        for name, field in self.fields.items():
-            field.assign(live, name, getattr(live, name, None), value.get(name), ctx)
+def _checked(game: BatchedGame, state: Any) -> list[dict[str, Any]]:
+    env_id = game.env_id
+    if type(state) is not dict or "episodes" not in state:
+        raise ValueError(f"{env_id}: the saved env state holds no episode histories (written by an older version?)")
+    _keys(env_id, state, ["env_id", "episodes"], "")
+    if state["env_id"] != env_id:
+        raise _refuse(env_id, "env_id", f"is {_shown(state['env_id'])!r}: the state of another environment")
+    episodes = state["episodes"]
+    if type(episodes) is not list or len(episodes) != game.num_envs:
+        count = f"{len(episodes)} items" if type(episodes) is list else f"type {type(episodes).__name__}"
+        raise _refuse(env_id, "episodes", f"has {count}, expected a list with one per env ({game.num_envs})")
+    return [_checked_episode(game, data, i) for i, data in enumerate(episodes)]
 
 
-def arrays(*names: str) -> dict[str, Field]:
-    """Fields for attributes that are arrays of a fixed shape."""
-    return {name: Array() for name in names}
+def _checked_episode(game: BatchedGame, data: Any, i: int) -> dict[str, Any]:
+    env_id, path = game.env_id, f"episodes[{i}]"
+    _keys(env_id, data, ["rng", "params", "carried", "actions", "rendered"], path)
+    rng = data["rng"]
+    _keys(env_id, rng, [*_STATE_WORDS, "has_uint32", "uinteger"], f"{path}.rng")
+    words = {word: _int(env_id, rng[word], f"{path}.rng.{word}", bits) for word, bits in _STATE_WORDS.items()}
+    has_uint32 = _int(env_id, rng["has_uint32"], f"{path}.rng.has_uint32", 1)
+    uinteger = _int(env_id, rng["uinteger"], f"{path}.rng.uinteger", 32)
+    bit_state = {"bit_generator": "PCG64", "state": words, "has_uint32": has_uint32, "uinteger": uinteger}
+
+    params = data["params"]
+    _keys(env_id, params, list(game.defaults), f"{path}.params", what="reset parameter")
+    for name, value in params.items():
+        items = value if type(value) is list else [value]
+        if not all(type(v) in _PARAM_VALUE_TYPES for v in items):
+            raise _refuse(env_id, f"{path}.params.{name}", "must be a bool, int, float or a list of them")
+    try:
+        game.check_params(dict(params))
+    except ValueError as error:
+        raise _refuse(env_id, f"{path}.params", f"holds invalid parameters ({error})") from None
+
+    carried = _rows(game, data["carried"], game.carried, f"{path}.carried")
+    for name, carry in game.carried.items():
+        _allowed(game, carry, carried[name], i, f"{path}.carried.{name}")
+    rendered = _rows(game, data["rendered"], game.rendered, f"{path}.rendered")  # checked after the replay
+
+    space = game.action_space
+    actions = _array(env_id, data["actions"], np.dtype(np.int64), (None, *space.shape), f"{path}.actions")
+    try:
+        if len(actions):
+            game.checked_actions(actions)
+    except ValueError:
+        raise _refuse(env_id, f"{path}.actions", f"holds an action outside the action space {space}") from None
+    return {"rng": bit_state, "params": dict(params), "carried": carried, "rendered": rendered, "actions": actions}
 
 
-def save_state(game: Any) -> dict[str, Any]:
-    """The state of `game` as its declared fields, in plain data and tensors."""
-    return {"env_id": game.env_id, "fields": Obj(game.state_fields).save(game)}
+def _rows(game: BatchedGame, data: Any, declared: dict[str, Carry], path: str) -> dict[str, np.ndarray]:
+    """One env's rows of the `declared` arrays, with the live arrays' dtypes and row shapes."""
+    _keys(game.env_id, data, list(declared), path)
+    rows = {}
+    for name in declared:
+        live = getattr(game, name)
+        rows[name] = _array(game.env_id, data[name], live.dtype, live.shape[1:], f"{path}.{name}")
+    return rows
 
 
-def restore_state(game: Any, state: Any) -> None:
-    """Check `state` against the game's declaration and its live attributes, then restore it;
-    refused with `ValueError` naming the field, the game left unchanged."""
-    ctx = Context(game)
-    if type(state) is not dict or "fields" not in state:
-        raise ValueError(f"{game.env_id}: the saved env state has no declared fields (written by an older version?)")
-    _check_keys(state, ["env_id", "fields"], "", ctx)
-    if state["env_id"] != game.env_id:
-        raise ctx.refuse("env_id", f"is {_shown(state['env_id'])!r}: the state of another environment")
-    declaration = Obj(game.state_fields)
-    values = declaration.load(state["fields"], game, "", ctx)
-    game.check_state(values)
-    declaration.assign(None, None, game, values, ctx)
+def _allowed(game: BatchedGame, carry: Carry, rows: np.ndarray, i: int, path: str) -> None:
+    allowed = carry.check(rows, game, i)
+    if allowed is not None:
+        raise _refuse(game.env_id, path, f"must hold {allowed}")
+
+
+def _array(env_id: str, data: Any, dtype: np.dtype, shape: tuple, path: str) -> np.ndarray:
+    """A plain CPU tensor of `dtype` and `shape` (None: any length up to `MAX_EPISODE_STEPS`) as a
+    new array; the size is checked before anything is copied."""
+    import torch
+
+    want = "(" + ", ".join("any" if size is None else str(size) for size in shape) + ("," if len(shape) == 1 else "") + ")"
+    if type(data) is not torch.Tensor:
+        raise _refuse(env_id, path, f"has type {type(data).__name__}, expected a tensor of {dtype}")
+    if data.layout != torch.strided or data.device.type != "cpu" or data.requires_grad:
+        raise _refuse(env_id, path, "must be a plain CPU tensor")
+    if _numpy_dtypes().get(data.dtype) != dtype:
+        raise _refuse(env_id, path, f"has dtype {data.dtype}, expected {dtype}")
+    got = tuple(data.shape)
+    fits = len(got) == len(shape) and all(
+        size == want_size if want_size is not None else size <= MAX_EPISODE_STEPS for size, want_size in zip(got, shape)
+    )
+    if not fits:
+        limit = f" (any: at most {MAX_EPISODE_STEPS:,})" if None in shape else ""
+        raise _refuse(env_id, path, f"has shape {got}, expected {want}{limit}")
+    return data.numpy().copy()
+
+
+def _replay(game: BatchedGame, episodes: list[dict[str, Any]]) -> BatchedGame:
+    """`game` (new) brought to the end of each env's saved episode by playing it again.
+
+    All envs play in one batch, each history ending on the last step: an env with a shorter
+    history starts later, and until then plays a stand-in episode (seed 0, the first action).
+    """
+    lengths = np.array([len(e["actions"]) for e in episodes])
+    longest = int(lengths.max(initial=0))
+    starts = longest - lengths
+    stand_in = np.broadcast_to(np.asarray(game.action_space.start, dtype=np.int64), game.action_space.shape)
+    game.rngs = [np.random.Generator(np.random.PCG64(0)) for _ in episodes]
+    for i, episode in enumerate(episodes):
+        if starts[i] > 0:
+            game.new_episodes(np.array([i]), episode["params"])
+    actions = np.empty((game.num_envs, *game.action_space.shape), dtype=np.int64)
+    for t in range(longest + 1):
+        for i in np.flatnonzero(starts == t).tolist():
+            game.rngs[i].bit_generator.state = episodes[i]["rng"]
+            game.new_episodes(np.array([i]), episodes[i]["params"], episodes[i]["carried"])
+        if t == longest:
+            break
+        playing = starts <= t
+        for i in range(game.num_envs):
+            actions[i] = episodes[i]["actions"][t - starts[i]] if playing[i] else stand_in
+        _, terminated = game.play(actions)
+        if (terminated & playing).any():
+            i = int(np.flatnonzero(terminated & playing)[0])
+            step = t - int(starts[i]) + 1
+            raise _refuse(
+                game.env_id, f"episodes[{i}].actions",
+                f"ends the episode at step {step} of {lengths[i]}: a saved episode is still running",
+            )  # fmt: skip
+        for i in np.flatnonzero(terminated).tolist():  # stand-ins start over until their env's turn
+            game.new_episodes(np.array([i]), episodes[i]["params"])
+    for i, episode in enumerate(episodes):
+        for name, carry in game.rendered.items():
+            _allowed(game, carry, episode["rendered"][name], i, f"episodes[{i}].rendered.{name}")
+            getattr(game, name)[i] = episode["rendered"][name]
+    return game
 
 
 @cache
@@ -386,5 +359,5 @@ def _numpy_dtypes() -> dict[Any, np.dtype]:
     does not import torch)."""
     import torch
 
-    kinds = (bool, "uint8", "int8", "int16", "int32", "int64", "uint64", "float16", "float32", "float64")
+    kinds = (bool, "uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64")
     return {torch.from_numpy(np.zeros(0, kind)).dtype: np.dtype(kind) for kind in kinds}
