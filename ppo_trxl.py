@@ -822,6 +822,8 @@ def load_rank_state(state: dict, envs, ro: Rollout, stats: EpisodeStats, device)
     ro.memory[:, S:] = checked_tensor(state["memory_tail"], ro.memory[:, S:], "memory_tail")
     ro.memory_steps[:, S:] = checked_tensor(state["memory_steps_tail"], ro.memory_steps[:, S:], "memory_steps_tail")
     ro.next_step = checked_tensor(state["next_step"], ro.next_step, "next_step")
+    if (ro.next_step < 0).any() or (ro.memory_steps[:, S:] < 0).any():
+        raise ValueError("next_step and memory_steps_tail must hold episode steps (>= 0)")
     ro.next_obs = tuple(
         None if part is None else checked_tensor(saved, torch.from_numpy(np.asarray(part)), "next_obs").numpy()
         for part, saved in zip(ro.next_obs, state["next_obs"], strict=True)

@@ -361,6 +361,10 @@ def load_weights(module: torch.nn.Module, weights: dict, path: str) -> None:
         first = str(e).strip().splitlines()
         detail = " ".join(line.strip() for line in first[:3])
         fail(f"{path!r}: the weights do not match the model its args describe ({detail[:300]})")
+    weights = module.state_dict().items()
+    broken = next((name for name, w in weights if w.is_floating_point() and not w.isfinite().all()), None)
+    if broken is not None:
+        fail(f"{path!r}: the weight {broken!r} holds NaN or infinite values")
 
 
 def rng_state(device: torch.device) -> dict:
@@ -372,14 +376,18 @@ def rng_state(device: torch.device) -> dict:
 
 def set_rng_state(state: dict, device: torch.device) -> None:
     version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
+    try:
+        random.setstate((version, tuple(internal), gauss))
+    except OverflowError as e:
+        raise ValueError(f"rng.python is not a state of Python's generator ({e})") from None
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def checked_tensor(value: Any, like: torch.Tensor, field: str) -> torch.Tensor:
-    """A tensor read from a checkpoint, refused unless it has the shape and kind of `like`."""
+    """A tensor read from a checkpoint, refused unless it has the shape and kind of `like` and finite
+    numbers (booleans stored as 0 or 1)."""
     if (
         not isinstance(value, torch.Tensor)
         or value.shape != like.shape
@@ -388,6 +396,10 @@ def checked_tensor(value: Any, like: torch.Tensor, field: str) -> torch.Tensor:
     ):
         described = f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
         raise ValueError(f"{field} is {described}, expected {like.dtype} {tuple(like.shape)}")
+    if value.dtype == torch.bool and (value.view(torch.uint8) > 1).any():
+        raise ValueError(f"{field} holds booleans stored as other bytes than 0 and 1")
+    if value.dtype.is_floating_point and not value.isfinite().all():
+        raise ValueError(f"{field} holds NaN or infinite values")
     return value.to(like.device, like.dtype)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import io
+import os
 import sys
 
 import gymnasium as gym
@@ -16,6 +17,9 @@ import envs  # noqa: F401
 import envs.core
 import envs.state
 from envs.core import NativeEnv
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+import fuzz_env_state  # noqa: E402
 
 NATIVE_IDS = sorted(
     env_id
@@ -328,3 +332,15 @@ def test_names_in_a_state_are_never_imported_or_built(monkeypatch):
             game.set_state(through_file(tampered))
     assert Sentinel.built == 0
     assert set(sys.modules) == modules
+
+
+def test_fuzzed_checkpoints_play_or_are_refused_in_one_line():
+    """A few cases of `tools/fuzz_env_state.py` (its command line runs many): each resumes a mutated env
+    state in a subprocess under a memory limit and a timeout."""
+    games = ["Endless-MortarMayhem-v0", "Endless-MysteryPath-v0", "SearingSpotlights-v0"]
+    report = fuzz_env_state.fuzz(games, per_game=4, workers=2, seed=3)
+    assert len(report["cases"]) == 12
+    failed = [case for case in report["cases"] if case["outcome"] not in ("played", "refused")]
+    assert not failed
+    refusals = [case["detail"] for case in report["cases"] if case["outcome"] == "refused"]
+    assert all("env state" in line for line in refusals), refusals

@@ -161,6 +161,45 @@ def test_damaged_parts_of_a_checkpoint_are_named(script, tmp_path, monkeypatch):
     assert result.returncode != 0 and "weights do not match the model its args describe" in result.stderr
 
 
+def _first_float_weight(data: dict) -> str:
+    return next(name for name, w in data["model"].items() if w.is_floating_point())
+
+
+def _set_all(field: str, value):
+    def edit(data):
+        saved = data["ranks"][0][field]
+        data["ranks"][0][field] = torch.full_like(saved, value)
+    return edit
+
+
+# Values of the right shape that would crash play (NaN logits), index out of range or hit undefined
+# behaviour (a bool byte other than 0 or 1) are refused in one line before training starts.
+CARRIED_OVER = {
+    "nan_weight": (lambda d: d["model"][_first_float_weight(d)].fill_(float("nan")), r"the weight '.*' holds NaN or infinite"),
+    "nan_memory": (_set_all("memory_tail", float("nan")), r"is damaged .*memory_tail holds NaN or infinite values"),
+    "negative_episode_step": (_set_all("next_step", -5), r"is damaged .*next_step and memory_steps_tail must hold episode steps"),
+    "inf_hidden": (_set_all("next_hidden", float("inf")), r"is damaged .*next_hidden holds NaN or infinite values"),
+    "raw_byte_start": (
+        lambda d: d["ranks"][0].__setitem__("next_start", torch.full_like(d["ranks"][0]["next_start"], 127, dtype=torch.uint8).view(torch.bool)),
+        r"is damaged .*next_start holds booleans stored as other bytes than 0 and 1",
+    ),
+    "python_rng_overflow": (
+        lambda d: d["ranks"][0]["rng"].__setitem__("python", [3, [2**70] * 625, None]),
+        r"is damaged .*rng\.python is not a state of Python's generator",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CARRIED_OVER)
+def test_values_that_would_break_play_are_refused_in_one_line(case, tmp_path, monkeypatch):
+    edit, message = CARRIED_OVER[case]
+    script = ppo_gru if case in ("inf_hidden", "raw_byte_start") else ppo_trxl
+    checkpoint, _ = trained(script, tmp_path, monkeypatch)
+    bad = tampered(checkpoint, "bad.pt", edit)
+    with pytest.raises(SystemExit, match=message):
+        script.train(script.parse_args(["--resume", bad, "--total-timesteps", "32"]))
+
+
 @pytest.mark.parametrize("content, message", [
     (b"", "is empty"),
     (b"just some text\n", "not a PyTorch zip archive"),
