@@ -69,6 +69,7 @@ from run_utils import (
     leave_finished_rank,
     load_checkpoint,
     load_preset,
+    load_optimizer_state,
     load_weights,
     log_video,
     make_envs,
@@ -889,7 +890,7 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
     if checkpoint is not None:
         load_weights(agent, checkpoint.get("model"), args.resume)
         try:
-            optimizer.load_state_dict(checkpoint["optimizer"])
+            load_optimizer_state(optimizer, checkpoint["optimizer"])
             iteration, global_step = int(checkpoint["iteration"]), int(checkpoint["global_step"])
             envs_restored = load_rank_state(checkpoint["ranks"][rank], envs, ro, stats, device)
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:

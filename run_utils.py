@@ -367,6 +367,29 @@ def load_weights(module: torch.nn.Module, weights: dict, path: str) -> None:
         fail(f"{path!r}: the weight {broken!r} holds NaN or infinite values")
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: Any) -> None:
+    """Restore an AdamW's moments and step counts, each checked against its parameter (shape, finite
+    numbers): fused kernels index them unchecked. The hyperparameters stay the ones the args built."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
+        raise ValueError("optimizer: expected a dict holding the state of each parameter")
+    groups = optimizer.param_groups
+    params = [(p, group.get("amsgrad", False)) for group in groups for p in group["params"]]
+    state = {}
+    for key, entry in saved["state"].items():
+        if type(key) is not int or not 0 <= key < len(params) or not isinstance(entry, dict):
+            raise ValueError(f"optimizer.state[{key!r}] is not the state of a parameter of the model")
+        param, amsgrad = params[key]
+        moments = ["exp_avg", "exp_avg_sq", *(["max_exp_avg_sq"] if amsgrad else [])]
+        if set(entry) != {"step", *moments}:
+            raise ValueError(f"optimizer.state[{key}] holds {sorted(map(str, entry))}, expected {sorted(['step', *moments])}")
+        state[key] = {"step": checked_tensor(entry["step"], torch.zeros(()), f"optimizer.state[{key}].step")}
+        if state[key]["step"] < 0:
+            raise ValueError(f"optimizer.state[{key}].step is negative")
+        for name in moments:
+            state[key][name] = checked_tensor(entry[name], param.detach(), f"optimizer.state[{key}].{name}")
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+
+
 def rng_state(device: torch.device) -> dict:
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if device.type == "cuda":

@@ -183,6 +183,18 @@ CARRIED_OVER = {
         lambda d: d["ranks"][0].__setitem__("next_start", torch.full_like(d["ranks"][0]["next_start"], 127, dtype=torch.uint8).view(torch.bool)),
         r"is damaged .*next_start holds booleans stored as other bytes than 0 and 1",
     ),
+    "optimizer_moment_shape": (
+        lambda d: d["optimizer"]["state"][0].__setitem__("exp_avg", torch.zeros(2)),
+        r"is damaged .*optimizer\.state\[0\]\.exp_avg is torch\.float32 \(2,\), expected",
+    ),
+    "optimizer_zero_stride_moment": (
+        lambda d: d["optimizer"]["state"][1].__setitem__("exp_avg_sq", torch.zeros(1).expand(10**9)),
+        r"is damaged .*optimizer\.state\[1\]\.exp_avg_sq is torch\.float32 \(1000000000,\)",
+    ),
+    "optimizer_unknown_state": (
+        lambda d: d["optimizer"]["state"][0].__setitem__("momentum_buffer", torch.zeros(1)),
+        r"is damaged .*optimizer\.state\[0\] holds \['exp_avg', 'exp_avg_sq', 'momentum_buffer', 'step'\]",
+    ),
     "python_rng_overflow": (
         lambda d: d["ranks"][0]["rng"].__setitem__("python", [3, [2**70] * 625, None]),
         r"is damaged .*rng\.python is not a state of Python's generator",
