@@ -33,44 +33,45 @@ import ppo_trxl  # noqa: E402
 from run_utils import EpisodeStats, fail, load_checkpoint, load_weights  # noqa: E402
 
 SCRIPTS = {"ppo_trxl": ppo_trxl, "ppo_gru": ppo_gru}
+CPU = torch.device("cpu")
 
 
-def update_pass(script, args, agent, rollout):
+def update_pass(script, args, agent, rollout, device=CPU):
     """(stored index, recomputed per-branch log-prob, value) for every minibatch of one update epoch."""
     if script is ppo_trxl:
-        for sel in ppo_trxl.stratified_minibatches(args, torch.device("cpu")):
+        for sel in ppo_trxl.stratified_minibatches(args, device):
             logprob, _, value, _, _ = ppo_trxl.recompute(agent, rollout, sel)
-            yield (sel, torch.arange(args.num_envs)[:, None]), logprob, value
+            yield (sel, torch.arange(args.num_envs, device=device)[:, None]), logprob, value
     else:
         for minibatch in ppo_gru.sequence_minibatches(args, ppo_gru.make_sequences(args, rollout)):
             logprob, _, value, _, _, index = ppo_gru.recompute(agent, rollout, minibatch)
             yield index, logprob, value
 
 
-def start(script, args, weights: dict | None = None):
+def start(script, args, weights: dict | None = None, device=CPU):
     """The envs, the agent (seeded, or with the given weights) and an empty rollout after the first reset."""
     torch.manual_seed(args.seed)
     envs = script.make_envs(args, args.num_envs)
     image, vector = script.observation_layout(envs.single_observation_space, args.env_id)
-    agent = script.Agent(args, image, vector, script.action_branches(envs.single_action_space, args.env_id))
+    agent = script.Agent(args, image, vector, script.action_branches(envs.single_action_space, args.env_id)).to(device)
     if weights is not None:
         load_weights(agent, weights, "--checkpoint")
     obs, _ = envs.reset(seed=args.seed)
-    return envs, agent, script.new_rollout(agent, envs, args.num_steps, obs, torch.device("cpu"))
+    return envs, agent, script.new_rollout(agent, envs, args.num_steps, obs, device)
 
 
-def measure(script, args, weights: dict | None, rollouts: int) -> dict:
-    envs, agent, rollout = start(script, args, weights)
+def measure(script, args, weights: dict | None, rollouts: int, device=CPU) -> dict:
+    envs, agent, rollout = start(script, args, weights, device)
     stats = EpisodeStats(args.num_envs)
     logprob_gaps, value_gaps = [], []
     with torch.no_grad():
         for _ in range(rollouts):
-            script.collect_rollout(agent, envs, rollout, torch.device("cpu"), stats)
-            for index, logprob, value in update_pass(script, args, agent, rollout):
+            script.collect_rollout(agent, envs, rollout, device, stats)
+            for index, logprob, value in update_pass(script, args, agent, rollout, device):
                 logprob_gaps.append((logprob - rollout.logprobs[index]).flatten())
                 value_gaps.append((value - rollout.values[index]).flatten())
     envs.close()
-    gap = torch.cat(logprob_gaps).abs().double().numpy()
+    gap = torch.cat(logprob_gaps).abs().double().cpu().numpy()
     ratio = np.exp(gap)  # |log ratio| -> the farther of ratio and 1 / ratio
     return {
         "mean": gap.mean(),

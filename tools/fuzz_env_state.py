@@ -3,7 +3,8 @@
 For each game, a tiny `ppo_gru.py` run writes a real checkpoint. Each case mutates one leaf of its
 env state (generator words, reset parameters, carried values, actions: extreme, negative,
 boundary, NaN, huge lengths, raw bytes of bools, wrong types and shapes, missing and extra keys;
-with `--scope rank`, of everything the checkpoint keeps of a rank: memory, statistics, RNG states),
+with `--scope rank`, of everything the checkpoint keeps of a rank: memory, statistics, RNG states;
+with `--scope optimizer`, of the optimizer's moments, step counts and settings),
 then resumes the mutated checkpoint in a subprocess with a memory limit and a timeout. Every
 outcome must be normal play (exit 0) or a one-line refusal (exit 1, one `error:` line, no
 `error.log`): a signal, an abort, a hang, a traceback or a crash in play is a failure.
@@ -40,8 +41,9 @@ TINY = [
     "--num-envs", "2", "--num-steps", "64", "--num-minibatches", "1", "--update-epochs", "1", "--no-cuda",
     "--rnn-hidden-size", "8", "--embed-dim", "8", "--hidden-dim", "8", "--checkpoint-interval", "1",
 ]  # fmt: skip
-SCOPES = {"env": ("ranks", 0, "envs"), "rank": ("ranks", 0)}
-"""What a case mutates: a leaf of the env state, or of everything the checkpoint keeps of rank 0."""
+SCOPES = {"env": ("ranks", 0, "envs"), "rank": ("ranks", 0), "optimizer": ("optimizer",)}
+"""What a case mutates: a leaf of the env state, of everything the checkpoint keeps of rank 0, or of the
+optimizer's state."""
 MEMORY_LIMIT = 6 * 2**30  # address space of a resumed run, bytes
 TIMEOUT = 120  # seconds of a resumed run
 
@@ -243,7 +245,7 @@ def main() -> None:
     parser.add_argument("--games", nargs="+", default=list(GAMES), choices=GAMES)
     parser.add_argument("--workers", type=int, default=1, help="resumed runs at a time (one core each)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--scope", choices=SCOPES, default="env", help="env: the env state; rank: all that rank 0 keeps")
+    parser.add_argument("--scope", choices=SCOPES, default="env", help="env: the env state; rank: all that rank 0 keeps; optimizer: the optimizer's state")
     parser.add_argument("--out", help="write every case and its outcome to this JSON file")
     args = parser.parse_args()
     started = time.monotonic()

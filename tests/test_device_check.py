@@ -1,0 +1,35 @@
+"""The device check's `--smoke` mode: every part runs on the CPU at tiny sizes and writes its figures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_smoke_device_check_runs_every_part_and_writes_json_and_markdown(tmp_path):
+    out = tmp_path / "check"
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "device_check.py"), "--smoke", "--out", str(out)],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((out / "device_check.json").read_text())
+    parts = report["parts"]
+    assert set(parts) == {"consistency", "throughput", "memory", "ranks", "learning"}
+    assert not [name for name, part in parts.items() if "error" in part]
+    for row in parts["consistency"]["rows"]:
+        tolerance = 1e-5 if row["precision"] == "float32" else 2e-2
+        assert row["max_logprob_gap"] < tolerance and row["max_value_gap"] < tolerance
+    assert {(r["script"], r["precision"]) for r in parts["throughput"]["rows"]} == {
+        (s, p) for s in ("ppo_trxl", "ppo_gru") for p in ("float32", "bfloat16")
+    }
+    assert all(r["sps"] > 0 and r["rollout_sps"] > 0 and r["update_sps"] > 0 for r in parts["throughput"]["rows"])
+    assert parts["ranks"]["rows"][0]["ranks"] == 2
+    learning = parts["learning"]["result"]
+    assert learning["checkpoint"] and learning["exit"] == 128 + 15 and learning["curve"]
+    markdown = (out / "device_check.md").read_text()
+    assert "## Act / update consistency" in markdown and "## Training throughput" in markdown
