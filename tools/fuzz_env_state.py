@@ -73,7 +73,8 @@ def _tensor_mutations(old: torch.Tensor) -> list[tuple[str, Callable[[], Any]]]:
         mutations.append(("raw byte 0x7f", lambda: torch.full(old.shape, 127, dtype=torch.uint8).view(torch.bool)))
         mutations.append(("raw byte 0xff", lambda: torch.full(old.shape, 255, dtype=torch.uint8).view(torch.bool)))
     elif old.dtype.is_floating_point:
-        for value in (float("nan"), float("inf"), -float("inf"), -1e300, 0.0, 1e300, 3.0):
+        info = torch.finfo(old.dtype)
+        for value in (float("nan"), float("inf"), -float("inf"), info.min, 0.0, info.max, 3.0):
             mutations.append((f"all {value}", lambda v=value: torch.full(old.shape, v, dtype=old.dtype)))
     else:
         info = torch.iinfo(old.dtype)
