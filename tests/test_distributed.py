@@ -64,7 +64,8 @@ def _average_on_rank(rank: int, port: int, script: str, same_data: bool, queue) 
     data = torch.arange(6.0).reshape(2, 3) * (1 if same_data else rank + 1)
     model(data).pow(2).sum().backward()
     {"ppo_trxl": ppo_trxl, "ppo_gru": ppo_gru}[script].average_gradients(list(model.parameters()), 2)
-    queue.put((rank, [p.grad.clone() for p in model.parameters()]))
+    # Plain lists: a tensor would travel as a shared-memory handle that dies with this process.
+    queue.put((rank, [p.grad.tolist() for p in model.parameters()]))
     dist.destroy_process_group()
 
 
@@ -91,7 +92,7 @@ def test_gradients_are_averaged_across_ranks(script, same_data):
     expected = local_gradients(1) if same_data else [(a + b) / 2 for a, b in zip(local_gradients(1), local_gradients(2))]
     for rank in (0, 1):
         for got, want in zip(results[rank], expected):
-            torch.testing.assert_close(got, want)
+            torch.testing.assert_close(torch.tensor(got), want)
 
 
 CRASHING_ENV = '''
