@@ -184,11 +184,12 @@ def main() -> None:
     }  # fmt: skip
     jobs = {
         "consistency": lambda: {"rows": consistency(sizes, device)},
-        "throughput": lambda: {"rows": throughput(sizes, extra)},
-        "memory": lambda: {"result": memory(sizes, extra)},
+        "throughput": lambda: {"rows": throughput(sizes, extra + ["--eval-interval", "0"])},
+        "memory": lambda: {"result": memory(sizes, extra + ["--eval-interval", "0"])},
         # The smoke check runs one pair of ranks on the CPU: the torchrun code path, not a figure.
-        "ranks": lambda: {"rows": throughput(sizes, extra, nproc=2)} if report["gpus"] >= 2
-        else {"rows": throughput(sizes, extra, 2, ["ppo_gru"], ["float32"])} if options.smoke else {"skipped": "one GPU"},
+        "ranks": lambda: {"rows": throughput(sizes, extra + ["--eval-interval", "0"], nproc=2)} if report["gpus"] >= 2
+        else {"rows": throughput(sizes, extra + ["--eval-interval", "0"], 2, ["ppo_gru"], ["float32"])} if options.smoke
+        else {"skipped": "one GPU"},
         "learning": lambda: {"result": learning(sizes, extra)},
     }
     for name in options.parts:

@@ -39,7 +39,7 @@ GAMES = (
 )  # fmt: skip
 TINY = [
     "--num-envs", "2", "--num-steps", "64", "--num-minibatches", "1", "--update-epochs", "1", "--no-cuda",
-    "--rnn-hidden-size", "8", "--embed-dim", "8", "--hidden-dim", "8", "--checkpoint-interval", "1",
+    "--rnn-hidden-size", "8", "--embed-dim", "8", "--hidden-dim", "8", "--checkpoint-interval", "1", "--eval-interval", "0",
 ]  # fmt: skip
 SCOPES = {"env": ("ranks", 0, "envs"), "rank": ("ranks", 0), "optimizer": ("optimizer",)}
 """What a case mutates: a leaf of the env state, of everything the checkpoint keeps of rank 0, or of the
