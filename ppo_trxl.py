@@ -1057,6 +1057,8 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
                 for key, values in logs.items():
                     if values:
                         metrics[f"losses/{names.get(key, key)}"] = float(np.mean(values))
+                if recent:  # the statistic the published PPO-TrXL logs (episode/r_mean): rows side by side use it
+                    metrics["charts/episodic_return_last100"] = mean_of(recent, "return")
                 if new_episodes:
                     metrics["charts/episodic_return"] = mean_of(new_episodes, "return")
                     metrics["charts/episodic_length"] = mean_of(new_episodes, "length")
