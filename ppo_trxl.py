@@ -75,6 +75,7 @@ from run_utils import (
     mean_across,
     mean_of,
     observation_layout,
+    paper_preset,
     report_resume,
     rng_state,
     run_on_ranks,
@@ -92,7 +93,8 @@ class Args:
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment (part of the run name)"""
     config: str | None = None
-    """a TOML preset (e.g. configs/ppo_trxl/MortarMayhem-v0.toml); flags on the command line override it"""
+    """a TOML preset (e.g. configs/paper/ppo_trxl/MortarMayhem-v0.toml); flags on the command line override it.
+    Without one, `--env-id X` takes the paper's run of X where configs/paper/ppo_trxl/X.toml exists"""
     seed: int = 1
     """seed of the experiment (python, numpy, torch and the environments)"""
     torch_deterministic: bool = True
@@ -125,8 +127,8 @@ class Args:
     """continue the run saved in this checkpoint (same TensorBoard run; flags may change budgets and logging)"""
 
     # Evaluation on held-out seeds
-    eval_interval: int = 0
-    """evaluate every N iterations and at the end (0: never)"""
+    eval_interval: int = 500
+    """evaluate every N iterations and at the end (0: never; the paper: every 500 updates)"""
     eval_seeds: int = 50
     """the number of held-out level seeds per evaluation"""
     eval_repetitions: int = 3
@@ -143,7 +145,7 @@ class Args:
     eval_env_kwargs: str = "{}"
     """reset parameters of the evaluation envs only, as a JSON object over --env-kwargs (e.g. the
     paper's evaluation cap '{"max_steps": 2560}')"""
-    total_timesteps: int = 200_000_000
+    total_timesteps: int = 163_840_000
     """total environment steps of the experiment"""
     num_envs: int = 32
     """the number of parallel environments"""
@@ -183,13 +185,13 @@ class Args:
     """stop the update early once an epoch ends above this approximate KL"""
     reconstruction_coef: float = 0.0
     """weight of the observation-reconstruction loss (0 disables the decoder; image observations only)"""
-    reconstruction_from: Literal["features", "memory"] = "features"
+    reconstruction_from: Literal["features", "memory"] = "memory"
     """what the decoder reconstructs the observation from. features: the body layer's output (CleanRL's
     agent); memory: the transformer's output before the body layer (the paper's agent)"""
     ground_truth_coef: float = 0.0
     """weight of the MSE loss of a head that estimates the env's `info["ground_truth"]` from the
     transformer's output (0 disables the head; needs an env that reports it, as the Endless ids)"""
-    head_hidden_size: int = 0
+    head_hidden_size: int = 512
     """a Linear(dim -> N) + ReLU layer of its own before the policy, value and ground-truth outputs
     (the paper's agent: 512; 0: the outputs read the body layer directly, as CleanRL's agent)"""
 
@@ -209,14 +211,14 @@ class Args:
     learned: a learned attention bias per head and distance within the window (with
     --trxl-positional-encoding-horizon: a learned vector per episode step added to the memory, the paper's);
     relative: Transformer-XL's relative encoding (sinusoid of query step minus key step, u/v biases); none"""
-    trxl_positional_encoding_horizon: int = 0
+    trxl_positional_encoding_horizon: int = 120
     """0: the absolute encoding encodes the episode step t itself (episodes of any length). T > 0: the
     paper's agent's table convention, which encodes T - 1 - t (steps past T - 1 share the last row),
     with T its max episode steps"""
     trxl_query_positional_encoding: bool = False
     """if toggled, the absolute encoding is also added to each layer's query input ("QPos"; with a
     horizon, of the newest memory step max(t - 1, 0), as the paper's agent)"""
-    trxl_head_projections: Literal["full", "shared"] = "full"
+    trxl_head_projections: Literal["full", "shared"] = "shared"
     """full: query/key/value Linear(dim, dim) split into heads, scores scaled by 1/sqrt(head dim);
     shared: ONE bias-free Linear(head dim, head dim) each for query, key and value applied to every
     head's slice, scores scaled by 1/sqrt(dim) (the paper's agent)"""
@@ -274,6 +276,13 @@ def parse_args(argv: list[str] | None = None) -> Args:
         defaults = dataclasses.replace(defaults, **saved)
     elif (path := flag_value(argv, "--config")) is not None:
         defaults = dataclasses.replace(defaults, config=path, **load_preset(path, Args, RUNTIME_FIELDS))
+    elif (path := paper_preset("ppo_trxl", flag_value(argv, "--env-id"))) is not None:
+        # `--env-id` without a preset: the paper's run of that id (window, encoding horizon, budget, ...).
+        defaults = dataclasses.replace(defaults, config=path, **load_preset(path, Args, RUNTIME_FIELDS))
+    elif flag_value(argv, "--env-id") not in (None, defaults.env_id):
+        # An id the paper lacks: the defaults (the paper's agent and Mortar Mayhem Grid run), but its
+        # episode limit is unknown, so the absolute encoding encodes the episode step itself.
+        defaults = dataclasses.replace(defaults, trxl_positional_encoding_horizon=0)
     return tyro.cli(Args, default=defaults, args=argv)
 
 
@@ -834,8 +843,8 @@ def load_rank_state(state: dict, envs, ro: Rollout, stats: EpisodeStats, device)
 # ---------------------------------------------------------------------------------------------
 def check_args(args: Args) -> None:
     check_common_args(args, RANGES)
-    if args.trxl_dim % args.trxl_num_heads != 0:
-        fail(f"--trxl-num-heads ({args.trxl_num_heads}) must divide --trxl-dim ({args.trxl_dim})")
+    if args.trxl_dim % (2 * args.trxl_num_heads) != 0:  # each head's slice splits into sine and cosine halves
+        fail(f"--trxl-dim ({args.trxl_dim}) must be divisible by 2 x --trxl-num-heads ({args.trxl_num_heads})")
     if args.num_steps % args.num_minibatches != 0:
         fail(f"--num-minibatches ({args.num_minibatches}) must divide --num-steps ({args.num_steps})")
     if args.trxl_query_positional_encoding and args.trxl_positional_encoding != "absolute":
@@ -856,7 +865,6 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
     args.minibatch_size = args.batch_size // args.num_minibatches
     args.num_iterations = args.total_timesteps // (args.batch_size * args.world_size)
     main = rank == 0
-    run_folder = claim_run_folder(args, checkpoint is not None, main)
 
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -877,6 +885,8 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
                  "the Endless ids (Endless-MortarMayhem-v0, Endless-MysteryPath-v0, Endless-SearingSpotlights-v0) do")
         args.ground_truth_size = int(np.asarray(info["ground_truth"]).reshape(args.num_envs, -1).shape[1])
     agent = Agent(args, image_shape, vector_size, action_branches(envs.single_action_space, args.env_id)).to(device)
+    # Only now, after every check (flags, env, agent), is anything written.
+    run_folder = claim_run_folder(args, checkpoint is not None, main)
     # Fused: one pass over the parameters per step instead of one per operation and tensor.
     optimizer = torch.optim.AdamW(agent.parameters(), lr=args.init_lr, fused=device.type in ("cpu", "cuda"))
     if rank > 0:
