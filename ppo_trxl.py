@@ -184,16 +184,14 @@ class Args:
     target_kl: float | None = None
     """stop the update early once an epoch ends above this approximate KL"""
     reconstruction_coef: float = 0.0
-    """weight of the observation-reconstruction loss (0 disables the decoder; image observations only)"""
-    reconstruction_from: Literal["features", "memory"] = "memory"
-    """what the decoder reconstructs the observation from. features: the body layer's output (CleanRL's
-    agent); memory: the transformer's output before the body layer (the paper's agent)"""
+    """weight of the observation-reconstruction loss: a transposed CNN decodes the observation from the
+    transformer's output, as the paper's agent (0 disables the decoder; image observations only)"""
     ground_truth_coef: float = 0.0
     """weight of the MSE loss of a head that estimates the env's `info["ground_truth"]` from the
     transformer's output (0 disables the head; needs an env that reports it, as the Endless ids)"""
     head_hidden_size: int = 512
-    """a Linear(dim -> N) + ReLU layer of its own before the policy, value and ground-truth outputs
-    (the paper's agent: 512; 0: the outputs read the body layer directly, as CleanRL's agent)"""
+    """the width of the Linear(dim -> N) + ReLU layer of its own before the policy, value and ground-truth
+    outputs (the paper's agent: 512)"""
 
     # Transformer-XL
     trxl_num_layers: int = 3
@@ -218,10 +216,6 @@ class Args:
     trxl_query_positional_encoding: bool = False
     """if toggled, the absolute encoding is also added to each layer's query input ("QPos"; with a
     horizon, of the newest memory step max(t - 1, 0), as the paper's agent)"""
-    trxl_head_projections: Literal["full", "shared"] = "shared"
-    """full: query/key/value Linear(dim, dim) split into heads, scores scaled by 1/sqrt(head dim);
-    shared: ONE bias-free Linear(head dim, head dim) each for query, key and value applied to every
-    head's slice, scores scaled by 1/sqrt(dim) (the paper's agent)"""
     trxl_gate_bias: float | None = None
     """GTrXL: GRU-type gates with this initial bias replace both residual connections of every layer
     (unset: plain residuals)"""
@@ -251,13 +245,13 @@ STRUCTURAL_FIELDS = (
     "env_id", "env_kwargs", "num_envs", "num_steps", "reconstruction_coef", "world_size",
     "trxl_num_layers", "trxl_num_heads", "trxl_dim", "trxl_memory_length", "trxl_positional_encoding",
     "trxl_memory_dtype", "trxl_positional_encoding_horizon", "trxl_query_positional_encoding",
-    "trxl_head_projections", "trxl_gate_bias", "head_hidden_size", "reconstruction_from", "ground_truth_coef",
+    "trxl_gate_bias", "head_hidden_size", "ground_truth_coef",
 )
 
 # The allowed values of every number (checked before anything starts).
 RANGES = {
     **COMMON_RANGES,
-    "head_hidden_size": ">= 0",
+    "head_hidden_size": ">= 1",
     "trxl_num_layers": ">= 1",
     "trxl_num_heads": ">= 1",
     "trxl_dim": ">= 1",
@@ -394,24 +388,24 @@ class TransformerLayer(nn.Module):
 
     Keys and values are never materialised: with key/value weights K_h, V_h of head h, a query's
     score for slot j is (K_h^T q_h) . n_j and its output is V_h (sum_j a_j n_j), where n_j is the
-    normalised memory (with shared head projections, n_j's slice of head h). Only the normalisation
-    is computed per stored state, which is much cheaper than projecting every state.
+    normalised memory's slice of head h. Only the normalisation is computed per stored state, which is
+    much cheaper than projecting every state.
+
+    The paper's agent: ONE bias-free head-sized Linear each for query, key and value, applied to every
+    head's slice of the embedding, and scores scaled by 1/sqrt(dim).
     """
 
-    def __init__(self, dim: int, num_heads: int, shared_heads: bool, distances: int, relative: bool,
-                 gate_bias: float | None):
+    def __init__(self, dim: int, num_heads: int, distances: int, relative: bool, gate_bias: float | None):
         super().__init__()
-        self.num_heads, self.shared_heads, self.distances = num_heads, shared_heads, distances
+        self.num_heads, self.distances = num_heads, distances
         head_dim = dim // num_heads
-        # The paper's agent scales by 1/sqrt(dim); the usual 1/sqrt(head dim) goes with full projections.
-        self.scale = 1 / math.sqrt(dim if shared_heads else head_dim)
+        self.scale = 1 / math.sqrt(dim)  # the paper's agent (not the usual 1/sqrt(head dim))
         self.norm_query = nn.LayerNorm(dim)
         self.norm_memory = nn.LayerNorm(dim)
         self.norm_ff = nn.LayerNorm(dim)
-        size = head_dim if shared_heads else dim
-        self.query = nn.Linear(size, size, bias=False)
-        self.key = nn.Linear(size, size, bias=False)
-        self.value = nn.Linear(size, size, bias=False)
+        self.query = nn.Linear(head_dim, head_dim, bias=False)
+        self.key = nn.Linear(head_dim, head_dim, bias=False)
+        self.value = nn.Linear(head_dim, head_dim, bias=False)
         self.out = nn.Linear(dim, dim)
         self.ff = nn.Linear(dim, dim)
         self.relative = None
@@ -430,36 +424,20 @@ class TransformerLayer(nn.Module):
         batch, queries, dim = x.shape
         heads, head_dim = self.num_heads, dim // self.num_heads
         normed = self.norm_query(x)
-        if self.shared_heads:
-            q = self.query(normed.view(batch, queries, heads, head_dim)).transpose(1, 2)  # (B, H, Q, hd)
-        else:
-            # Per-head products batch over heads with all queries stacked: (H, B*Q, .), no weight copies.
-            q = self.query(normed).view(batch * queries, heads, head_dim).transpose(0, 1)
+        q = self.query(normed.view(batch, queries, heads, head_dim)).transpose(1, 2)  # (B, H, Q, hd)
         content_q = q if self.relative is None else q + self.content_bias[:, None]
-        if self.shared_heads:
-            # The one key weight folds into every head's query, which then reads its head's slice of n_j.
-            memory_heads = memory.view(batch, -1, heads, head_dim).transpose(1, 2)  # (B, H, T, hd)
-            scores = (content_q @ self.key.weight) @ memory_heads.transpose(2, 3)  # (B, H, Q, T)
-        else:
-            q_memory = torch.bmm(content_q, self.key.weight.view(heads, head_dim, dim))  # (H, B*Q, dim)
-            q_memory = q_memory.view(heads, batch, queries, dim).transpose(0, 1).reshape(batch, heads * queries, dim)
-            scores = (q_memory @ memory.transpose(1, 2)).view(batch, heads, queries, -1)
+        # The one key weight folds into every head's query, which then reads its head's slice of n_j.
+        memory_heads = memory.view(batch, -1, heads, head_dim).transpose(1, 2)  # (B, H, T, hd)
+        scores = (content_q @ self.key.weight) @ memory_heads.transpose(2, 3)  # (B, H, Q, T)
         if self.relative is not None:
             # Each distance 1..W-1 is scored once per query; every slot then reads its distance's score.
             distances = torch.arange(1, self.distances + 1, device=x.device)
             encoded = self.relative(sinusoidal_encoding(distances, dim)).view(-1, heads, head_dim).permute(1, 2, 0)
-            position_q = q + self.position_bias[:, None]
-            if self.shared_heads:
-                position_q = position_q.transpose(0, 1).reshape(heads, batch * queries, head_dim)
+            position_q = (q + self.position_bias[:, None]).transpose(0, 1).reshape(heads, batch * queries, head_dim)
             by_distance = torch.bmm(position_q, encoded).view(heads, batch, queries, -1).transpose(0, 1)  # (B, H, Q, W-1)
             scores = scores + by_distance.gather(-1, distance_index.expand(batch, heads, queries, -1))
         weights = (scores * self.scale + attn_bias).softmax(-1)  # (B, H, Q, T)
-        if self.shared_heads:
-            attended = self.value(weights @ memory_heads).transpose(1, 2)  # (B, Q, H, hd)
-        else:
-            mixed = (weights.view(batch, heads * queries, -1) @ memory).view(batch, heads, queries, dim)
-            mixed = mixed.transpose(0, 1).reshape(heads, batch * queries, dim)
-            attended = torch.bmm(mixed, self.value.weight.view(heads, head_dim, dim).transpose(1, 2)).transpose(0, 1)
+        attended = self.value(weights @ memory_heads).transpose(1, 2)  # (B, Q, H, hd)
         attention = has_memory * self.out(attended.reshape(batch, queries, dim))
         x = x + attention if self.gates is None else self.gates[0](x, attention)
         forward = F.relu(self.ff(self.norm_ff(x)))
@@ -480,8 +458,8 @@ def window_mask(query_slots: torch.Tensor, query_steps: torch.Tensor, num_keys: 
 
 
 def hidden_layer(features: int, hidden: int) -> nn.Module:
-    """A head's own Linear(features -> hidden) + ReLU before its outputs (none when hidden is 0)."""
-    return nn.Sequential(layer_init(nn.Linear(features, hidden)), nn.ReLU()) if hidden else nn.Identity()
+    """A head's own Linear(features -> hidden) + ReLU before its outputs (the paper's agent)."""
+    return nn.Sequential(layer_init(nn.Linear(features, hidden)), nn.ReLU())
 
 
 class Agent(nn.Module):
@@ -499,8 +477,7 @@ class Agent(nn.Module):
         self.memory_dtype = getattr(torch, args.trxl_memory_dtype)
         self.encoder = Encoder(image_shape, vector_size, dim)
         self.layers = nn.ModuleList(
-            TransformerLayer(dim, heads, args.trxl_head_projections == "shared", self.context,
-                             self.positional_encoding == "relative", args.trxl_gate_bias)
+            TransformerLayer(dim, heads, self.context, self.positional_encoding == "relative", args.trxl_gate_bias)
             for _ in range(layers)
         )
         if self.positional_encoding == "learned" and self.horizon:
@@ -512,16 +489,15 @@ class Agent(nn.Module):
         self.post = nn.Sequential(layer_init(nn.Linear(dim, dim)), nn.ReLU())
         hidden = args.head_hidden_size
         self.actor_hidden = hidden_layer(dim, hidden)
-        self.actor = nn.ModuleList(layer_init(nn.Linear(hidden or dim, n), std=0.01) for n in branches)
+        self.actor = nn.ModuleList(layer_init(nn.Linear(hidden, n), std=0.01) for n in branches)
         self.critic_hidden = hidden_layer(dim, hidden)
-        self.critic = layer_init(nn.Linear(hidden or dim, 1), std=1.0)
+        self.critic = layer_init(nn.Linear(hidden, 1), std=1.0)
         self.decoder = None
         if args.reconstruction_coef > 0 and image_shape is not None:
             self.decoder = Decoder(dim, image_shape[2])
-        self.reconstruction_from = args.reconstruction_from
         self.ground_truth, self.ground_truth_size = None, args.ground_truth_size
         if args.ground_truth_coef > 0:
-            self.ground_truth = nn.Sequential(hidden_layer(dim, hidden), layer_init(nn.Linear(hidden or dim, args.ground_truth_size)))
+            self.ground_truth = nn.Sequential(hidden_layer(dim, hidden), layer_init(nn.Linear(hidden, args.ground_truth_size)))
         self.precision = args.precision
 
     def autocast(self):
@@ -592,9 +568,8 @@ class Agent(nn.Module):
         return logits, self.critic(self.critic_hidden(features)).squeeze(-1)
 
     def reconstruct(self, output: torch.Tensor) -> torch.Tensor:
-        source = self.features(output) if self.reconstruction_from == "features" else output
-        with self.autocast():
-            return self.decoder(source).float()
+        with self.autocast():  # from the transformer's output, as the paper's agent
+            return self.decoder(output).float()
 
     def estimate_ground_truth(self, output: torch.Tensor) -> torch.Tensor:
         return self.ground_truth(output)

@@ -15,8 +15,9 @@ from run_utils import action_branches, make_envs, observation_layout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = pytest.mark.parametrize("script", [ppo_trxl, ppo_gru], ids=["trxl", "gru"])
-# The paper's TrXL agent (shared head projections, 512-unit head layers, decoder from the memory).
-PAPER_TRXL = dict(trxl_head_projections="shared", head_hidden_size=512, reconstruction_from="memory")
+# The paper's TrXL agent: shared head projections and the decoder reading the memory are its only layout
+# (benchmarks/results/trxl-agent-decision.md); a preset sets the 512-unit head layers and float32.
+PAPER_TRXL = dict(head_hidden_size=512, precision="float32")
 # What a preset of the paper's run sets that is not the run itself (its checkpoints).
 NOT_THE_RUN = ("config", "checkpoint_interval")
 
