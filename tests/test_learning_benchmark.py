@@ -86,6 +86,10 @@ def test_local_grid_builds_table_and_curves_from_event_files(tmp_path, monkeypat
     os.remove(tmp_path / "moved" / "results.md")
     learning.main(["--name", "moved", "--out", str(tmp_path), "--report-only"])
     assert (tmp_path / "moved" / "results.md").read_text() == markdown
+    # Both scripts log the mean return of the last 100 training episodes, the statistic of --source training.
+    learning.main(["--name", "moved", "--out", str(tmp_path), "--report-only", "--source", "training"])
+    for row in rows(tmp_path / "moved").values():
+        assert row["source"] == "training" and row["seeds_ok"] == 2 and 0 <= row["final_mean"] <= 1
 
 
 def test_failed_run_is_reported_with_its_error_line_through_the_submitit_path(tmp_path, monkeypatch):
