@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A decimal figure (0.505, 1.82, 4.9x); not a version (1.0.2), not part of a word or a path.
 NUMBER = re.compile(r"(?<![\w./-])\d+\.\d+(?![\w.]*\d)")
 # A file or folder the block links.
-LINK = re.compile(r"benchmarks/(?:results/[\w./=,+-]*|NOTES\.md)")
+LINK = re.compile(r"benchmarks/(?:results/[\w./-]*|NOTES\.md)")
 
 
 def section(text: str, title: str) -> str:
