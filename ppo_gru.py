@@ -70,6 +70,7 @@ from run_utils import (
     mean_across,
     mean_of,
     observation_layout,
+    paper_preset,
     report_resume,
     rng_state,
     run_on_ranks,
@@ -87,7 +88,8 @@ class Args:
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment (part of the run name)"""
     config: str | None = None
-    """a TOML preset (e.g. configs/ppo_gru/MortarMayhem-v0.toml); flags on the command line override it"""
+    """a TOML preset (e.g. configs/paper/ppo_gru/MortarMayhem-v0.toml); flags on the command line override it.
+    Without one, `--env-id X` takes the paper's run of X where configs/paper/ppo_gru/X.toml exists"""
     seed: int = 1
     """seed of the experiment (python, numpy, torch and the environments)"""
     torch_deterministic: bool = True
@@ -120,8 +122,8 @@ class Args:
     """continue the run saved in this checkpoint (same TensorBoard run; flags may change budgets and logging)"""
 
     # Evaluation on held-out seeds
-    eval_interval: int = 0
-    """evaluate every N iterations and at the end (0: never)"""
+    eval_interval: int = 500
+    """evaluate every N iterations and at the end (0: never; the paper: every 500 updates)"""
     eval_seeds: int = 50
     """the number of held-out level seeds per evaluation"""
     eval_repetitions: int = 3
@@ -138,7 +140,7 @@ class Args:
     (`module:EnvId-v0` imports `module` first, for envs registered there)"""
     env_kwargs: str = "{}"
     """reset parameters of the environment as a JSON object, e.g. '{"command_count": [5]}' for the default env"""
-    total_timesteps: int = 200_000_000
+    total_timesteps: int = 163_840_000
     """total environment steps of the experiment"""
     num_envs: int = 32
     """the number of parallel environments"""
@@ -234,6 +236,9 @@ def parse_args(argv: list[str] | None = None) -> Args:
         saved = args_from_checkpoint(load_checkpoint(path, "ppo_gru"), path, Args, argv)
         defaults = dataclasses.replace(defaults, **saved)
     elif (path := flag_value(argv, "--config")) is not None:
+        defaults = dataclasses.replace(defaults, config=path, **load_preset(path, Args, RUNTIME_FIELDS))
+    elif (path := paper_preset("ppo_gru", flag_value(argv, "--env-id"))) is not None:
+        # `--env-id` without a preset: the paper's run of that id (budget, evaluation cap, ...).
         defaults = dataclasses.replace(defaults, config=path, **load_preset(path, Args, RUNTIME_FIELDS))
     return tyro.cli(Args, default=defaults, args=argv)
 
@@ -664,7 +669,6 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
     args.minibatch_size = args.batch_size // args.num_minibatches
     args.num_iterations = args.total_timesteps // (args.batch_size * args.world_size)
     main = rank == 0
-    run_folder = claim_run_folder(args, checkpoint is not None, main)
 
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -681,6 +685,8 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
     if args.ground_truth_coef > 0:
         args.ground_truth_size = ground_truth_size(envs, args.env_id)
     agent = Agent(args, image_shape, vector_size, action_branches(envs.single_action_space, args.env_id)).to(device)
+    # Only now, after every check (flags, env, agent), is anything written.
+    run_folder = claim_run_folder(args, checkpoint is not None, main)
     # Fused: one pass over the parameters per step instead of one per operation and tensor.
     optimizer = torch.optim.AdamW(agent.parameters(), lr=args.init_lr, fused=device.type in ("cpu", "cuda"))
     if rank > 0:
@@ -863,6 +869,8 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
                 for key, values in logs.items():
                     if values:
                         metrics[f"losses/{names.get(key, key)}"] = float(np.mean(values))
+                if recent:  # the statistic the published PPO-TrXL logs (episode/r_mean): rows side by side use it
+                    metrics["charts/episodic_return_last100"] = mean_of(recent, "return")
                 if new_episodes:
                     metrics["charts/episodic_return"] = mean_of(new_episodes, "return")
                     metrics["charts/episodic_length"] = mean_of(new_episodes, "length")

@@ -76,6 +76,7 @@ from run_utils import (
     mean_across,
     mean_of,
     observation_layout,
+    paper_preset,
     report_resume,
     rng_state,
     run_on_ranks,
@@ -93,7 +94,8 @@ class Args:
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment (part of the run name)"""
     config: str | None = None
-    """a TOML preset (e.g. configs/ppo_trxl/MortarMayhem-v0.toml); flags on the command line override it"""
+    """a TOML preset (e.g. configs/paper/ppo_trxl/MortarMayhem-v0.toml); flags on the command line override it.
+    Without one, `--env-id X` takes the paper's run of X where configs/paper/ppo_trxl/X.toml exists"""
     seed: int = 1
     """seed of the experiment (python, numpy, torch and the environments)"""
     torch_deterministic: bool = True
@@ -126,8 +128,8 @@ class Args:
     """continue the run saved in this checkpoint (same TensorBoard run; flags may change budgets and logging)"""
 
     # Evaluation on held-out seeds
-    eval_interval: int = 0
-    """evaluate every N iterations and at the end (0: never)"""
+    eval_interval: int = 500
+    """evaluate every N iterations and at the end (0: never; the paper: every 500 updates)"""
     eval_seeds: int = 50
     """the number of held-out level seeds per evaluation"""
     eval_repetitions: int = 3
@@ -144,7 +146,7 @@ class Args:
     eval_env_kwargs: str = "{}"
     """reset parameters of the evaluation envs only, as a JSON object over --env-kwargs (e.g. the
     paper's evaluation cap '{"max_steps": 2560}')"""
-    total_timesteps: int = 200_000_000
+    total_timesteps: int = 163_840_000
     """total environment steps of the experiment"""
     num_envs: int = 32
     """the number of parallel environments"""
@@ -183,16 +185,14 @@ class Args:
     target_kl: float | None = None
     """stop the update early once an epoch ends above this approximate KL"""
     reconstruction_coef: float = 0.0
-    """weight of the observation-reconstruction loss (0 disables the decoder; image observations only)"""
-    reconstruction_from: Literal["features", "memory"] = "features"
-    """what the decoder reconstructs the observation from. features: the body layer's output (CleanRL's
-    agent); memory: the transformer's output before the body layer (the paper's agent)"""
+    """weight of the observation-reconstruction loss: a transposed CNN decodes the observation from the
+    transformer's output, as the paper's agent (0 disables the decoder; image observations only)"""
     ground_truth_coef: float = 0.0
     """weight of the MSE loss of a head that estimates the env's `info["ground_truth"]` from the
     transformer's output (0 disables the head; needs an env that reports it, as the Endless ids)"""
-    head_hidden_size: int = 0
-    """a Linear(dim -> N) + ReLU layer of its own before the policy, value and ground-truth outputs
-    (the paper's agent: 512; 0: the outputs read the body layer directly, as CleanRL's agent)"""
+    head_hidden_size: int = 512
+    """the width of the Linear(dim -> N) + ReLU layer of its own before the policy, value and ground-truth
+    outputs (the paper's agent: 512)"""
 
     # Transformer-XL
     trxl_num_layers: int = 3
@@ -210,17 +210,13 @@ class Args:
     learned: a learned attention bias per head and distance within the window (with
     --trxl-positional-encoding-horizon: a learned vector per episode step added to the memory, the paper's);
     relative: Transformer-XL's relative encoding (sinusoid of query step minus key step, u/v biases); none"""
-    trxl_positional_encoding_horizon: int = 0
+    trxl_positional_encoding_horizon: int = 120
     """0: the absolute encoding encodes the episode step t itself (episodes of any length). T > 0: the
     paper's agent's table convention, which encodes T - 1 - t (steps past T - 1 share the last row),
     with T its max episode steps"""
     trxl_query_positional_encoding: bool = False
     """if toggled, the absolute encoding is also added to each layer's query input ("QPos"; with a
     horizon, of the newest memory step max(t - 1, 0), as the paper's agent)"""
-    trxl_head_projections: Literal["full", "shared"] = "full"
-    """full: query/key/value Linear(dim, dim) split into heads, scores scaled by 1/sqrt(head dim);
-    shared: ONE bias-free Linear(head dim, head dim) each for query, key and value applied to every
-    head's slice, scores scaled by 1/sqrt(dim) (the paper's agent)"""
     trxl_gate_bias: float | None = None
     """GTrXL: GRU-type gates with this initial bias replace both residual connections of every layer
     (unset: plain residuals)"""
@@ -250,13 +246,13 @@ STRUCTURAL_FIELDS = (
     "env_id", "env_kwargs", "num_envs", "num_steps", "reconstruction_coef", "world_size",
     "trxl_num_layers", "trxl_num_heads", "trxl_dim", "trxl_memory_length", "trxl_positional_encoding",
     "trxl_memory_dtype", "trxl_positional_encoding_horizon", "trxl_query_positional_encoding",
-    "trxl_head_projections", "trxl_gate_bias", "head_hidden_size", "reconstruction_from", "ground_truth_coef",
+    "trxl_gate_bias", "head_hidden_size", "ground_truth_coef",
 )
 
 # The allowed values of every number (checked before anything starts).
 RANGES = {
     **COMMON_RANGES,
-    "head_hidden_size": ">= 0",
+    "head_hidden_size": ">= 1",
     "trxl_num_layers": ">= 1",
     "trxl_num_heads": ">= 1",
     "trxl_dim": ">= 1",
@@ -275,6 +271,13 @@ def parse_args(argv: list[str] | None = None) -> Args:
         defaults = dataclasses.replace(defaults, **saved)
     elif (path := flag_value(argv, "--config")) is not None:
         defaults = dataclasses.replace(defaults, config=path, **load_preset(path, Args, RUNTIME_FIELDS))
+    elif (path := paper_preset("ppo_trxl", flag_value(argv, "--env-id"))) is not None:
+        # `--env-id` without a preset: the paper's run of that id (window, encoding horizon, budget, ...).
+        defaults = dataclasses.replace(defaults, config=path, **load_preset(path, Args, RUNTIME_FIELDS))
+    elif flag_value(argv, "--env-id") not in (None, defaults.env_id):
+        # An id the paper lacks: the defaults (the paper's agent and Mortar Mayhem Grid run), but its
+        # episode limit is unknown, so the absolute encoding encodes the episode step itself.
+        defaults = dataclasses.replace(defaults, trxl_positional_encoding_horizon=0)
     return tyro.cli(Args, default=defaults, args=argv)
 
 
@@ -386,24 +389,24 @@ class TransformerLayer(nn.Module):
 
     Keys and values are never materialised: with key/value weights K_h, V_h of head h, a query's
     score for slot j is (K_h^T q_h) . n_j and its output is V_h (sum_j a_j n_j), where n_j is the
-    normalised memory (with shared head projections, n_j's slice of head h). Only the normalisation
-    is computed per stored state, which is much cheaper than projecting every state.
+    normalised memory's slice of head h. Only the normalisation is computed per stored state, which is
+    much cheaper than projecting every state.
+
+    The paper's agent: ONE bias-free head-sized Linear each for query, key and value, applied to every
+    head's slice of the embedding, and scores scaled by 1/sqrt(dim).
     """
 
-    def __init__(self, dim: int, num_heads: int, shared_heads: bool, distances: int, relative: bool,
-                 gate_bias: float | None):
+    def __init__(self, dim: int, num_heads: int, distances: int, relative: bool, gate_bias: float | None):
         super().__init__()
-        self.num_heads, self.shared_heads, self.distances = num_heads, shared_heads, distances
+        self.num_heads, self.distances = num_heads, distances
         head_dim = dim // num_heads
-        # The paper's agent scales by 1/sqrt(dim); the usual 1/sqrt(head dim) goes with full projections.
-        self.scale = 1 / math.sqrt(dim if shared_heads else head_dim)
+        self.scale = 1 / math.sqrt(dim)  # the paper's agent (not the usual 1/sqrt(head dim))
         self.norm_query = nn.LayerNorm(dim)
         self.norm_memory = nn.LayerNorm(dim)
         self.norm_ff = nn.LayerNorm(dim)
-        size = head_dim if shared_heads else dim
-        self.query = nn.Linear(size, size, bias=False)
-        self.key = nn.Linear(size, size, bias=False)
-        self.value = nn.Linear(size, size, bias=False)
+        self.query = nn.Linear(head_dim, head_dim, bias=False)
+        self.key = nn.Linear(head_dim, head_dim, bias=False)
+        self.value = nn.Linear(head_dim, head_dim, bias=False)
         self.out = nn.Linear(dim, dim)
         self.ff = nn.Linear(dim, dim)
         self.relative = None
@@ -422,36 +425,20 @@ class TransformerLayer(nn.Module):
         batch, queries, dim = x.shape
         heads, head_dim = self.num_heads, dim // self.num_heads
         normed = self.norm_query(x)
-        if self.shared_heads:
-            q = self.query(normed.view(batch, queries, heads, head_dim)).transpose(1, 2)  # (B, H, Q, hd)
-        else:
-            # Per-head products batch over heads with all queries stacked: (H, B*Q, .), no weight copies.
-            q = self.query(normed).view(batch * queries, heads, head_dim).transpose(0, 1)
+        q = self.query(normed.view(batch, queries, heads, head_dim)).transpose(1, 2)  # (B, H, Q, hd)
         content_q = q if self.relative is None else q + self.content_bias[:, None]
-        if self.shared_heads:
-            # The one key weight folds into every head's query, which then reads its head's slice of n_j.
-            memory_heads = memory.view(batch, -1, heads, head_dim).transpose(1, 2)  # (B, H, T, hd)
-            scores = (content_q @ self.key.weight) @ memory_heads.transpose(2, 3)  # (B, H, Q, T)
-        else:
-            q_memory = torch.bmm(content_q, self.key.weight.view(heads, head_dim, dim))  # (H, B*Q, dim)
-            q_memory = q_memory.view(heads, batch, queries, dim).transpose(0, 1).reshape(batch, heads * queries, dim)
-            scores = (q_memory @ memory.transpose(1, 2)).view(batch, heads, queries, -1)
+        # The one key weight folds into every head's query, which then reads its head's slice of n_j.
+        memory_heads = memory.view(batch, -1, heads, head_dim).transpose(1, 2)  # (B, H, T, hd)
+        scores = (content_q @ self.key.weight) @ memory_heads.transpose(2, 3)  # (B, H, Q, T)
         if self.relative is not None:
             # Each distance 1..W-1 is scored once per query; every slot then reads its distance's score.
             distances = torch.arange(1, self.distances + 1, device=x.device)
             encoded = self.relative(sinusoidal_encoding(distances, dim)).view(-1, heads, head_dim).permute(1, 2, 0)
-            position_q = q + self.position_bias[:, None]
-            if self.shared_heads:
-                position_q = position_q.transpose(0, 1).reshape(heads, batch * queries, head_dim)
+            position_q = (q + self.position_bias[:, None]).transpose(0, 1).reshape(heads, batch * queries, head_dim)
             by_distance = torch.bmm(position_q, encoded).view(heads, batch, queries, -1).transpose(0, 1)  # (B, H, Q, W-1)
             scores = scores + by_distance.gather(-1, distance_index.expand(batch, heads, queries, -1))
         weights = (scores * self.scale + attn_bias).softmax(-1)  # (B, H, Q, T)
-        if self.shared_heads:
-            attended = self.value(weights @ memory_heads).transpose(1, 2)  # (B, Q, H, hd)
-        else:
-            mixed = (weights.view(batch, heads * queries, -1) @ memory).view(batch, heads, queries, dim)
-            mixed = mixed.transpose(0, 1).reshape(heads, batch * queries, dim)
-            attended = torch.bmm(mixed, self.value.weight.view(heads, head_dim, dim).transpose(1, 2)).transpose(0, 1)
+        attended = self.value(weights @ memory_heads).transpose(1, 2)  # (B, Q, H, hd)
         attention = has_memory * self.out(attended.reshape(batch, queries, dim))
         x = x + attention if self.gates is None else self.gates[0](x, attention)
         forward = F.relu(self.ff(self.norm_ff(x)))
@@ -472,8 +459,8 @@ def window_mask(query_slots: torch.Tensor, query_steps: torch.Tensor, num_keys: 
 
 
 def hidden_layer(features: int, hidden: int) -> nn.Module:
-    """A head's own Linear(features -> hidden) + ReLU before its outputs (none when hidden is 0)."""
-    return nn.Sequential(layer_init(nn.Linear(features, hidden)), nn.ReLU()) if hidden else nn.Identity()
+    """A head's own Linear(features -> hidden) + ReLU before its outputs (the paper's agent)."""
+    return nn.Sequential(layer_init(nn.Linear(features, hidden)), nn.ReLU())
 
 
 class Agent(nn.Module):
@@ -491,8 +478,7 @@ class Agent(nn.Module):
         self.memory_dtype = getattr(torch, args.trxl_memory_dtype)
         self.encoder = Encoder(image_shape, vector_size, dim)
         self.layers = nn.ModuleList(
-            TransformerLayer(dim, heads, args.trxl_head_projections == "shared", self.context,
-                             self.positional_encoding == "relative", args.trxl_gate_bias)
+            TransformerLayer(dim, heads, self.context, self.positional_encoding == "relative", args.trxl_gate_bias)
             for _ in range(layers)
         )
         if self.positional_encoding == "learned" and self.horizon:
@@ -504,16 +490,15 @@ class Agent(nn.Module):
         self.post = nn.Sequential(layer_init(nn.Linear(dim, dim)), nn.ReLU())
         hidden = args.head_hidden_size
         self.actor_hidden = hidden_layer(dim, hidden)
-        self.actor = nn.ModuleList(layer_init(nn.Linear(hidden or dim, n), std=0.01) for n in branches)
+        self.actor = nn.ModuleList(layer_init(nn.Linear(hidden, n), std=0.01) for n in branches)
         self.critic_hidden = hidden_layer(dim, hidden)
-        self.critic = layer_init(nn.Linear(hidden or dim, 1), std=1.0)
+        self.critic = layer_init(nn.Linear(hidden, 1), std=1.0)
         self.decoder = None
         if args.reconstruction_coef > 0 and image_shape is not None:
             self.decoder = Decoder(dim, image_shape[2])
-        self.reconstruction_from = args.reconstruction_from
         self.ground_truth, self.ground_truth_size = None, args.ground_truth_size
         if args.ground_truth_coef > 0:
-            self.ground_truth = nn.Sequential(hidden_layer(dim, hidden), layer_init(nn.Linear(hidden or dim, args.ground_truth_size)))
+            self.ground_truth = nn.Sequential(hidden_layer(dim, hidden), layer_init(nn.Linear(hidden, args.ground_truth_size)))
         self.precision = args.precision
 
     def autocast(self):
@@ -584,9 +569,8 @@ class Agent(nn.Module):
         return logits, self.critic(self.critic_hidden(features)).squeeze(-1)
 
     def reconstruct(self, output: torch.Tensor) -> torch.Tensor:
-        source = self.features(output) if self.reconstruction_from == "features" else output
-        with self.autocast():
-            return self.decoder(source).float()
+        with self.autocast():  # from the transformer's output, as the paper's agent
+            return self.decoder(output).float()
 
     def estimate_ground_truth(self, output: torch.Tensor) -> torch.Tensor:
         return self.ground_truth(output)
@@ -837,8 +821,8 @@ def load_rank_state(state: dict, envs, ro: Rollout, stats: EpisodeStats, device)
 # ---------------------------------------------------------------------------------------------
 def check_args(args: Args) -> None:
     check_common_args(args, RANGES)
-    if args.trxl_dim % args.trxl_num_heads != 0:
-        fail(f"--trxl-num-heads ({args.trxl_num_heads}) must divide --trxl-dim ({args.trxl_dim})")
+    if args.trxl_dim % (2 * args.trxl_num_heads) != 0:  # each head's slice splits into sine and cosine halves
+        fail(f"--trxl-dim ({args.trxl_dim}) must be divisible by 2 x --trxl-num-heads ({args.trxl_num_heads})")
     if args.num_steps % args.num_minibatches != 0:
         fail(f"--num-minibatches ({args.num_minibatches}) must divide --num-steps ({args.num_steps})")
     if args.trxl_query_positional_encoding and args.trxl_positional_encoding != "absolute":
@@ -859,7 +843,6 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
     args.minibatch_size = args.batch_size // args.num_minibatches
     args.num_iterations = args.total_timesteps // (args.batch_size * args.world_size)
     main = rank == 0
-    run_folder = claim_run_folder(args, checkpoint is not None, main)
 
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -880,6 +863,8 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
                  "the Endless ids (Endless-MortarMayhem-v0, Endless-MysteryPath-v0, Endless-SearingSpotlights-v0) do")
         args.ground_truth_size = int(np.asarray(info["ground_truth"]).reshape(args.num_envs, -1).shape[1])
     agent = Agent(args, image_shape, vector_size, action_branches(envs.single_action_space, args.env_id)).to(device)
+    # Only now, after every check (flags, env, agent), is anything written.
+    run_folder = claim_run_folder(args, checkpoint is not None, main)
     # Fused: one pass over the parameters per step instead of one per operation and tensor.
     optimizer = torch.optim.AdamW(agent.parameters(), lr=args.init_lr, fused=device.type in ("cpu", "cuda"))
     if rank > 0:
@@ -1060,6 +1045,8 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
                 for key, values in logs.items():
                     if values:
                         metrics[f"losses/{names.get(key, key)}"] = float(np.mean(values))
+                if recent:  # the statistic the published PPO-TrXL logs (episode/r_mean): rows side by side use it
+                    metrics["charts/episodic_return_last100"] = mean_of(recent, "return")
                 if new_episodes:
                     metrics["charts/episodic_return"] = mean_of(new_episodes, "return")
                     metrics["charts/episodic_length"] = mean_of(new_episodes, "length")

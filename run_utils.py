@@ -22,6 +22,7 @@ import io
 import json
 import os
 import random
+import re
 import sys
 import threading
 import time
@@ -96,7 +97,7 @@ def checked_values(values: dict, args_cls: type, source: str, refused: tuple[str
 def load_preset(path: str, args_cls: type, refused: tuple[str, ...]) -> dict:
     """Read a TOML preset and check every key and value type against `args_cls`."""
     if os.path.isdir(path):
-        fail(f"config file {path!r} is a directory; give a .toml file such as configs/ppo_trxl/ProofOfMemory-v0.toml")
+        fail(f"config file {path!r} is a directory; give a .toml file such as configs/probe/ppo_trxl/ProofOfMemory-v0.toml")
     try:
         with open(path, "rb") as f:
             preset = tomllib.load(f)
@@ -105,6 +106,14 @@ def load_preset(path: str, args_cls: type, refused: tuple[str, ...]) -> dict:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         fail(f"config file {path!r} is not valid TOML: {e}")
     return checked_values(preset, args_cls, f"config file {path!r}", refused)
+
+
+def paper_preset(script: str, env_id: str | None) -> str | None:
+    """`configs/paper/{script}/{env_id}.toml`, the paper's run of that id, where the paper has one."""
+    if not env_id or not re.fullmatch(r"[A-Za-z0-9_.-]+", env_id):  # e.g. `module:EnvId-v0`: a third-party id
+        return None
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "paper", script, f"{env_id}.toml")
+    return path if os.path.isfile(path) else None
 
 
 def preset_headline(path: str | None) -> str | None:

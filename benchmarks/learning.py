@@ -14,9 +14,10 @@ When all runs are done, `{out}/{name}/` gets `command.txt` (the exact command), 
 environment steps, wall time, steps per second; a failed run is listed with the last error line of its log)
 and learning curves through plot.py, against environment steps and against wall time. The return is the
 held-out evaluation (`eval/return_mean`) where every run of a row logged it, else (or with `--source training`)
-the training episodes' (`charts/episodic_return`; the reference's `episode/r_mean` is read as such).
+the mean return of the last 100 training episodes, one statistic for every command (`charts/episodic_return_last100`;
+the published script's `episode/r_mean`, the same mean, is read as such).
 
-    python benchmarks/learning.py --name pom --env-ids ProofOfMemory-v0 --scripts ppo_trxl ppo_gru \\
+    python benchmarks/learning.py --name pom --env-ids ProofOfMemory-v0 --scripts ppo_trxl ppo_gru --presets probe \\
         --seeds 1 2 3 --total-timesteps 50000 --flags="--no-cuda"
     python benchmarks/learning.py --name mmgrid-vs-reference --env-ids MortarMayhem-Grid-v0 --seeds 1 2 \\
         --total-timesteps 2000000 --reference-python /tmp/ref-venv/bin/python --reference-script /tmp/ref/ppo_trxl.py
@@ -55,9 +56,11 @@ OURS = "{python} {script} --env-id {env_id} --seed {seed} --total-timesteps {tot
 REFERENCE = "{python} {script} --env_id {env_id} --seed {seed} --total_timesteps {total_timesteps} --exp_name {label}"
 # Placeholders every command template must use, so that each run gets the grid's env, seed and budget.
 REQUIRED = ("{env_id}", "{seed}", "{total_timesteps}")
-# The reference logs its episode statistics under other names: read them as ours.
-TAG_ALIASES = {"episode/r_mean": "charts/episodic_return", "episode/l_mean": "charts/episodic_length"}
-EVAL_TAG, TRAIN_TAG = "eval/return_mean", "charts/episodic_return"
+# The training return of every row is one statistic: the mean return of the last 100 training episodes, as
+# each run logged it (our scripts: charts/episodic_return_last100; the published PPO-TrXL: episode/r_mean, the
+# mean over its deque of the last 100 episodes, read as ours). A command template must log one of the two.
+TAG_ALIASES = {"episode/r_mean": "charts/episodic_return_last100"}
+EVAL_TAG, TRAIN_TAG = "eval/return_mean", "charts/episodic_return_last100"
 # A log's error line: the last one that says what went wrong (tyro ends its message with a help hint).
 ERROR_WORDS = re.compile(r"error|exception|unrecognized|invalid|not found|no such|killed|cancelled", re.IGNORECASE)
 
@@ -198,7 +201,7 @@ def build_grid(options, folder: str) -> list[RunSpec]:
                 raise SystemExit(f"error: configuration {label} takes no reset parameters, so it cannot run {env}")
             words = list(template)
             preset = os.path.join(ROOT, "configs", options.presets, preset_script or "", f"{env_id}.toml")
-            if preset_script and options.preset and os.path.isfile(preset):
+            if preset_script and options.presets and os.path.isfile(preset):
                 words[2:2] = ["--config", preset]  # after `python script.py`: flags given later override it
             if preset_script and kwargs:
                 words[2:2] = ["--env-kwargs", "{env_kwargs}"]
@@ -370,7 +373,8 @@ def markdown(rows: list[dict], command: str) -> str:
     lines = [
         f"Command: `{command}`", "",
         "Return: the last (final) and the highest (best) value of each run, mean ± standard error across seeds; "
-        "source eval = held-out evaluation, training = training episodes. SPS: steps / wall time, end to end.", "",
+        "source eval = held-out evaluation, training = the mean return of the last 100 training episodes (as each "
+        "run logged it). SPS: steps / wall time, end to end.", "",
         "| env | configuration | seeds | source | final return | best return | steps | wall time (s) | SPS | status |",
         "|---|---|---:|---|---:|---:|---:|---:|---:|---|",
     ]
@@ -433,10 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="seeds: one run per seed of each configuration and env")
     grid.add_argument("--total-timesteps", type=int, help="the environment steps of every run (required unless --report-only)")
     grid.add_argument("--scripts", nargs="*", default=["ppo_trxl"], help="our scripts (names such as ppo_trxl ppo_gru, or paths); none: only the other commands")
-    grid.add_argument("--presets", default="", help="the preset folder under configs/: '' for configs/{script}/ "
-                      "(default), 'quick' for configs/quick/{script}/, 'paper' for configs/paper/{script}/")
-    grid.add_argument("--preset", action=argparse.BooleanOptionalAction, default=True,
-                      help="pass configs/{script}/{env_id}.toml to our scripts where it exists (default: on)")
+    grid.add_argument("--presets", choices=["", "paper", "quick", "probe"], default="",
+                      help="pass configs/{presets}/{script}/{env_id}.toml to our scripts where it exists: paper (the "
+                      "paper's runs), quick (CPU-scale learning), probe; '' (default): none, so each script takes "
+                      "its own defaults, the paper's run of the id where the paper has one")
     grid.add_argument("--flags", default="", help="flags for every run of our scripts, given with '=': --flags='--no-cuda --num-envs 8'")
     grid.add_argument("--variants", nargs="*", default=[], help="flag sets compared side by side, each NAME=FLAGS, e.g. 'bf16=--precision bfloat16'")
     grid.add_argument("--python", default=sys.executable, help="the interpreter of our scripts (default: this one)")
@@ -448,8 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "{env_kwargs} {label} {python} {root}; repeatable")
     grid.add_argument("--source", choices=["auto", "training"], default="auto",
                       help="the table's return: auto = held-out evaluation where every run of a row logged it, else "
-                      "training episodes; training = training episodes everywhere (compare with the reference, which "
-                      "does not evaluate)")
+                      "the mean return of the last 100 training episodes; training = that mean everywhere (compare "
+                      "with the reference, which does not evaluate)")
     grid.add_argument("--report-only", action="store_true", help="rebuild the table and plots of an existing results folder")
     run = parser.add_argument_group("where the runs go")
     run.add_argument("--executor", choices=["local", "slurm", "debug"], default="local",

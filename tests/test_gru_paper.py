@@ -309,18 +309,3 @@ def test_paper_preset_starts(name, tmp_path, monkeypatch):
                                "--update-epochs", "1", "--total-timesteps", "16", "--eval-interval", "0",
                                "--checkpoint-interval", "0", "--no-cuda"])
     assert len(ppo_gru.train(args)) == 1
-
-
-# Each configs/ppo_gru preset that names a published number is that paper agent's preset.
-PUBLISHED = {
-    "MortarMayhem-Grid-v0": "", "MortarMayhemB-Grid-v0": "", "MortarMayhem-v0": "",
-    "MysteryPath-Grid-v0": "", "MysteryPath-v0": "-rec", "SearingSpotlights-v0": "",
-    "Endless-MortarMayhem-v0": "", "Endless-MysteryPath-v0": "", "Endless-SearingSpotlights-v0": "-rec",
-}
-
-
-@pytest.mark.parametrize("env_id", list(PUBLISHED))
-def test_default_preset_equals_the_paper_preset_of_the_number_it_names(env_id):
-    default = ppo_gru.parse_args(["--config", os.path.join(ROOT, "configs", "ppo_gru", f"{env_id}.toml")])
-    paper = preset(f"{env_id}{PUBLISHED[env_id]}.toml")
-    assert dataclasses.replace(default, config=None) == dataclasses.replace(paper, config=None)

@@ -53,7 +53,7 @@ def assert_valid_png(path) -> None:
 def test_local_grid_builds_table_and_curves_from_event_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     written = learning.main(["--name", "tiny", "--out", str(tmp_path), "--env-ids", "ProofOfMemory-v0",
-                             "--scripts", "ppo_trxl", "ppo_gru", "--seeds", "1", "2", "--total-timesteps", "512",
+                             "--scripts", "ppo_trxl", "ppo_gru", "--presets", "probe", "--seeds", "1", "2", "--total-timesteps", "512",
                              f"--flags={TINY}", "--workers", "1", "--threads", "1"])
     folder = tmp_path / "tiny"
     table = rows(folder)
@@ -73,10 +73,10 @@ def test_local_grid_builds_table_and_curves_from_event_files(tmp_path, monkeypat
         run = folder / "runs" / f"ppo_trxl__ProofOfMemory-v0__{seed}"
         record = json.loads((run / "run.json").read_text())
         assert record["returncode"] == 0 and record["wall_time_s"] > 0 and record["threads"] == 1
-        assert "configs/ppo_trxl/ProofOfMemory-v0.toml" in record["command"] and (run / "log.txt").exists()
+        assert "configs/probe/ppo_trxl/ProofOfMemory-v0.toml" in record["command"] and (run / "log.txt").exists()
         assert len(os.listdir(run / "runs")) == 1
     assert not os.path.exists(tmp_path / "runs")  # nothing in the caller's ./runs
-    for name in ("charts_episodic_return", "eval_return_mean"):
+    for name in ("charts_episodic_return_last100", "eval_return_mean"):
         png = str(folder / f"ProofOfMemory-v0__{name}.png")
         assert png in written
         assert_valid_png(png)
@@ -86,12 +86,16 @@ def test_local_grid_builds_table_and_curves_from_event_files(tmp_path, monkeypat
     os.remove(tmp_path / "moved" / "results.md")
     learning.main(["--name", "moved", "--out", str(tmp_path), "--report-only"])
     assert (tmp_path / "moved" / "results.md").read_text() == markdown
+    # Both scripts log the mean return of the last 100 training episodes, the statistic of --source training.
+    learning.main(["--name", "moved", "--out", str(tmp_path), "--report-only", "--source", "training"])
+    for row in rows(tmp_path / "moved").values():
+        assert row["source"] == "training" and row["seeds_ok"] == 2 and 0 <= row["final_mean"] <= 1
 
 
 def test_failed_run_is_reported_with_its_error_line_through_the_submitit_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     learning.main(["--name", "bad", "--out", str(tmp_path), "--executor", "debug", "--env-ids", "ProofOfMemory-v0",
-                   "--seeds", "1", "--total-timesteps", "512", f"--flags={TINY}", "--variants", "ok=", "bad=--bogus-flag 3"])
+                   "--presets", "probe", "--seeds", "1", "--total-timesteps", "512", f"--flags={TINY}", "--variants", "ok=", "bad=--bogus-flag 3"])
     table = rows(tmp_path / "bad")
     assert table["ppo_trxl-ok"]["status"] == "ok" and table["ppo_trxl-ok"]["seeds_ok"] == 1
     bad = table["ppo_trxl-bad"]
@@ -114,7 +118,7 @@ def test_command_template_runs_side_by_side_with_reference_tags_read_as_ours(tmp
     assert (row["final_mean"], row["final_se"], row["best_mean"], row["steps"]) == (3.0, 1.0, 3.0, 1024)
     log = (tmp_path / "cmp" / "runs" / "fake__ProofOfMemory-v0__1" / "log.txt").read_text()
     assert "threads 1" in log
-    for name in ("charts_episodic_return", "charts_episodic_return__wall_time"):
+    for name in ("charts_episodic_return_last100", "charts_episodic_return_last100__wall_time"):
         assert_valid_png(tmp_path / "cmp" / f"ProofOfMemory-v0__{name}.png")
 
 

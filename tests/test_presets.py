@@ -11,7 +11,9 @@ import ppo_gru
 import ppo_trxl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PRESETS = sorted(glob.glob(os.path.join(ROOT, "configs", "*", "*.toml")))
+# Presets on one axis: configs/{paper,quick,probe}/{script}/{env_id}[-variant].toml.
+PRESETS = sorted(glob.glob(os.path.join(ROOT, "configs", "*", "*", "*.toml")))
+PROBE = sorted(glob.glob(os.path.join(ROOT, "configs", "probe", "*", "*.toml")))
 TINY_BUDGET = ["--num-envs", "2", "--num-steps", "8", "--num-minibatches", "2", "--update-epochs", "1",
                "--total-timesteps", "16", "--eval-interval", "0", "--checkpoint-interval", "0", "--no-cuda"]
 
@@ -20,17 +22,21 @@ def script_of(path: str):
     return {"ppo_trxl": ppo_trxl, "ppo_gru": ppo_gru}[os.path.basename(os.path.dirname(path))]
 
 
-def test_every_algorithm_and_memory_gym_id_has_a_preset():
-    ids = {os.path.basename(p)[: -len(".toml")] for p in PRESETS}
-    assert len(PRESETS) == 22
-    for algorithm in ("ppo_trxl", "ppo_gru"):
-        assert {os.path.basename(p)[: -len(".toml")] for p in glob.glob(os.path.join(ROOT, "configs", algorithm, "*.toml"))} == ids
+def test_presets_lie_on_one_axis_and_none_repeats_another():
+    assert {os.path.relpath(os.path.dirname(p), os.path.join(ROOT, "configs")) for p in PRESETS} == {
+        f"{kind}/{script}" for kind in ("paper", "quick", "probe") for script in ("ppo_trxl", "ppo_gru")}
+    assert not glob.glob(os.path.join(ROOT, "configs", "*.toml")) and not glob.glob(os.path.join(ROOT, "configs", "ppo_*"))
+    bodies = {}
+    for path in PRESETS:  # the settings, comments left out
+        body = tuple(line for line in open(path).read().splitlines() if line.strip() and not line.startswith("#"))
+        assert body not in bodies, f"{path} repeats {bodies.get(body)}"
+        bodies[body] = path
 
 
-@pytest.mark.parametrize("path", PRESETS, ids=[os.path.relpath(p, os.path.join(ROOT, "configs")) for p in PRESETS])
-def test_preset_parses_and_starts(path, tmp_path, monkeypatch):
+@pytest.mark.parametrize("path", PROBE, ids=[os.path.relpath(p, os.path.join(ROOT, "configs")) for p in PROBE])
+def test_probe_preset_parses_and_starts(path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert open(path).readline().startswith("# "), "a preset starts with a comment naming the result it targets"
+    assert open(path).readline().startswith("# "), "a preset starts with a comment naming what it is for"
     script = script_of(path)
     args = script.parse_args(["--config", path, *TINY_BUDGET])
     assert args.env_id == os.path.basename(path)[: -len(".toml")]
@@ -41,7 +47,7 @@ def test_preset_parses_and_starts(path, tmp_path, monkeypatch):
 @pytest.mark.parametrize("script", [ppo_trxl, ppo_gru], ids=["trxl", "gru"])
 def test_preset_with_an_unknown_key_fails_naming_it(script, tmp_path):
     preset = tmp_path / "typo.toml"
-    own = os.path.join(ROOT, "configs", script.__name__, "MortarMayhem-v0.toml")
+    own = os.path.join(ROOT, "configs", "paper", script.__name__, "MortarMayhem-v0.toml")
     preset.write_text(open(own).read() + "learning_rate = 0.1\n")
     with pytest.raises(SystemExit, match="unknown key 'learning_rate'"):
         script.parse_args(["--config", str(preset)])

@@ -24,7 +24,8 @@ SMALL = {
     ppo_gru: dict(rnn_hidden_size=16, embed_dim=16, hidden_dim=16),
 }
 SCRIPTS = pytest.mark.parametrize("script", [ppo_trxl, ppo_gru], ids=["trxl", "gru"])
-TINY = dict(env_id="ProofOfMemory-v0", num_envs=2, num_steps=8, num_minibatches=2, update_epochs=1, cuda=False)
+TINY = dict(env_id="ProofOfMemory-v0", num_envs=2, num_steps=8, num_minibatches=2, update_epochs=1, cuda=False,
+            eval_interval=0)  # the default evaluates at the end (the paper's schedule); FailingEnv never ends most episodes
 MARKER_MODULE = "planted_helpers"
 
 

@@ -66,7 +66,8 @@ def test_every_invalid_flag_is_refused_before_anything_starts(script, flags, mes
 @pytest.mark.parametrize("script, flags, message", [
     (ppo_trxl, ["--trxl-num-heads", "0"], "--trxl-num-heads must be >= 1"),
     (ppo_trxl, ["--trxl-dim", "0"], "--trxl-dim must be >= 1"),
-    (ppo_trxl, ["--trxl-dim", "30", "--trxl-num-heads", "4"], "--trxl-num-heads (4) must divide --trxl-dim (30)"),
+    (ppo_trxl, ["--trxl-dim", "30", "--trxl-num-heads", "4"], "--trxl-dim (30) must be divisible by 2 x --trxl-num-heads (4)"),
+    (ppo_trxl, ["--trxl-dim", "36", "--trxl-num-heads", "4"], "--trxl-dim (36) must be divisible by 2 x --trxl-num-heads (4)"),
     (ppo_gru, ["--rnn-hidden-size", "0"], "--rnn-hidden-size must be >= 1"),
     (ppo_gru, ["--sequence-length", "0"], "--sequence-length must be -1"),
 ])
@@ -74,6 +75,15 @@ def test_model_flags_are_refused_before_anything_starts(script, flags, message):
     with pytest.raises(SystemExit) as stopped:
         script.train(script.parse_args(["--env-id", "ProofOfMemory-v0", "--no-cuda", *flags]))
     assert message in str(stopped.value)
+    assert not os.path.exists("runs"), "a refused combination leaves no run folder"
+
+
+@SCRIPTS
+def test_an_env_the_script_refuses_leaves_no_run_folder(script):
+    # Checked only once the env exists (no image observations to film): still before the run folder.
+    with pytest.raises(SystemExit, match="has no image observations"):
+        script.train(script.parse_args(["--env-id", "ProofOfMemory-v0", "--no-cuda", "--capture-video"]))
+    assert not os.path.exists("runs")
 
 
 @SCRIPTS
