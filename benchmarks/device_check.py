@@ -85,15 +85,15 @@ def consistency(sizes, device: torch.device) -> list[dict]:
     return rows
 
 
-def throughput(sizes, extra: list[str], nproc: int = 1, scripts=tuple(SCRIPTS), precisions=PRECISIONS) -> list[dict]:
+def throughput(sizes, extra: list[str], nproc: int = 1, pairs=None) -> list[dict]:
+    """Per (script, precision) of `pairs` (default: every one), a few iterations in a process of its own."""
     rows = []
-    for name in scripts:
-        for precision in precisions:
-            options = SimpleNamespace(env_id=sizes.env_id, num_envs=sizes.num_envs, num_steps=sizes.num_steps,
-                                      iterations=sizes.iterations,
-                                      extra=" ".join(["--config", preset(name, sizes.env_id), *sizes.model[name], *extra]))  # fmt: skip
-            result = train_throughput.measure(options, name, nproc, f"--precision {precision}")
-            rows.append({"script": name, "precision": precision, "ranks": nproc, **result})
+    for name, precision in pairs or [(name, precision) for name in SCRIPTS for precision in PRECISIONS]:
+        flags = ["--config", preset(name, sizes.env_id), *sizes.model[name], *extra]
+        options = SimpleNamespace(env_id=sizes.env_id, num_envs=sizes.num_envs, num_steps=sizes.num_steps,
+                                  iterations=sizes.iterations, extra=" ".join(flags))  # fmt: skip
+        result = train_throughput.measure(options, name, nproc, f"--precision {precision}")
+        rows.append({"script": name, "precision": precision, "ranks": nproc, **result})
     return rows
 
 
@@ -182,14 +182,17 @@ def main() -> None:
         "gpus": torch.cuda.device_count() if cuda else 0,
         "sizes": f"{sizes.env_id}, {sizes.num_envs} envs x {sizes.num_steps} steps", "parts": {},
     }  # fmt: skip
+    # The smoke check runs each script and each precision once, and one pair of ranks on the CPU: the code
+    # paths, not figures.
+    timed = extra + ["--eval-interval", "0"]
+    smoke_pairs = [("ppo_trxl", "bfloat16"), ("ppo_gru", "float32")] if options.smoke else None
     jobs = {
         "consistency": lambda: {"rows": consistency(sizes, device)},
-        "throughput": lambda: {"rows": throughput(sizes, extra + ["--eval-interval", "0"])},
-        "memory": lambda: {"result": memory(sizes, extra + ["--eval-interval", "0"])},
-        # The smoke check runs one pair of ranks on the CPU: the torchrun code path, not a figure.
-        "ranks": lambda: {"rows": throughput(sizes, extra + ["--eval-interval", "0"], nproc=2)} if report["gpus"] >= 2
-        else {"rows": throughput(sizes, extra + ["--eval-interval", "0"], 2, ["ppo_gru"], ["float32"])} if options.smoke
-        else {"skipped": "one GPU"},
+        "throughput": lambda: {"rows": throughput(sizes, timed, pairs=smoke_pairs)},
+        "memory": lambda: {"result": memory(sizes, timed)},
+        "ranks": lambda: {"rows": throughput(sizes, timed, 2, [("ppo_gru", "float32")] if options.smoke else
+                                             [("ppo_trxl", "float32"), ("ppo_gru", "float32")])}
+        if report["gpus"] >= 2 or options.smoke else {"skipped": "one GPU"},
         "learning": lambda: {"result": learning(sizes, extra)},
     }
     for name in options.parts:
