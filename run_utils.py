@@ -370,8 +370,8 @@ def load_weights(module: torch.nn.Module, weights: dict, path: str) -> None:
         first = str(e).strip().splitlines()
         detail = " ".join(line.strip() for line in first[:3])
         fail(f"{path!r}: the weights do not match the model its args describe ({detail[:300]})")
-    weights = module.state_dict().items()
-    broken = next((name for name, w in weights if w.is_floating_point() and not w.isfinite().all()), None)
+    loaded = module.state_dict().items()
+    broken = next((name for name, w in loaded if w.is_floating_point() and not w.isfinite().all()), None)
     if broken is not None:
         fail(f"{path!r}: the weight {broken!r} holds NaN or infinite values")
 

@@ -16,6 +16,7 @@ outcome must be normal play (exit 0) or a one-line refusal (exit 1, one `error:`
 from __future__ import annotations
 
 import argparse
+import copy
 import glob
 import json
 import os
@@ -218,7 +219,7 @@ def fuzz(games: list[str], per_game: int, workers: int, seed: int, scope: str = 
             original = torch.load(os.path.join(run_folder, relative), weights_only=True)
             budget = int(original["global_step"]) + 128  # one more iteration
             for path, name, make in cases(_root(original, scope), per_game, rng):
-                data = mutated(torch.load(os.path.join(run_folder, relative), weights_only=True), scope, path, make)
+                data = mutated(copy.deepcopy(original), scope, path, make)
                 case = {"env_id": env_id, "leaf": ".".join(map(str, path)), "mutation": name}
                 jobs.append((case, run_folder, relative, data, budget))
         with ThreadPoolExecutor(max_workers=workers) as pool:
