@@ -21,14 +21,9 @@ Run `python ppo_trxl.py --help` for every flag.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import os
-import random
-import signal
-import sys
-import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,53 +33,24 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import tyro
-from torch.utils.tensorboard import SummaryWriter
 
+import run_utils
 from run_utils import (
     COMMON_RANGES,
-    DiskFull,
     EpisodeStats,
-    Heartbeat,
-    Interrupted,
-    StopNow,
-    VideoRecorder,
-    action_branches,
-    agree,
-    announce,
-    args_from_checkpoint,
+    Run,
     average_gradients,
     check_common_args,
-    check_resumable,
-    check_rollout_fits,
     checked_tensor,
-    checkpoint_due,
-    claim_run_folder,
-    crash_report,
     fail,
     final_observations,
-    flag_value,
-    format_duration,
-    gather,
-    last_checkpoint_note,
     leave_finished_rank,
-    load_checkpoint,
-    load_preset,
-    load_optimizer_state,
-    load_weights,
-    log_video,
-    make_envs,
     mean_across,
-    mean_of,
     observation_layout,
-    paper_preset,
-    report_resume,
     rng_state,
     run_on_ranks,
-    save_args,
-    save_atomically,
     set_rng_state,
     split_observation,
-    summarise,
 )
 
 
@@ -103,12 +69,9 @@ class Args:
     cuda: bool = True
     """if toggled, use CUDA when it is available"""
     precision: Literal["float32", "bfloat16", "auto"] = "float32"
-    """compute precision of the convolutions and matrix products. bfloat16 (autocast; normalisations,
-    softmax, heads, losses and the optimizer stay float32) is opt-in: on the quick Mystery Path Grid preset
-    (3 seeds, 150 k steps) it reached the same held-out success but a lower training return (0.46 vs 0.51), and
-    on the quick Mortar Mayhem Grid preset (3 seeds, 250 k steps) 1.63 instead of 1.82 commands, at 1.7x the
-    speed. auto: bfloat16 where the device computes it natively (CUDA GPUs from Ampere on, CPUs with
-    AVX512-BF16 or AMX), float32 elsewhere"""
+    """compute precision of the convolutions and matrix products. bfloat16 is autocast; normalisations,
+    softmax, heads, losses and the optimizer stay float32. auto: bfloat16 where the device computes it
+    natively (CUDA GPUs from Ampere on, CPUs with AVX512-BF16 or AMX), float32 elsewhere"""
     track: bool = False
     """if toggled, mirror the TensorBoard logs to Weights and Biases"""
     wandb_project_name: str = "memory-gym-baselines"
@@ -224,8 +187,6 @@ class Args:
     # Filled in at runtime (not flags)
     batch_size: tyro.conf.Suppress[int] = 0
     """the rollout size (num_envs * num_steps)"""
-    minibatch_size: tyro.conf.Suppress[int] = 0
-    """the minibatch size (batch_size // num_minibatches)"""
     num_iterations: tyro.conf.Suppress[int] = 0
     """the number of iterations (total_timesteps // (batch_size x world_size))"""
     world_size: tyro.conf.Suppress[int] = 1
@@ -239,8 +200,6 @@ class Args:
 # ---------------------------------------------------------------------------------------------
 # Command line and presets
 # ---------------------------------------------------------------------------------------------
-RUNTIME_FIELDS = ("config", "resume", "batch_size", "minibatch_size", "num_iterations", "world_size", "run_name",
-                  "ground_truth_size")
 # What a resumed run must keep: the rollout layout, the model and the environment.
 STRUCTURAL_FIELDS = (
     "env_id", "env_kwargs", "num_envs", "num_steps", "reconstruction_coef", "world_size",
@@ -263,22 +222,19 @@ RANGES = {
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    """tyro CLI on top of a checkpoint's args (`--resume`) or a `--config` preset; flags win."""
-    argv = sys.argv[1:] if argv is None else argv
-    defaults = Args()
-    if (path := flag_value(argv, "--resume")) is not None:
-        saved = args_from_checkpoint(load_checkpoint(path, "ppo_trxl"), path, Args, argv)
-        defaults = dataclasses.replace(defaults, **saved)
-    elif (path := flag_value(argv, "--config")) is not None:
-        defaults = dataclasses.replace(defaults, config=path, **load_preset(path, Args, RUNTIME_FIELDS))
-    elif (path := paper_preset("ppo_trxl", flag_value(argv, "--env-id"))) is not None:
-        # `--env-id` without a preset: the paper's run of that id (window, encoding horizon, budget, ...).
-        defaults = dataclasses.replace(defaults, config=path, **load_preset(path, Args, RUNTIME_FIELDS))
-    elif flag_value(argv, "--env-id") not in (None, defaults.env_id):
-        # An id the paper lacks: the defaults (the paper's agent and Mortar Mayhem Grid run), but its
-        # episode limit is unknown, so the absolute encoding encodes the episode step itself.
-        defaults = dataclasses.replace(defaults, trxl_positional_encoding_horizon=0)
-    return tyro.cli(Args, default=defaults, args=argv)
+    """tyro CLI on top of a checkpoint's args (`--resume`), a `--config` preset or the paper's run of `--env-id`;
+    flags win. An id the paper lacks has no known episode limit, so the absolute encoding encodes the step itself."""
+    return run_utils.parse_args(Args, "ppo_trxl", argv, unknown_id={"trxl_positional_encoding_horizon": 0})
+
+
+def check_args(args: Args) -> None:
+    check_common_args(args, RANGES)
+    if args.trxl_dim % (2 * args.trxl_num_heads) != 0:  # each head's slice splits into sine and cosine halves
+        fail(f"--trxl-dim ({args.trxl_dim}) must be divisible by 2 x --trxl-num-heads ({args.trxl_num_heads})")
+    if args.num_steps % args.num_minibatches != 0:
+        fail(f"--num-minibatches ({args.num_minibatches}) must divide --num-steps ({args.num_steps})")
+    if args.trxl_query_positional_encoding and args.trxl_positional_encoding != "absolute":
+        fail("--trxl-query-positional-encoding adds the absolute encoding; it needs --trxl-positional-encoding absolute")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,7 +262,7 @@ class Encoder(nn.Module):
     def __init__(self, image_shape: tuple[int, ...] | None, vector_size: int, dim: int):
         super().__init__()
         self.cnn = None
-        features = vector_size
+        flat_size = vector_size
         if image_shape is not None:
             self.cnn = nn.Sequential(
                 layer_init(nn.Conv2d(image_shape[2], 32, 8, stride=4)),
@@ -318,8 +274,8 @@ class Encoder(nn.Module):
                 nn.Flatten(),
             )
             with torch.no_grad():
-                features += self.cnn(torch.zeros(1, image_shape[2], *image_shape[:2])).shape[1]
-        self.embed = nn.Sequential(layer_init(nn.Linear(features, dim)), nn.ReLU())
+                flat_size += self.cnn(torch.zeros(1, image_shape[2], *image_shape[:2])).shape[1]
+        self.embed = nn.Sequential(layer_init(nn.Linear(flat_size, dim)), nn.ReLU())
 
     def forward(self, image: torch.Tensor | None, vector: torch.Tensor | None) -> torch.Tensor:
         parts = []
@@ -350,8 +306,8 @@ class Decoder(nn.Module):
             nn.Sigmoid(),
         )
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features).permute(0, 2, 3, 1)
+    def forward(self, memory_out: torch.Tensor) -> torch.Tensor:
+        return self.net(memory_out).permute(0, 2, 3, 1)
 
 
 def sinusoidal_encoding(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -458,9 +414,9 @@ def window_mask(query_slots: torch.Tensor, query_steps: torch.Tensor, num_keys: 
     return (distance >= 1) & (distance <= reach), distance
 
 
-def hidden_layer(features: int, hidden: int) -> nn.Module:
-    """A head's own Linear(features -> hidden) + ReLU before its outputs (the paper's agent)."""
-    return nn.Sequential(layer_init(nn.Linear(features, hidden)), nn.ReLU())
+def hidden_layer(width: int, hidden: int) -> nn.Module:
+    """A head's own Linear(width -> hidden) + ReLU before its outputs (the paper's agent)."""
+    return nn.Sequential(layer_init(nn.Linear(width, hidden)), nn.ReLU())
 
 
 class Agent(nn.Module):
@@ -557,23 +513,23 @@ class Agent(nn.Module):
                 x = layer(x, memories[i], bias, has_memory, relative)
             return x.float(), torch.stack(layer_inputs, dim=2)
 
-    def features(self, output: torch.Tensor) -> torch.Tensor:
-        """The body layer over the transformer's output: what the policy and value read."""
+    def features(self, memory_out: torch.Tensor) -> torch.Tensor:
+        """The body layer over the transformer's output (memory_out): what the policy and value read."""
         with self.autocast():
-            return self.post(output).float()
+            return self.post(memory_out).float()
 
-    def heads(self, output: torch.Tensor):
-        features = self.features(output)
+    def heads(self, memory_out: torch.Tensor):
+        features = self.features(memory_out)
         policy = self.actor_hidden(features)
         logits = [branch(policy) for branch in self.actor]
         return logits, self.critic(self.critic_hidden(features)).squeeze(-1)
 
-    def reconstruct(self, output: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, memory_out: torch.Tensor) -> torch.Tensor:
         with self.autocast():  # from the transformer's output, as the paper's agent
-            return self.decoder(output).float()
+            return self.decoder(memory_out).float()
 
-    def estimate_ground_truth(self, output: torch.Tensor) -> torch.Tensor:
-        return self.ground_truth(output)
+    def estimate_ground_truth(self, memory_out: torch.Tensor) -> torch.Tensor:
+        return self.ground_truth(memory_out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -636,14 +592,14 @@ def act(agent: Agent, ro: Rollout, cache: list, slot: int, device: torch.device)
     image, vector = to_device(ro.next_obs, device)
     window = [normalised[:, slot - agent.context : slot] for normalised in cache]
     query_slots = torch.full_like(ro.next_step, agent.context)[:, None]
-    output, layer_inputs = agent(
+    memory_out, layer_inputs = agent(
         None if image is None else image[:, None],
         None if vector is None else vector[:, None],
         window,
         query_slots,
         ro.next_step[:, None],
     )
-    logits, value = agent.heads(output[:, 0])
+    logits, value = agent.heads(memory_out[:, 0])
     return image, vector, logits, value, layer_inputs
 
 
@@ -743,13 +699,120 @@ def recompute(agent: Agent, ro: Rollout, sel: torch.Tensor):
     image = None if ro.images is None else ro.images[sel, envs_index]
     vector = None if ro.vectors is None else ro.vectors[sel, envs_index]
     memories = agent.normalise_memory(ro.memory, ro.memory_steps)
-    output, _ = agent(image, vector, memories, agent.context + sel, ro.steps[sel, envs_index])
-    logits, value = agent.heads(output)
+    memory_out, _ = agent(image, vector, memories, agent.context + sel, ro.steps[sel, envs_index])
+    logits, value = agent.heads(memory_out)
     actions = ro.actions[sel, envs_index]
     dists = [torch.distributions.Categorical(logits=l) for l in logits]
     logprob = torch.stack([d.log_prob(a) for d, a in zip(dists, actions.unbind(-1))], dim=-1)
     entropy = torch.stack([d.entropy() for d in dists], dim=-1).sum(-1)
-    return logprob, entropy, value, output, image
+    return logprob, entropy, value, memory_out, image
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+def train(args: Args) -> list[dict]:
+    """Run the experiment (on every rank under torchrun); returns the metrics logged at every iteration (on rank 0)."""
+    return run_on_ranks(args, run_training)
+
+
+def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
+    # The run around the algorithm (run_utils.Run): checks, seeds, run folder, logs, checkpoints, signals.
+    run = Run(args, "ppo_trxl", rank, device, STRUCTURAL_FIELDS, check_args)
+    envs, image_shape, vector_size, branches = run.make_envs()
+    agent = Agent(args, image_shape, vector_size, branches).to(device)
+    # Fused: one pass over the parameters per step instead of one per operation and tensor.
+    optimizer = torch.optim.AdamW(agent.parameters(), lr=args.init_lr, fused=device.type in ("cpu", "cuda"))
+    obs, info = envs.reset(seed=args.seed + rank * args.num_envs)  # distinct env seeds per rank
+    ro = new_rollout(agent, envs, args.num_steps, obs, device, info)
+    precision = "bfloat16" if computes_in_bfloat16(args.precision, device.type) else "float32"
+    # Resume when asked, then open the run folder, the logs and the signal handlers. Leaving the block
+    # closes them; an error leaves one line and names the last checkpoint.
+    with run.start(agent, optimizer, precision, save_rank=lambda: rank_state(envs, ro, run.stats, device),
+                   load_rank=lambda state: load_rank_state(state, envs, ro, run.stats, device)):
+        for iteration in run.iterations():  # each followed by a checkpoint when one is due
+            # Linear decay of learning rate and entropy coefficient in environment steps.
+            frac = max(0.0, 1.0 - run.global_step / args.anneal_steps)
+            lr = args.final_lr + (args.init_lr - args.final_lr) * frac
+            ent_coef = args.final_ent_coef + (args.init_ent_coef - args.final_ent_coef) * frac
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+            run.phase("rollout")
+            next_value = collect_rollout(agent, envs, ro, device, run.stats, run.recorder, args.gamma)
+            run.global_step += args.batch_size * args.world_size
+
+            run.phase("update")
+            advantages, returns = compute_advantages(args, ro, next_value)
+            # PPO update over stratified minibatches: each env contributes num_steps / num_minibatches steps.
+            envs_index = torch.arange(args.num_envs, device=device)[:, None]
+            logs = {key: [] for key in ("policy_loss", "value_loss", "entropy", "reconstruction_loss", "ground_truth_loss",
+                                        "old_approx_kl", "approx_kl", "clipfrac")}
+            for epoch in range(args.update_epochs):
+                for sel in stratified_minibatches(args, device):
+                    logprob, entropy, value, memory_out, image = recompute(agent, ro, sel)
+                    logratio = logprob - ro.logprobs[sel, envs_index]
+                    ratio = logratio.exp()
+                    with torch.no_grad():
+                        logs["old_approx_kl"].append((-logratio).mean().item())
+                        logs["approx_kl"].append(((ratio - 1) - logratio).mean().item())
+                        logs["clipfrac"].append(((ratio - 1.0).abs() > args.clip_coef).float().mean().item())
+
+                    mb_advantages = advantages[sel, envs_index]
+                    if args.norm_adv:
+                        mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+                    # The ratio is taken per action branch; the advantage is shared by the branches.
+                    mb_advantages = mb_advantages[..., None]
+                    pg_loss = torch.max(
+                        -mb_advantages * ratio, -mb_advantages * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)
+                    ).mean()
+
+                    mb_returns, mb_values = returns[sel, envs_index], ro.values[sel, envs_index]
+                    if args.clip_vloss:
+                        clipped = mb_values + (value - mb_values).clamp(-args.clip_coef, args.clip_coef)
+                        v_loss = torch.max((value - mb_returns) ** 2, (clipped - mb_returns) ** 2).mean()
+                    else:
+                        v_loss = ((value - mb_returns) ** 2).mean()
+                    entropy_loss = entropy.mean()
+                    loss = pg_loss - ent_coef * entropy_loss + args.vf_coef * v_loss
+
+                    if agent.decoder is not None:
+                        reconstruction = agent.reconstruct(memory_out.flatten(0, 1))
+                        r_loss = F.binary_cross_entropy(reconstruction, image.flatten(0, 1).float() / 255.0)
+                        loss = loss + args.reconstruction_coef * r_loss
+                        logs["reconstruction_loss"].append(r_loss.item())
+                    if agent.ground_truth is not None:
+                        gt_loss = F.mse_loss(agent.estimate_ground_truth(memory_out), ro.ground_truths[sel, envs_index])
+                        loss = loss + args.ground_truth_coef * gt_loss
+                        logs["ground_truth_loss"].append(gt_loss.item())
+
+                    optimizer.zero_grad()
+                    loss.backward()
+                    if args.world_size > 1:
+                        average_gradients(list(agent.parameters()), args.world_size)
+                    grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                    if not torch.isfinite(grad_norm):  # identical on every rank after averaging
+                        raise FloatingPointError(f"the loss or its gradient is {loss.item()} / {grad_norm.item()}")
+                    optimizer.step()
+                    logs["policy_loss"].append(pg_loss.item())
+                    logs["value_loss"].append(v_loss.item())
+                    logs["entropy"].append(entropy_loss.item())
+                # Every rank stops at the same epoch: the decision is taken on the KL averaged over ranks.
+                epoch_kl = logs["approx_kl"][-args.num_minibatches :]
+                if args.target_kl is not None and mean_across(np.mean(epoch_kl), args.world_size, device) > args.target_kl:
+                    break
+            if not all(torch.isfinite(p).all() for p in agent.parameters()):
+                raise FloatingPointError("a parameter became NaN or infinite")
+
+            y_pred, y_true = ro.values.flatten().cpu().numpy(), returns.flatten().cpu().numpy()
+            var_y = np.var(y_true)
+            metrics = {"charts/learning_rate": lr, "charts/entropy_coefficient": ent_coef,
+                       "losses/explained_variance": np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y}
+            metrics.update({f"losses/{key}": float(np.mean(values)) for key, values in logs.items() if values})
+            run.log(metrics, evaluate=lambda eval_envs: evaluate_policy(args, agent, eval_envs, device))
+        run.finish()
+    return run.history
+
 
 
 # ---------------------------------------------------------------------------------------------
@@ -803,6 +866,8 @@ def load_rank_state(state: dict, envs, ro: Rollout, stats: EpisodeStats, device)
         stats.restart()
         return False
     game.set_state(state["envs"])
+    if ro.ground_truths is not None:  # the restored envs' ground truth of their current observation
+        ro.next_ground_truth = torch.as_tensor(game.step_info()["ground_truth"], dtype=torch.float32, device=device)
     S = ro.values.shape[0]
     ro.memory[:, S:] = checked_tensor(state["memory_tail"], ro.memory[:, S:], "memory_tail")
     ro.memory_steps[:, S:] = checked_tensor(state["memory_steps_tail"], ro.memory_steps[:, S:], "memory_steps_tail")
@@ -814,318 +879,6 @@ def load_rank_state(state: dict, envs, ro: Rollout, stats: EpisodeStats, device)
         for part, saved in zip(ro.next_obs, state["next_obs"], strict=True)
     )
     return True
-
-
-# ---------------------------------------------------------------------------------------------
-# Training
-# ---------------------------------------------------------------------------------------------
-def check_args(args: Args) -> None:
-    check_common_args(args, RANGES)
-    if args.trxl_dim % (2 * args.trxl_num_heads) != 0:  # each head's slice splits into sine and cosine halves
-        fail(f"--trxl-dim ({args.trxl_dim}) must be divisible by 2 x --trxl-num-heads ({args.trxl_num_heads})")
-    if args.num_steps % args.num_minibatches != 0:
-        fail(f"--num-minibatches ({args.num_minibatches}) must divide --num-steps ({args.num_steps})")
-    if args.trxl_query_positional_encoding and args.trxl_positional_encoding != "absolute":
-        fail("--trxl-query-positional-encoding adds the absolute encoding; it needs --trxl-positional-encoding absolute")
-
-
-def train(args: Args) -> list[dict]:
-    """Run the experiment (on every rank under torchrun); returns the metrics logged at every iteration (on rank 0)."""
-    return run_on_ranks(args, run_training)
-
-
-def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
-    checkpoint = load_checkpoint(args.resume, "ppo_trxl") if args.resume else None
-    if checkpoint is not None:
-        check_resumable(checkpoint["args"], args, STRUCTURAL_FIELDS)
-    check_args(args)
-    args.batch_size = args.num_envs * args.num_steps
-    args.minibatch_size = args.batch_size // args.num_minibatches
-    args.num_iterations = args.total_timesteps // (args.batch_size * args.world_size)
-    main = rank == 0
-
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)  # the same initial parameters on every rank
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-
-    envs = make_envs(args, args.num_envs)
-    image_shape, vector_size = observation_layout(envs.single_observation_space, args.env_id)
-    check_rollout_fits(args, envs.single_observation_space)
-    if args.reconstruction_coef > 0 and image_shape is None:
-        fail(f"{args.env_id}: --reconstruction-coef needs image observations")
-    if args.capture_video and image_shape is None:
-        fail(f"{args.env_id} has no image observations, so --capture-video has nothing to film")
-    obs, info = envs.reset(seed=args.seed + rank * args.num_envs)  # distinct env seeds per rank
-    if args.ground_truth_coef > 0:
-        if "ground_truth" not in info:
-            fail(f"{args.env_id} reports no info['ground_truth'], which --ground-truth-coef estimates; "
-                 "the Endless ids (Endless-MortarMayhem-v0, Endless-MysteryPath-v0, Endless-SearingSpotlights-v0) do")
-        args.ground_truth_size = int(np.asarray(info["ground_truth"]).reshape(args.num_envs, -1).shape[1])
-    agent = Agent(args, image_shape, vector_size, action_branches(envs.single_action_space, args.env_id)).to(device)
-    # Only now, after every check (flags, env, agent), is anything written.
-    run_folder = claim_run_folder(args, checkpoint is not None, main)
-    # Fused: one pass over the parameters per step instead of one per operation and tensor.
-    optimizer = torch.optim.AdamW(agent.parameters(), lr=args.init_lr, fused=device.type in ("cpu", "cuda"))
-    if rank > 0:
-        torch.manual_seed(args.seed + rank)  # each rank samples its own actions
-    ro = new_rollout(agent, envs, args.num_steps, obs, device, info)
-    stats = EpisodeStats(args.num_envs)
-    iteration, global_step = 0, 0
-    if checkpoint is not None:
-        load_weights(agent, checkpoint.get("model"), args.resume)
-        try:
-            load_optimizer_state(optimizer, checkpoint["optimizer"])
-            iteration, global_step = int(checkpoint["iteration"]), int(checkpoint["global_step"])
-            envs_restored = load_rank_state(checkpoint["ranks"][rank], envs, ro, stats, device)
-        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
-            fail(f"checkpoint {args.resume!r} is damaged ({type(e).__name__}: {e})")
-        if envs_restored and ro.ground_truths is not None:  # the restored envs' ground truth of their current observation
-            ro.next_ground_truth = torch.as_tensor(envs.unwrapped.game.step_info()["ground_truth"], dtype=torch.float32, device=device)
-        if main:
-            report_resume(args, iteration, global_step, envs_restored)
-
-    writer, wandb = None, None
-    if main:
-        if args.track:
-            import wandb
-
-            wandb.init(
-                project=args.wandb_project_name,
-                entity=args.wandb_entity,
-                sync_tensorboard=True,
-                config=vars(args),
-                name=args.run_name,
-                id=args.run_name.replace("/", "-"),
-                resume="allow",
-                save_code=True,
-            )
-        # Resuming appends to the same run; events logged after the checkpoint are dropped.
-        writer = SummaryWriter(run_folder, purge_step=global_step + 1 if checkpoint else None)
-        if checkpoint is None:
-            save_args(run_folder, args)
-            writer.add_text(
-                "hyperparameters",
-                "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in vars(args).items()),
-            )
-    eval_envs = make_envs(args, args.eval_seeds, evaluation=True) if main and args.eval_interval else None
-    recorder = None
-    if main and args.capture_video:
-        recorder = VideoRecorder(os.path.join("videos", args.run_name), envs.metadata.get("render_fps", 25))
-    checkpoint_path = os.path.join(run_folder, "checkpoint.pt")
-
-    def write_checkpoint() -> None:
-        states = gather(rank_state(envs, ro, stats, device), args.world_size)
-        if main:
-            payload = {
-                "format": "ppo_trxl-checkpoint-1",
-                "args": vars(args),
-                "iteration": iteration,
-                "global_step": global_step,
-                "model": agent.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "ranks": states,
-            }
-            save_atomically(payload, checkpoint_path)
-
-    # SIGINT / SIGTERM: finish the iteration, write a checkpoint, then stop.
-    stop = {"signal": 0}
-
-    def request_stop(signum, frame):
-        if stop["signal"]:
-            raise StopNow(signum)
-        stop["signal"] = signum
-        if main:
-            print(f"\nreceived signal {signum}: stopping after this iteration with a checkpoint", flush=True)
-
-    previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    if main:
-        precision = "bfloat16" if computes_in_bfloat16(args.precision, device.type) else "float32"
-        announce(args, device, precision, sum(p.numel() for p in agent.parameters()), run_folder)
-    history = []
-    start_time, start_step = time.time(), global_step
-    last_checkpoint = start_time
-    heartbeat = Heartbeat(enabled=main)
-    try:
-        while iteration < args.num_iterations:
-            iteration += 1
-            # Linear decay of learning rate and entropy coefficient in environment steps.
-            frac = max(0.0, 1.0 - global_step / args.anneal_steps)
-            lr = args.final_lr + (args.init_lr - args.final_lr) * frac
-            ent_coef = args.final_ent_coef + (args.init_ent_coef - args.final_ent_coef) * frac
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-
-            heartbeat.phase(f"iteration {iteration}: collecting the rollout")
-            rollout_start = time.time()
-            next_value = collect_rollout(agent, envs, ro, device, stats, recorder, args.gamma)
-            global_step += args.batch_size * args.world_size
-            rollout_time = time.time() - rollout_start
-            advantages, returns = compute_advantages(args, ro, next_value)
-
-            # PPO update over stratified minibatches: each env contributes num_steps / num_minibatches steps.
-            heartbeat.phase(f"iteration {iteration}: updating")
-            update_start = time.time()
-            envs_index = torch.arange(args.num_envs, device=device)[:, None]
-            logs = {key: [] for key in ("policy", "value", "entropy", "reconstruction", "ground_truth", "old_approx_kl", "approx_kl", "clipfrac")}
-            for epoch in range(args.update_epochs):
-                for sel in stratified_minibatches(args, device):
-                    logprob, entropy, value, output, image = recompute(agent, ro, sel)
-                    logratio = logprob - ro.logprobs[sel, envs_index]
-                    ratio = logratio.exp()
-                    with torch.no_grad():
-                        logs["old_approx_kl"].append((-logratio).mean().item())
-                        logs["approx_kl"].append(((ratio - 1) - logratio).mean().item())
-                        logs["clipfrac"].append(((ratio - 1.0).abs() > args.clip_coef).float().mean().item())
-
-                    mb_advantages = advantages[sel, envs_index]
-                    if args.norm_adv:
-                        mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
-                    # The ratio is taken per action branch; the advantage is shared by the branches.
-                    mb_advantages = mb_advantages[..., None]
-                    pg_loss = torch.max(
-                        -mb_advantages * ratio, -mb_advantages * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)
-                    ).mean()
-
-                    mb_returns, mb_values = returns[sel, envs_index], ro.values[sel, envs_index]
-                    if args.clip_vloss:
-                        clipped = mb_values + (value - mb_values).clamp(-args.clip_coef, args.clip_coef)
-                        v_loss = torch.max((value - mb_returns) ** 2, (clipped - mb_returns) ** 2).mean()
-                    else:
-                        v_loss = ((value - mb_returns) ** 2).mean()
-                    entropy_loss = entropy.mean()
-                    loss = pg_loss - ent_coef * entropy_loss + args.vf_coef * v_loss
-
-                    if agent.decoder is not None:
-                        reconstruction = agent.reconstruct(output.flatten(0, 1))
-                        r_loss = F.binary_cross_entropy(reconstruction, image.flatten(0, 1).float() / 255.0)
-                        loss = loss + args.reconstruction_coef * r_loss
-                        logs["reconstruction"].append(r_loss.item())
-                    if agent.ground_truth is not None:
-                        gt_loss = F.mse_loss(agent.estimate_ground_truth(output), ro.ground_truths[sel, envs_index])
-                        loss = loss + args.ground_truth_coef * gt_loss
-                        logs["ground_truth"].append(gt_loss.item())
-
-                    optimizer.zero_grad()
-                    loss.backward()
-                    if args.world_size > 1:
-                        average_gradients(list(agent.parameters()), args.world_size)
-                    grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
-                    if not torch.isfinite(grad_norm):  # identical on every rank after averaging
-                        raise FloatingPointError(f"the loss or its gradient is {loss.item()} / {grad_norm.item()}")
-                    optimizer.step()
-                    logs["policy"].append(pg_loss.item())
-                    logs["value"].append(v_loss.item())
-                    logs["entropy"].append(entropy_loss.item())
-                # Every rank stops at the same epoch: the decision is taken on the KL averaged over ranks.
-                epoch_kl = logs["approx_kl"][-args.num_minibatches :]
-                if args.target_kl is not None and mean_across(np.mean(epoch_kl), args.world_size, device) > args.target_kl:
-                    break
-            if not all(torch.isfinite(p).all() for p in agent.parameters()):
-                raise FloatingPointError("a parameter became NaN or infinite")
-            update_time = time.time() - update_start
-
-            # Logging (episode statistics of every rank, written once)
-            new_episodes = [e for episodes in gather(stats.take_new(), args.world_size) for e in episodes]
-            recent = [e for episodes in gather(list(stats.recent), args.world_size) for e in episodes]
-            if main:
-                y_pred, y_true = ro.values.flatten().cpu().numpy(), returns.flatten().cpu().numpy()
-                var_y = np.var(y_true)
-                sps = int((global_step - start_step) / (time.time() - start_time))
-                metrics = {
-                    "charts/SPS": sps,
-                    "charts/rollout_SPS": int(args.batch_size * args.world_size / rollout_time),
-                    "charts/update_SPS": int(args.batch_size * args.world_size / update_time),
-                    "charts/learning_rate": lr,
-                    "charts/entropy_coefficient": ent_coef,
-                    "losses/explained_variance": np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y,
-                }
-                names = {"policy": "policy_loss", "value": "value_loss", "reconstruction": "reconstruction_loss",
-                         "ground_truth": "ground_truth_loss"}
-                for key, values in logs.items():
-                    if values:
-                        metrics[f"losses/{names.get(key, key)}"] = float(np.mean(values))
-                if recent:  # the statistic the published PPO-TrXL logs (episode/r_mean): rows side by side use it
-                    metrics["charts/episodic_return_last100"] = mean_of(recent, "return")
-                if new_episodes:
-                    metrics["charts/episodic_return"] = mean_of(new_episodes, "return")
-                    metrics["charts/episodic_length"] = mean_of(new_episodes, "length")
-                    for key in sorted({k for e in new_episodes for k in e} - {"return", "length"}):
-                        metrics[f"episode/{key}"] = mean_of(new_episodes, key)
-                if eval_envs is not None and (iteration % args.eval_interval == 0 or iteration == args.num_iterations):
-                    for key, value in summarise(evaluate_policy(args, agent, eval_envs, device)).items():
-                        metrics[f"eval/{key}"] = value
-                for key, value in metrics.items():
-                    writer.add_scalar(key, value, global_step)
-                for episode, path, frames in recorder.finished if recorder else []:
-                    log_video(writer, "videos/agent_and_ground_truth", frames, global_step, recorder.fps)
-                    if wandb is not None:
-                        wandb.log({"videos/agent_and_ground_truth": wandb.Video(path, format="mp4")}, commit=False)
-                if recorder:
-                    recorder.finished.clear()
-                history.append({"global_step": global_step, **metrics})
-
-                recent_return = mean_of(recent, "return")
-                eta = (args.num_iterations - iteration) * args.batch_size * args.world_size / max(sps, 1)
-                evaluation = f" | eval {metrics['eval/return_mean']:.3f}" if "eval/return_mean" in metrics else ""
-                print(
-                    f"iter {iteration}/{args.num_iterations} | step {global_step:,} | SPS {sps:,} "
-                    f"| return {'n/a' if recent_return is None else f'{recent_return:.3f}'}{evaluation} "
-                    f"| pi {metrics['losses/policy_loss']:.4f} | v {metrics['losses/value_loss']:.4f} "
-                    f"| entropy {metrics['losses/entropy']:.3f} | ETA {format_duration(eta)}",
-                    flush=True,
-                )
-
-            heartbeat.phase(None)
-            # Stop on a signal to any rank. Checkpoint after the first iteration, then whenever
-            # --checkpoint-minutes have passed or on --checkpoint-interval, at the end and when stopping.
-            stopping = agree(bool(stop["signal"]), args.world_size, device)
-            if agree(checkpoint_due(iteration, args, last_checkpoint), args.world_size, device) or stopping:
-                write_checkpoint()
-                last_checkpoint = time.time()
-                if main and (stopping or args.checkpoint_interval or iteration == args.num_iterations):
-                    print(f"checkpoint written to {checkpoint_path}", flush=True)
-            if stopping:
-                raise Interrupted
-
-        if args.world_size > 1:
-            sums = gather(float(sum(p.detach().double().sum() for p in agent.parameters())), args.world_size)
-            if len(set(sums)) != 1:
-                raise RuntimeError(f"parameters differ between ranks: {sums}")
-            if main:
-                print(f"parameters identical on all {args.world_size} ranks", flush=True)
-        if main and args.save_model:
-            save_model(args, agent, os.path.join(run_folder, f"{args.exp_name}.cleanrl_model"))
-    except Interrupted:
-        raise SystemExit(128 + stop["signal"])
-    except StopNow as e:
-        print(f"stopped at once by a second signal; {last_checkpoint_note(checkpoint_path)}", file=sys.stderr, flush=True)
-        raise SystemExit(128 + e.signum)
-    except FloatingPointError as e:
-        fail(f"training diverged at step {global_step:,} ({e}); {last_checkpoint_note(checkpoint_path, 'good ')}")
-    except DiskFull as e:
-        fail(f"{e}; no partial file was left and {last_checkpoint_note(checkpoint_path)}: free some space")
-    except Exception as e:
-        fail(crash_report(e, run_folder, iteration, checkpoint_path))
-    finally:
-        heartbeat.stop()
-        for s, handler in previous_handlers.items():
-            signal.signal(s, handler)
-        envs.close()
-        if eval_envs is not None:
-            eval_envs.close()
-        if writer is not None:
-            writer.close()
-        if wandb is not None:
-            wandb.finish()
-    return history
-
-
-def save_model(args: Args, agent: Agent, path: str) -> None:
-    """Write weights and args atomically."""
-    save_atomically({"algorithm": "ppo_trxl", "model_weights": agent.state_dict(), "args": vars(args)}, path)
-    print(f"model saved to {path}")
-
 
 if __name__ == "__main__":
     args = parse_args()

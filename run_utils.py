@@ -1,5 +1,8 @@
 """Run plumbing shared by `ppo_trxl.py`, `ppo_gru.py` and `enjoy.py` (no algorithm here).
 
+- The run life cycle (`Run`, at the end of this file): the checks, seeds, run folder, TensorBoard and
+  W&B, held-out evaluation envs, videos, signals, heartbeat, checkpoint schedule, progress line, crash
+  report and data-parallel ranks around a script's training loop.
 - Presets and files: every value read from a preset or a checkpoint is checked against the script's
   `Args` field types; checkpoints and saved models are read with `torch.load(weights_only=True)`
   and nothing read from a file may name code: the algorithm maps through a fixed table, a
@@ -23,6 +26,7 @@ import json
 import os
 import random
 import re
+import signal
 import sys
 import threading
 import time
@@ -35,6 +39,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.distributed as dist
+import tyro
+from torch.utils.tensorboard import SummaryWriter
 
 import envs  # noqa: F401  (registers the environment ids with gymnasium)
 
@@ -44,6 +50,10 @@ CHECKPOINT_FORMATS = {"ppo_trxl-checkpoint-1": "ppo_trxl", "ppo_gru-checkpoint-1
 ALGORITHMS = ("ppo_trxl", "ppo_gru")
 # Taken from the command line only, never from a checkpoint: who the run reports to.
 COMMAND_LINE_ONLY = ("track", "wandb_project_name", "wandb_entity", "config", "resume")
+# Fields of `Args` that the run fills in: no preset may set them.
+RUNTIME_FIELDS = ("config", "resume", "batch_size", "num_iterations", "world_size", "run_name", "ground_truth_size")
+# Fields that older checkpoints hold and that no longer exist: ignored when resuming.
+RETIRED_FIELDS = ("minibatch_size",)
 
 
 def fail(message: str) -> None:
@@ -108,6 +118,22 @@ def load_preset(path: str, args_cls: type, refused: tuple[str, ...]) -> dict:
     return checked_values(preset, args_cls, f"config file {path!r}", refused)
 
 
+def parse_args(args_cls: type, script: str, argv: list[str] | None, unknown_id: dict | None = None):
+    """tyro CLI on top of a checkpoint's args (`--resume`), a `--config` preset, or else the paper's run of
+    `--env-id` (`configs/paper/{script}/{id}.toml`); flags win. `unknown_id`: the defaults an id without a
+    paper preset gets."""
+    argv = sys.argv[1:] if argv is None else argv
+    defaults = args_cls()
+    if (path := flag_value(argv, "--resume")) is not None:
+        saved = args_from_checkpoint(load_checkpoint(path, script), path, args_cls, argv)
+        defaults = dataclasses.replace(defaults, **saved)
+    elif (path := flag_value(argv, "--config")) is not None or (path := paper_preset(script, flag_value(argv, "--env-id"))):
+        defaults = dataclasses.replace(defaults, config=path, **load_preset(path, args_cls, RUNTIME_FIELDS))
+    elif flag_value(argv, "--env-id") not in (None, defaults.env_id):
+        defaults = dataclasses.replace(defaults, **(unknown_id or {}))
+    return tyro.cli(args_cls, default=defaults, args=argv)
+
+
 def paper_preset(script: str, env_id: str | None) -> str | None:
     """`configs/paper/{script}/{env_id}.toml`, the paper's run of that id, where the paper has one."""
     if not env_id or not re.fullmatch(r"[A-Za-z0-9_.-]+", env_id):  # e.g. `module:EnvId-v0`: a third-party id
@@ -147,7 +173,7 @@ def args_from_checkpoint(checkpoint: dict, path: str, args_cls: type, argv: list
     saved = checkpoint.get("args")
     if not isinstance(saved, dict):
         fail(f"checkpoint {path!r}: its args are missing or damaged")
-    saved = {k: v for k, v in saved.items() if k not in COMMAND_LINE_ONLY}
+    saved = {k: v for k, v in saved.items() if k not in COMMAND_LINE_ONLY + RETIRED_FIELDS}
     run_name = saved.pop("run_name", "")
     values = checked_values(saved, args_cls, f"checkpoint {path!r}", ())
     values["run_name"] = plain_name(run_name, f"checkpoint {path!r}: run_name")
@@ -560,6 +586,22 @@ def action_branches(space: gym.Space, env_id: str) -> list[int]:
     fail(f"{env_id}: incompatible action space {space}; supported are Discrete and MultiDiscrete")
 
 
+def ground_truth_size(envs: gym.vector.VectorEnv, env_id: str) -> int:
+    """The size of the env's `info["ground_truth"]`, declared as `ground_truth_space` (Memory Gym's convention)."""
+    game = getattr(envs.unwrapped, "game", None)
+    if game is not None:
+        space = game.ground_truth_space
+    else:
+        try:
+            space = envs.get_attr("ground_truth_space")[0]
+        except AttributeError:
+            space = None
+    if space is None:
+        fail(f"{env_id}: --ground-truth-coef needs an environment that reports info['ground_truth'] "
+             "(Endless-MortarMayhem-v0, Endless-MysteryPath-v0, Endless-SearingSpotlights-v0)")
+    return int(np.prod(space.shape))
+
+
 def split_observation(obs, space: gym.Space) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Batched observation -> (images uint8 or None, vectors float32 or None)."""
     parts = list(obs.values()) if isinstance(space, gym.spaces.Dict) else [obs]
@@ -926,3 +968,243 @@ def crash_report(error: Exception, run_folder: str, iteration: int, checkpoint_p
         f"training stopped in iteration {iteration} by {type(error).__name__}: {first_line} ({where}); "
         f"{last_checkpoint_note(checkpoint_path)}"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# The run life cycle: everything around the algorithm, in the order a run meets it
+# ---------------------------------------------------------------------------------------------
+class Run:
+    """One training run on one rank, apart from the algorithm. A script drives it in a few lines:
+
+        run = Run(args, "ppo_trxl", rank, device, STRUCTURAL_FIELDS, check_args)  # checks, sizes, seeds
+        envs, image_shape, vector_size, branches = run.make_envs()
+        ...  # the agent, the optimizer, the rollout storage
+        with run.start(agent, optimizer, precision, save_rank, load_rank):
+            for iteration in run.iterations():  # each one followed by a checkpoint when due
+                run.phase("rollout"); ...; run.global_step += steps
+                run.phase("update"); ...
+                run.log(metrics, evaluate)
+            run.finish()
+        return run.history
+
+    `start` loads a resumed run (weights, optimizer, each rank's state through `load_rank`), then claims
+    the run folder, opens TensorBoard and W&B, the held-out evaluation envs and the video recorder, and
+    takes over SIGINT / SIGTERM: a first signal finishes the iteration and writes a checkpoint, a second
+    stops at once. Leaving the `with` block closes all of it; an error leaves one line, a traceback in
+    `error.log` and the last checkpoint's name.
+    """
+
+    def __init__(self, args, script: str, rank: int, device: torch.device, structural_fields: tuple[str, ...],
+                 check_args: Callable[[Any], None]):
+        self.args, self.script, self.rank, self.device = args, script, rank, device
+        self.main = rank == 0
+        self.checkpoint = load_checkpoint(args.resume, script) if args.resume else None
+        if self.checkpoint is not None:
+            check_resumable(self.checkpoint["args"], args, structural_fields)
+        check_args(args)
+        args.batch_size = args.num_envs * args.num_steps
+        args.num_iterations = args.total_timesteps // (args.batch_size * args.world_size)
+        random.seed(args.seed)
+        np.random.seed(args.seed)
+        torch.manual_seed(args.seed)  # the same initial parameters on every rank
+        torch.backends.cudnn.deterministic = args.torch_deterministic
+        self.iteration, self.global_step, self.history = 0, 0, []
+        self.stats = EpisodeStats(args.num_envs)
+        self.envs = self.eval_envs = self.writer = self.wandb = self.recorder = None
+        self.heartbeat, self.signal, self.previous_handlers = Heartbeat(enabled=self.main), 0, {}
+        self.current, self.durations = None, {}
+
+    def make_envs(self) -> tuple[gym.vector.VectorEnv, tuple[int, ...] | None, int, list[int]]:
+        """The training envs, checked against the flags: (envs, image shape or None, vector size, action branches)."""
+        args = self.args
+        self.envs = envs = make_envs(args, args.num_envs)
+        image_shape, vector_size = observation_layout(envs.single_observation_space, args.env_id)
+        check_rollout_fits(args, envs.single_observation_space)
+        if args.reconstruction_coef > 0 and image_shape is None:
+            fail(f"{args.env_id}: --reconstruction-coef needs image observations")
+        if args.capture_video and image_shape is None:
+            fail(f"{args.env_id} has no image observations, so --capture-video has nothing to film")
+        if args.ground_truth_coef > 0:
+            args.ground_truth_size = ground_truth_size(envs, args.env_id)
+        return envs, image_shape, vector_size, action_branches(envs.single_action_space, args.env_id)
+
+    def start(self, agent: torch.nn.Module, optimizer, precision: str, save_rank: Callable[[], dict],
+              load_rank: Callable[[dict], bool]) -> "Run":
+        """Resume (when asked), then open the run folder, the logs, the evaluation envs and the signal handlers."""
+        args, checkpoint = self.args, self.checkpoint
+        self.agent, self.optimizer, self.save_rank = agent, optimizer, save_rank
+        # Only now, after every check (flags, env, agent), is anything written.
+        self.folder = claim_run_folder(args, checkpoint is not None, self.main)
+        self.checkpoint_path = os.path.join(self.folder, "checkpoint.pt")
+        if self.rank > 0:
+            torch.manual_seed(args.seed + self.rank)  # each rank samples its own actions
+        if checkpoint is not None:
+            load_weights(agent, checkpoint.get("model"), args.resume)
+            try:
+                load_optimizer_state(optimizer, checkpoint["optimizer"])
+                self.iteration, self.global_step = int(checkpoint["iteration"]), int(checkpoint["global_step"])
+                envs_restored = load_rank(checkpoint["ranks"][self.rank])
+            except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+                fail(f"checkpoint {args.resume!r} is damaged ({type(e).__name__}: {e})")
+            if self.main:
+                report_resume(args, self.iteration, self.global_step, envs_restored)
+        if self.main:
+            self._open_logs()
+            if args.eval_interval:
+                self.eval_envs = make_envs(args, args.eval_seeds, evaluation=True)
+            if args.capture_video:
+                self.recorder = VideoRecorder(os.path.join("videos", args.run_name), self.envs.metadata.get("render_fps", 25))
+        self.previous_handlers = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        if self.main:
+            announce(args, self.device, precision, sum(p.numel() for p in agent.parameters()), self.folder)
+        self.started, self.start_step, self.last_checkpoint = time.time(), self.global_step, time.time()
+        return self
+
+    def _open_logs(self) -> None:
+        args = self.args
+        if args.track:
+            import wandb
+
+            wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
+                       name=args.run_name, id=args.run_name.replace("/", "-"), resume="allow", save_code=True)
+            self.wandb = wandb
+        # Resuming appends to the same run; events logged after the checkpoint are dropped.
+        self.writer = SummaryWriter(self.folder, purge_step=self.global_step + 1 if self.checkpoint else None)
+        if self.checkpoint is None:
+            save_args(self.folder, args)
+            table = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
+            self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
+
+    def _request_stop(self, signum, frame) -> None:
+        if self.signal:
+            raise StopNow(signum)
+        self.signal = signum
+        if self.main:
+            print(f"\nreceived signal {signum}: stopping after this iteration with a checkpoint", flush=True)
+
+    def iterations(self):
+        """The iteration numbers left. After each: a checkpoint after the first, every --checkpoint-interval
+        iterations, once --checkpoint-minutes have passed, at the end and on a signal to any rank (then it stops)."""
+        args = self.args
+        while self.iteration < args.num_iterations:
+            self.iteration += 1
+            yield self.iteration
+            self.heartbeat.phase(None)
+            stopping = agree(bool(self.signal), args.world_size, self.device)
+            if agree(checkpoint_due(self.iteration, args, self.last_checkpoint), args.world_size, self.device) or stopping:
+                self.write_checkpoint()
+                self.last_checkpoint = time.time()
+                if self.main and (stopping or args.checkpoint_interval or self.iteration == args.num_iterations):
+                    print(f"checkpoint written to {self.checkpoint_path}", flush=True)
+            if stopping:
+                raise Interrupted
+
+    def phase(self, name: str | None) -> None:
+        """Name what the iteration does now ("rollout", "update"; None: neither). The heartbeat says it while
+        it lasts, and its duration gives `charts/{name}_SPS`."""
+        now = time.time()
+        if self.current is not None:
+            self.durations[self.current[0]] = now - self.current[1]
+        self.current = None if name is None else (name, now)
+        self.heartbeat.phase(None if name is None else f"iteration {self.iteration}: {name}")
+
+    def write_checkpoint(self) -> None:
+        states = gather(self.save_rank(), self.args.world_size)
+        if self.main:
+            save_atomically({
+                "format": f"{self.script}-checkpoint-1",
+                "args": vars(self.args),
+                "iteration": self.iteration,
+                "global_step": self.global_step,
+                "model": self.agent.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "ranks": states,
+            }, self.checkpoint_path)
+
+    def log(self, metrics: dict[str, float], evaluate: Callable[[gym.vector.VectorEnv], list[dict]]) -> None:
+        """Write one iteration's metrics with the speeds, the episodes every rank finished and, on the
+        --eval-interval schedule, `evaluate(eval_envs)`'s held-out episodes; print the progress line."""
+        args, step = self.args, self.global_step
+        self.phase(None)
+        new_episodes = [e for episodes in gather(self.stats.take_new(), args.world_size) for e in episodes]
+        recent = [e for episodes in gather(list(self.stats.recent), args.world_size) for e in episodes]
+        if not self.main:
+            return
+        steps = args.batch_size * args.world_size
+        sps = int((step - self.start_step) / (time.time() - self.started))
+        metrics = {
+            "charts/SPS": sps,
+            "charts/rollout_SPS": int(steps / self.durations["rollout"]),
+            "charts/update_SPS": int(steps / self.durations["update"]),
+            **metrics,
+        }
+        if recent:  # the statistic the published PPO-TrXL logs (episode/r_mean): rows side by side use it
+            metrics["charts/episodic_return_last100"] = mean_of(recent, "return")
+        if new_episodes:
+            metrics["charts/episodic_return"] = mean_of(new_episodes, "return")
+            metrics["charts/episodic_length"] = mean_of(new_episodes, "length")
+            for key in sorted({k for e in new_episodes for k in e} - {"return", "length"}):
+                metrics[f"episode/{key}"] = mean_of(new_episodes, key)
+        if self.eval_envs is not None and (self.iteration % args.eval_interval == 0 or self.iteration == args.num_iterations):
+            for key, value in summarise(evaluate(self.eval_envs)).items():
+                metrics[f"eval/{key}"] = value
+        for key, value in metrics.items():
+            self.writer.add_scalar(key, value, step)
+        for episode, path, frames in self.recorder.finished if self.recorder else []:
+            log_video(self.writer, "videos/agent_and_ground_truth", frames, step, self.recorder.fps)
+            if self.wandb is not None:
+                self.wandb.log({"videos/agent_and_ground_truth": self.wandb.Video(path, format="mp4")}, commit=False)
+        if self.recorder:
+            self.recorder.finished.clear()
+        self.history.append({"global_step": step, **metrics})
+
+        recent_return = mean_of(recent, "return")
+        eta = (args.num_iterations - self.iteration) * steps / max(sps, 1)
+        evaluation = f" | eval {metrics['eval/return_mean']:.3f}" if "eval/return_mean" in metrics else ""
+        print(
+            f"iter {self.iteration}/{args.num_iterations} | step {step:,} | SPS {sps:,} "
+            f"| return {'n/a' if recent_return is None else f'{recent_return:.3f}'}{evaluation} "
+            f"| pi {metrics['losses/policy_loss']:.4f} | v {metrics['losses/value_loss']:.4f} "
+            f"| entropy {metrics['losses/entropy']:.3f} | ETA {format_duration(eta)}",
+            flush=True,
+        )
+
+    def finish(self) -> None:
+        """After the last iteration: check that every rank holds the same parameters; save the model if asked."""
+        args, parameters = self.args, list(self.agent.parameters())
+        if args.world_size > 1:
+            sums = gather(float(sum(p.detach().double().sum() for p in parameters)), args.world_size)
+            if len(set(sums)) != 1:
+                raise RuntimeError(f"parameters differ between ranks: {sums}")
+            if self.main:
+                print(f"parameters identical on all {args.world_size} ranks", flush=True)
+        if self.main and args.save_model:
+            path = os.path.join(self.folder, f"{args.exp_name}.cleanrl_model")
+            save_atomically({"algorithm": self.script, "model_weights": self.agent.state_dict(), "args": vars(args)}, path)
+            print(f"model saved to {path}")
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        self.heartbeat.stop()
+        for s, handler in self.previous_handlers.items():
+            signal.signal(s, handler)
+        for closable in (self.envs, self.eval_envs, self.writer):
+            if closable is not None:
+                closable.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+        if error is None or isinstance(error, SystemExit):
+            return
+        if isinstance(error, Interrupted):
+            raise SystemExit(128 + self.signal)
+        if isinstance(error, StopNow):
+            print(f"stopped at once by a second signal; {last_checkpoint_note(self.checkpoint_path)}", file=sys.stderr, flush=True)
+            raise SystemExit(128 + error.signum)
+        if isinstance(error, FloatingPointError):
+            fail(f"training diverged at step {self.global_step:,} ({error}); {last_checkpoint_note(self.checkpoint_path, 'good ')}")
+        if isinstance(error, DiskFull):
+            fail(f"{error}; no partial file was left and {last_checkpoint_note(self.checkpoint_path)}: free some space")
+        if isinstance(error, Exception):
+            fail(crash_report(error, self.folder, self.iteration, self.checkpoint_path))

@@ -30,6 +30,7 @@ sys.path.insert(0, ROOT)
 
 import ppo_gru  # noqa: E402
 import ppo_trxl  # noqa: E402
+import run_utils  # noqa: E402
 from run_utils import EpisodeStats, fail, load_checkpoint, load_weights  # noqa: E402
 
 SCRIPTS = {"ppo_trxl": ppo_trxl, "ppo_gru": ppo_gru}
@@ -51,9 +52,9 @@ def update_pass(script, args, agent, rollout, device=CPU):
 def start(script, args, weights: dict | None = None, device=CPU):
     """The envs, the agent (seeded, or with the given weights) and an empty rollout after the first reset."""
     torch.manual_seed(args.seed)
-    envs = script.make_envs(args, args.num_envs)
-    image, vector = script.observation_layout(envs.single_observation_space, args.env_id)
-    agent = script.Agent(args, image, vector, script.action_branches(envs.single_action_space, args.env_id)).to(device)
+    envs = run_utils.make_envs(args, args.num_envs)
+    image, vector = run_utils.observation_layout(envs.single_observation_space, args.env_id)
+    agent = script.Agent(args, image, vector, run_utils.action_branches(envs.single_action_space, args.env_id)).to(device)
     if weights is not None:
         load_weights(agent, weights, "--checkpoint")
     obs, _ = envs.reset(seed=args.seed)

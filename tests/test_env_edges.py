@@ -236,9 +236,10 @@ def test_errors_name_the_env_id_once():
         gym.make("ProofOfMemory-v0", delay=3)
     assert str(error.value).count("ProofOfMemory-v0") == 1
     import ppo_trxl
+    import run_utils
 
     with pytest.raises(SystemExit) as stop:
-        ppo_trxl.make_envs(ppo_trxl.Args(env_id="ProofOfMemory-v0", env_kwargs='{"delay": 3}'), 2)
+        run_utils.make_envs(ppo_trxl.Args(env_id="ProofOfMemory-v0", env_kwargs='{"delay": 3}'), 2)
     assert str(stop.value).startswith("error: ProofOfMemory-v0: unknown reset parameter")
     assert str(stop.value).count("ProofOfMemory-v0") == 1
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import ppo_gru
+import run_utils
 from envs.core import register_game
 from envs.proof_of_memory import ProofOfMemoryGame
 
@@ -103,11 +104,11 @@ def test_recurrent_state_is_zero_at_every_episode_start():
 # ---------------------------------------------------------------------------------------------
 def start(args: ppo_gru.Args, envs=None):
     torch.manual_seed(args.seed)
-    envs = envs or ppo_gru.make_envs(args, args.num_envs)
+    envs = envs or run_utils.make_envs(args, args.num_envs)
     if args.ground_truth_coef > 0:
-        args.ground_truth_size = ppo_gru.ground_truth_size(envs, args.env_id)
-    image, vector = ppo_gru.observation_layout(envs.single_observation_space, args.env_id)
-    agent = ppo_gru.Agent(args, image, vector, ppo_gru.action_branches(envs.single_action_space, args.env_id))
+        args.ground_truth_size = run_utils.ground_truth_size(envs, args.env_id)
+    image, vector = run_utils.observation_layout(envs.single_observation_space, args.env_id)
+    agent = ppo_gru.Agent(args, image, vector, run_utils.action_branches(envs.single_action_space, args.env_id))
     obs, info = envs.reset(seed=args.seed)
     return envs, agent, ppo_gru.new_rollout(agent, envs, args.num_steps, obs, CPU, info)
 
@@ -196,7 +197,7 @@ class Recording(gym.vector.VectorWrapper):
 
 def test_ground_truth_target_is_the_info_reported_with_the_observation():
     args = ppo_gru.Args(env_id="Endless-MortarMayhem-v0", num_envs=3, num_steps=32, ground_truth_coef=0.1, **SMALL)
-    envs = Recording(ppo_gru.make_envs(args, args.num_envs))
+    envs = Recording(run_utils.make_envs(args, args.num_envs))
     envs, agent, rollout = start(args, envs)
     ppo_gru.collect_rollout(agent, envs, rollout, CPU, ppo_gru.EpisodeStats(args.num_envs))
     assert rollout.dones.any(), "the rollout must cross an episode end (same-step autoreset)"
@@ -230,14 +231,14 @@ def test_eval_env_kwargs_apply_to_the_evaluation_envs_only(tmp_path, monkeypatch
     """The evaluation envs are made with --eval-env-kwargs over --env-kwargs; the training envs without them."""
     monkeypatch.chdir(tmp_path)
     made = []
-    original = ppo_gru.make_envs
+    original = run_utils.make_envs
 
     def recording(args, num_envs, evaluation=False):
         envs = original(args, num_envs, evaluation)
         made.append((num_envs, dict(envs.unwrapped.params)))
         return envs
 
-    monkeypatch.setattr(ppo_gru, "make_envs", recording)
+    monkeypatch.setattr(run_utils, "make_envs", recording)
     ppo_gru.train(ppo_gru.Args(env_id="Endless-MysteryPath-v0", env_kwargs='{"show_origin": true}',
                                eval_env_kwargs='{"max_steps": 8192}', eval_interval=1,
                                eval_seeds=2, eval_repetitions=1, eval_seed_start=100, num_envs=2, num_steps=8,

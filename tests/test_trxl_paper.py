@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import ppo_trxl
+import run_utils
 from test_baselines import LEARN, LEARN_MODEL, SMALL, start
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -151,7 +152,7 @@ def test_ground_truth_head_trains_on_the_info_of_its_observation(tmp_path, monke
     envs, agent, rollout = start(ppo_trxl, args)
     _, info = envs.reset(seed=args.seed)
     rollout = ppo_trxl.new_rollout(agent, envs, args.num_steps, _, torch.device("cpu"), info)
-    reference = ppo_trxl.make_envs(args, args.num_envs)
+    reference = run_utils.make_envs(args, args.num_envs)
     _, reference_info = reference.reset(seed=args.seed)
     expected, ended = [reference_info["ground_truth"].copy()], 0
     for _ in range(2):
@@ -172,7 +173,7 @@ def test_ground_truth_coef_is_refused_for_envs_without_ground_truth(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     args = ppo_trxl.Args(cuda=False, env_id="MortarMayhem-Grid-v0", num_envs=2, num_steps=8, total_timesteps=16,
                          ground_truth_coef=0.1, **SMALL[ppo_trxl])
-    with pytest.raises(SystemExit, match=r"MortarMayhem-Grid-v0 reports no info\['ground_truth'\]"):
+    with pytest.raises(SystemExit, match=r"MortarMayhem-Grid-v0: --ground-truth-coef needs an environment that reports info\['ground_truth'\]"):
         ppo_trxl.train(args)
 
 
@@ -196,8 +197,8 @@ def test_resumed_ground_truth_agent_equals_uninterrupted_run(tmp_path, monkeypat
 
 def test_evaluation_envs_take_their_own_reset_parameters():
     args = ppo_trxl.Args(env_id="Endless-MortarMayhem-v0", eval_env_kwargs='{"max_steps": 2560}')
-    assert ppo_trxl.make_envs(args, 1, evaluation=True).unwrapped.params["max_steps"] == 2560
-    assert ppo_trxl.make_envs(args, 1).unwrapped.params["max_steps"] == -1
+    assert run_utils.make_envs(args, 1, evaluation=True).unwrapped.params["max_steps"] == 2560
+    assert run_utils.make_envs(args, 1).unwrapped.params["max_steps"] == -1
     with pytest.raises(SystemExit, match="--eval-env-kwargs must be a JSON object"):
         ppo_trxl.check_args(ppo_trxl.Args(eval_env_kwargs="[1]"))
 

@@ -15,6 +15,7 @@ import torch
 
 import ppo_gru
 import ppo_trxl
+import run_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = {
@@ -56,8 +57,8 @@ def test_evaluation_plays_every_held_out_seed_once_per_repetition(script):
             seen.append(list(seed))
             return self.env.reset(seed=seed, options=options)
 
-    envs = RecordingEnvs(script.make_envs(args, 3))
-    image, vector = script.observation_layout(envs.single_observation_space)
+    envs = RecordingEnvs(run_utils.make_envs(args, 3))
+    image, vector = run_utils.observation_layout(envs.single_observation_space)
     agent = script.Agent(args, image, vector, [2])
     episodes = script.evaluate_policy(args, agent, envs, torch.device("cpu"))
     assert seen == [[500, 501, 502]] * 2
