@@ -1,4 +1,4 @@
-"""Every number the README's "Results" and "Benchmarks" sections, and the whole of benchmarks/README.md,
+"""Every number the README's "What is measured" and "Results" sections, and the whole of benchmarks/README.md,
 quote is in a file that the same row or bullet links: a results folder under benchmarks/results/ (written by the
 command stored beside it), benchmarks/NOTES.md, a preset under configs/ (whose header states the number it
 targets or measured) or a paper-preset page under docs/."""
@@ -25,7 +25,7 @@ LINK = re.compile(
     r"|docs/paper-presets-[\w-]+\.md)"
 )
 # (document, sections checked; None: the whole document)
-DOCUMENTS = [("README.md", ("Results", "Benchmarks")), (os.path.join("benchmarks", "README.md"), None)]
+DOCUMENTS = [("README.md", ("What is measured", "Results")), (os.path.join("benchmarks", "README.md"), None)]
 
 
 def section(text: str, title: str) -> str:
