@@ -21,7 +21,6 @@ Run `python ppo_trxl.py --help` for every flag.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from run_utils import (
     Run,
     average_gradients,
     check_common_args,
+    computes_in_bfloat16,
     checked_tensor,
     fail,
     final_observations,
@@ -240,17 +240,6 @@ def check_args(args: Args) -> None:
 # ---------------------------------------------------------------------------------------------
 # Agent
 # ---------------------------------------------------------------------------------------------
-@functools.cache
-def computes_in_bfloat16(precision: str, device_type: str) -> bool:
-    """Whether `--precision` means bfloat16 autocast on this kind of device."""
-    if precision != "auto":
-        return precision == "bfloat16"
-    if device_type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    # Elsewhere bfloat16 is emulated and slower than float32.
-    return device_type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-
-
 def layer_init(layer: nn.Module, std: float = math.sqrt(2)) -> nn.Module:
     nn.init.orthogonal_(layer.weight, std)
     return layer
@@ -725,10 +714,9 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
     optimizer = torch.optim.AdamW(agent.parameters(), lr=args.init_lr, fused=device.type in ("cpu", "cuda"))
     obs, info = envs.reset(seed=args.seed + rank * args.num_envs)  # distinct env seeds per rank
     ro = new_rollout(agent, envs, args.num_steps, obs, device, info)
-    precision = "bfloat16" if computes_in_bfloat16(args.precision, device.type) else "float32"
     # Resume when asked, then open the run folder, the logs and the signal handlers. Leaving the block
     # closes them; an error leaves one line and names the last checkpoint.
-    with run.start(agent, optimizer, precision, save_rank=lambda: rank_state(envs, ro, run.stats, device),
+    with run.start(agent, optimizer, save_rank=lambda: rank_state(envs, ro, run.stats, device),
                    load_rank=lambda state: load_rank_state(state, envs, ro, run.stats, device)):
         for iteration in run.iterations():  # each followed by a checkpoint when one is due
             # Linear decay of learning rate and entropy coefficient in environment steps.

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import errno
+import functools
 import importlib
 import io
 import json
@@ -876,6 +877,17 @@ def mean_across(value: float, world_size: int, device: torch.device) -> float:
 # ---------------------------------------------------------------------------------------------
 # Progress and failures
 # ---------------------------------------------------------------------------------------------
+@functools.cache
+def computes_in_bfloat16(precision: str, device_type: str) -> bool:
+    """Whether `--precision` means bfloat16 autocast on this kind of device."""
+    if precision != "auto":
+        return precision == "bfloat16"
+    if device_type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    # Elsewhere bfloat16 is emulated and slower than float32.
+    return device_type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
 def format_duration(seconds: float) -> str:
     if not np.isfinite(seconds):
         return "?"
@@ -979,7 +991,7 @@ class Run:
         run = Run(args, "ppo_trxl", rank, device, STRUCTURAL_FIELDS, check_args)  # checks, sizes, seeds
         envs, image_shape, vector_size, branches = run.make_envs()
         ...  # the agent, the optimizer, the rollout storage
-        with run.start(agent, optimizer, precision, save_rank, load_rank):
+        with run.start(agent, optimizer, save_rank, load_rank):
             for iteration in run.iterations():  # each one followed by a checkpoint when due
                 run.phase("rollout"); ...; run.global_step += steps
                 run.phase("update"); ...
@@ -1028,7 +1040,7 @@ class Run:
             args.ground_truth_size = ground_truth_size(envs, args.env_id)
         return envs, image_shape, vector_size, action_branches(envs.single_action_space, args.env_id)
 
-    def start(self, agent: torch.nn.Module, optimizer, precision: str, save_rank: Callable[[], dict],
+    def start(self, agent: torch.nn.Module, optimizer, save_rank: Callable[[], dict],
               load_rank: Callable[[dict], bool]) -> "Run":
         """Resume (when asked), then open the run folder, the logs, the evaluation envs and the signal handlers."""
         args, checkpoint = self.args, self.checkpoint
@@ -1056,6 +1068,7 @@ class Run:
                 self.recorder = VideoRecorder(os.path.join("videos", args.run_name), self.envs.metadata.get("render_fps", 25))
         self.previous_handlers = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
         if self.main:
+            precision = "bfloat16" if computes_in_bfloat16(args.precision, self.device.type) else "float32"
             announce(args, self.device, precision, sum(p.numel() for p in agent.parameters()), self.folder)
         self.started, self.start_step, self.last_checkpoint = time.time(), self.global_step, time.time()
         return self
