@@ -34,6 +34,7 @@ from run_utils import (
     agreed_min,
     average_gradients,
     check_common_args,
+    checked_observation,
     computes_in_bfloat16,
     checked_tensor,
     fail,
@@ -41,9 +42,8 @@ from run_utils import (
     leave_finished_rank,
     mean_across,
     observation_layout,
-    rng_state,
     run_on_ranks,
-    set_rng_state,
+    saved_observation,
     split_observation,
 )
 
@@ -537,8 +537,8 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
     ro = new_rollout(agent, envs, args.num_steps, obs, device, info)
     # Resume when asked, then open the run folder, the logs and the signal handlers. Leaving the block
     # closes them; an error leaves one line and names the last checkpoint.
-    with run.start(agent, optimizer, save_rank=lambda: rank_state(envs, ro, run.stats, device),
-                   load_rank=lambda state: load_rank_state(state, envs, ro, run.stats, device)):
+    with run.start(agent, optimizer, save_rollout=lambda: rollout_state(ro),
+                   load_rollout=lambda state: load_rollout_state(state, ro)):
         for iteration in run.iterations():  # each followed by a checkpoint when one is due
             # Linear decay of learning rate and entropy coefficient in environment steps.
             frac = max(0.0, 1.0 - run.global_step / args.anneal_steps)
@@ -651,38 +651,19 @@ def evaluate_policy(args: Args, agent: Agent, envs: gym.vector.VectorEnv, device
 
 
 # ---------------------------------------------------------------------------------------------
-# What a checkpoint keeps of each rank
+# What a checkpoint keeps of the rollout
 # ---------------------------------------------------------------------------------------------
-def rank_state(envs, ro: Rollout, stats: EpisodeStats, device) -> dict:
-    """What one rank needs to continue exactly: env state, the hidden state carried over, statistics, RNG."""
-    game = getattr(envs.unwrapped, "game", None)
-    return {
-        "envs": None if game is None else game.get_state(),
-        "next_hidden": ro.next_hidden.cpu(),
-        "next_start": ro.next_start.cpu(),
-        "next_obs": [None if part is None else torch.from_numpy(np.asarray(part)) for part in ro.next_obs],
-        "stats": stats.state(),
-        "rng": rng_state(device),
-    }
+def rollout_state(ro: Rollout) -> dict:
+    """What a checkpoint keeps of the rollout to continue exactly: the hidden state carried over and the next step."""
+    return {"next_hidden": ro.next_hidden.cpu(), "next_start": ro.next_start.cpu(), "next_obs": saved_observation(ro.next_obs)}
 
 
-def load_rank_state(state: dict, envs, ro: Rollout, stats: EpisodeStats, device) -> bool:
-    """Restore one rank. Where the envs cannot be restored (not our envs) they restart from a reset,
-    so every episode starts afresh: no hidden state or running return is carried over; returns False."""
-    set_rng_state(state["rng"], device)
-    stats.load(state["stats"])
-    game = getattr(envs.unwrapped, "game", None)
-    if game is None or state["envs"] is None:
-        stats.restart()
-        return False
-    game.set_state(state["envs"])
+def load_rollout_state(state: dict, ro: Rollout) -> None:
+    """Restore `rollout_state` into `ro` (after the envs), every tensor checked against the one it replaces."""
     ro.next_hidden = checked_tensor(state["next_hidden"], ro.next_hidden, "next_hidden")
     ro.next_start = checked_tensor(state["next_start"], ro.next_start, "next_start")
-    ro.next_obs = tuple(
-        None if part is None else checked_tensor(saved, torch.from_numpy(np.asarray(part)), "next_obs").numpy()
-        for part, saved in zip(ro.next_obs, state["next_obs"], strict=True)
-    )
-    return True
+    ro.next_obs = checked_observation(state["next_obs"], ro.next_obs)
+
 
 if __name__ == "__main__":
     args = parse_args()

@@ -43,7 +43,7 @@ import torch.distributed as dist
 import tyro
 from torch.utils.tensorboard import SummaryWriter
 
-import envs  # noqa: F401  (registers the environment ids with gymnasium)
+import envs as _registered_envs  # noqa: F401  (registers the environment ids with gymnasium)
 
 RUNS_ROOT = "runs"
 # Every file format the scripts write, and the one script that reads it: a file names no module.
@@ -442,6 +442,19 @@ def set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def saved_observation(obs: tuple) -> list:
+    """A batched observation (a tuple of arrays or None) as a checkpoint stores it."""
+    return [None if part is None else torch.from_numpy(np.asarray(part)) for part in obs]
+
+
+def checked_observation(saved: Any, like: tuple) -> tuple:
+    """A stored observation, each part checked against the current one's shape and kind."""
+    return tuple(
+        None if part is None else checked_tensor(value, torch.from_numpy(np.asarray(part)), "next_obs").numpy()
+        for part, value in zip(like, saved, strict=True)
+    )
 
 
 def checked_tensor(value: Any, like: torch.Tensor, field: str) -> torch.Tensor:
@@ -991,7 +1004,7 @@ class Run:
         run = Run(args, "ppo_trxl", rank, device, STRUCTURAL_FIELDS, check_args)  # checks, sizes, seeds
         envs, image_shape, vector_size, branches = run.make_envs()
         ...  # the agent, the optimizer, the rollout storage
-        with run.start(agent, optimizer, save_rank, load_rank):
+        with run.start(agent, optimizer, save_rollout, load_rollout):
             for iteration in run.iterations():  # each one followed by a checkpoint when due
                 run.phase("rollout"); ...; run.global_step += steps
                 run.phase("update"); ...
@@ -999,7 +1012,7 @@ class Run:
             run.finish()
         return run.history
 
-    `start` loads a resumed run (weights, optimizer, each rank's state through `load_rank`), then claims
+    `start` loads a resumed run (weights, optimizer, each rank's envs and rollout state), then claims
     the run folder, opens TensorBoard and W&B, the held-out evaluation envs and the video recorder, and
     takes over SIGINT / SIGTERM: a first signal finishes the iteration and writes a checkpoint, a second
     stops at once. Leaving the `with` block closes all of it; an error leaves one line, a traceback in
@@ -1040,11 +1053,13 @@ class Run:
             args.ground_truth_size = ground_truth_size(envs, args.env_id)
         return envs, image_shape, vector_size, action_branches(envs.single_action_space, args.env_id)
 
-    def start(self, agent: torch.nn.Module, optimizer, save_rank: Callable[[], dict],
-              load_rank: Callable[[dict], bool]) -> "Run":
-        """Resume (when asked), then open the run folder, the logs, the evaluation envs and the signal handlers."""
+    def start(self, agent: torch.nn.Module, optimizer, save_rollout: Callable[[], dict],
+              load_rollout: Callable[[dict], None]) -> "Run":
+        """Resume (when asked), then open the run folder, the logs, the evaluation envs and the signal handlers.
+        `save_rollout` / `load_rollout`: what the script's rollout carries into the next iteration."""
         args, checkpoint = self.args, self.checkpoint
-        self.agent, self.optimizer, self.save_rank = agent, optimizer, save_rank
+        self.agent, self.optimizer = agent, optimizer
+        self.save_rollout, self.load_rollout = save_rollout, load_rollout
         # Only now, after every check (flags, env, agent), is anything written.
         self.folder = claim_run_folder(args, checkpoint is not None, self.main)
         self.checkpoint_path = os.path.join(self.folder, "checkpoint.pt")
@@ -1055,7 +1070,7 @@ class Run:
             try:
                 load_optimizer_state(optimizer, checkpoint["optimizer"])
                 self.iteration, self.global_step = int(checkpoint["iteration"]), int(checkpoint["global_step"])
-                envs_restored = load_rank(checkpoint["ranks"][self.rank])
+                envs_restored = self.load_rank_state(checkpoint["ranks"][self.rank])
             except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
                 fail(f"checkpoint {args.resume!r} is damaged ({type(e).__name__}: {e})")
             if self.main:
@@ -1121,8 +1136,27 @@ class Run:
         self.current = None if name is None else (name, now)
         self.heartbeat.phase(None if name is None else f"iteration {self.iteration}: {name}")
 
+    def rank_state(self) -> dict:
+        """What this rank needs to continue exactly: env state, the rollout's carried state, statistics, RNG."""
+        game = getattr(self.envs.unwrapped, "game", None)
+        return {"envs": None if game is None else game.get_state(), **self.save_rollout(),
+                "stats": self.stats.state(), "rng": rng_state(self.device)}
+
+    def load_rank_state(self, state: dict) -> bool:
+        """Restore this rank. Where the envs cannot be restored (not our envs) they restart from a reset, so
+        every episode starts afresh: no rollout state or running return is carried over; returns False."""
+        set_rng_state(state["rng"], self.device)
+        self.stats.load(state["stats"])
+        game = getattr(self.envs.unwrapped, "game", None)
+        if game is None or state["envs"] is None:
+            self.stats.restart()
+            return False
+        game.set_state(state["envs"])
+        self.load_rollout(state)
+        return True
+
     def write_checkpoint(self) -> None:
-        states = gather(self.save_rank(), self.args.world_size)
+        states = gather(self.rank_state(), self.args.world_size)
         if self.main:
             save_atomically({
                 "format": f"{self.script}-checkpoint-1",
