@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # A decimal figure (0.505, 1.82, 4.9x); not a version (1.0.2), not part of a word or a path.
 NUMBER = re.compile(r"(?<![\w./-])\d+\.\d+(?![\w.]*\d)")
 # A file or folder the block links.

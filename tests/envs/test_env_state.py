@@ -18,7 +18,7 @@ import envs.core
 import envs.state
 from envs.core import NativeEnv
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tools"))
 import fuzz_env_state  # noqa: E402
 
 NATIVE_IDS = sorted(
