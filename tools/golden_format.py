@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "envs" / "fixtures"
 
 
 def obs_hash(obs: Any) -> str:

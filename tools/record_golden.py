@@ -8,7 +8,7 @@ Scenario lists live in `tools/golden_scenarios/<family>.py` (a module-level `SCE
 `golden_format.Scenario`); every such module is discovered. Each scenario is played on one env
 instance, episode after episode, recording per step the action, observation hash, reward, flags,
 info and (optionally) the debug-render hash, plus the full frames it asks for. Fixtures are
-written to `tests/fixtures/<family>/<scenario>.json.gz` (format: `golden_format`).
+written to `tests/envs/fixtures/<family>/<scenario>.json.gz` (format: `golden_format`).
 """
 
 from __future__ import annotations

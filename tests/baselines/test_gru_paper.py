@@ -17,7 +17,7 @@ import run_utils
 from envs.core import register_game
 from envs.proof_of_memory import ProofOfMemoryGame
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PAPER_PRESETS = sorted(glob.glob(os.path.join(ROOT, "configs", "paper", "ppo_gru", "*.toml")))
 SMALL = dict(rnn_hidden_size=32, embed_dim=32, hidden_dim=32, cuda=False, precision="float32")
 CPU = torch.device("cpu")

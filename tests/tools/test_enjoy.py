@@ -12,7 +12,7 @@ import pytest
 import ppo_gru
 import ppo_trxl
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL = {
     ppo_trxl: dict(trxl_dim=32, trxl_num_heads=2, trxl_num_layers=1, trxl_memory_length=8),
     ppo_gru: dict(rnn_hidden_size=32, embed_dim=32, hidden_dim=32),

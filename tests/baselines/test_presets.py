@@ -10,7 +10,7 @@ import pytest
 import ppo_gru
 import ppo_trxl
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Presets on one axis: configs/{paper,quick,probe}/{script}/{env_id}[-variant].toml.
 PRESETS = sorted(glob.glob(os.path.join(ROOT, "configs", "*", "*", "*.toml")))
 PROBE = sorted(glob.glob(os.path.join(ROOT, "configs", "probe", "*", "*.toml")))

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = {
     "ppo_trxl.py": ["--trxl-dim", "32", "--trxl-num-heads", "2", "--trxl-num-layers", "1", "--trxl-memory-length", "8"],
     "ppo_gru.py": ["--rnn-hidden-size", "32", "--embed-dim", "32", "--hidden-dim", "32"],

@@ -18,7 +18,7 @@ import ppo_gru
 import ppo_trxl
 import run_utils
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL = {
     ppo_trxl: dict(trxl_dim=16, trxl_num_heads=2, trxl_num_layers=1, trxl_memory_length=4),
     ppo_gru: dict(rnn_hidden_size=16, embed_dim=16, hidden_dim=16),

@@ -14,7 +14,7 @@ import ppo_trxl
 import run_utils
 from test_baselines import LEARN, LEARN_MODEL, SMALL, start
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PAPER_PRESETS = sorted(glob.glob(os.path.join(ROOT, "configs", "paper", "ppo_trxl", "*.toml")))
 PAPER_AGENT = dict(head_hidden_size=512)  # the only agent: shared head projections, decoder from the memory
 # Every agent of the study that is new to the script, on the small model.

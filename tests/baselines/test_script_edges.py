@@ -20,7 +20,7 @@ import ppo_gru
 import ppo_trxl
 import run_utils
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL = {
     ppo_trxl: dict(trxl_dim=16, trxl_num_heads=2, trxl_num_layers=1, trxl_memory_length=8),
     ppo_gru: dict(rnn_hidden_size=16, embed_dim=16, hidden_dim=16),
@@ -208,23 +208,27 @@ def test_envs_with_next_step_autoreset_are_stepped_with_same_step_autoreset():
 def test_resuming_envs_that_cannot_be_saved_starts_fresh_episodes(script):
     register_counters()
     args = tiny_args(script, env_id="CounterUnlimited-v0")
-    envs = run_utils.make_envs(args, 2)
-    image, vector = run_utils.observation_layout(envs.single_observation_space)
-    agent = script.Agent(args, image, vector, [2])
     device = torch.device("cpu")
-    obs, _ = envs.reset(seed=0)
-    ro = script.new_rollout(agent, envs, 8, obs, device)
-    stats = run_utils.EpisodeStats(2)
-    script.collect_rollout(agent, envs, ro, device, stats)
-    saved = script.rank_state(envs, ro, stats, device)
-    assert saved["envs"] is None and stats.running_length.tolist() == [8, 8]
 
-    obs, _ = envs.reset(seed=0)
-    fresh = script.new_rollout(agent, envs, 8, obs, device)
-    restored_stats = run_utils.EpisodeStats(2)
-    assert script.load_rank_state(saved, envs, fresh, restored_stats, device) is False
-    assert restored_stats.running_length.tolist() == [0, 0] and restored_stats.running_return.tolist() == [0.0, 0.0]
-    reference = script.new_rollout(agent, envs, 8, obs, device)
+    def rank_with_rollout():
+        run = run_utils.Run(args, script.__name__, 0, device, script.STRUCTURAL_FIELDS, script.check_args)
+        envs, image, vector, branches = run.make_envs()
+        agent = script.Agent(args, image, vector, branches)
+        obs, _ = envs.reset(seed=0)
+        ro = script.new_rollout(agent, envs, 8, obs, device)
+        run.save_rollout = lambda: script.rollout_state(ro)
+        run.load_rollout = lambda state: pytest.fail("the rollout of envs that were not restored was loaded")
+        return run, agent, envs, ro
+
+    run, agent, envs, ro = rank_with_rollout()
+    script.collect_rollout(agent, envs, ro, device, run.stats)
+    saved = run.rank_state()
+    assert saved["envs"] is None and run.stats.running_length.tolist() == [8, 8]
+
+    fresh_run, _, _, fresh = rank_with_rollout()
+    assert fresh_run.load_rank_state(saved) is False
+    assert fresh_run.stats.running_length.tolist() == [0, 0] and fresh_run.stats.running_return.tolist() == [0.0, 0.0]
+    _, _, _, reference = rank_with_rollout()
     for name in ("memory", "memory_steps", "next_step", "next_hidden", "next_start"):
         if hasattr(reference, name):
             assert torch.equal(getattr(fresh, name), getattr(reference, name)), name

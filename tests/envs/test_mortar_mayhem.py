@@ -11,7 +11,7 @@ import envs  # noqa: F401  (registers the ids)
 from envs.mortar_mayhem import COMMAND_DX, COMMAND_DY, TILE, Draws
 from envs.raster import SpriteSheet, alpha_blend, blit, disk_offsets, rhaz, rotate_vector
 from envs.sprites import agent_sprites
-from tests.golden import fixture_files, replay
+from tests.envs.golden import fixture_files, replay
 from tools.golden_format import load_fixture
 
 IDS = ["MortarMayhem-v0", "MortarMayhem-Grid-v0", "MortarMayhemB-v0", "MortarMayhemB-Grid-v0", "Endless-MortarMayhem-v0"]

@@ -13,7 +13,7 @@ import ppo_gru
 import ppo_trxl
 from run_utils import action_branches, make_envs, observation_layout
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPTS = pytest.mark.parametrize("script", [ppo_trxl, ppo_gru], ids=["trxl", "gru"])
 # The paper's TrXL agent: shared head projections and the decoder reading the memory are its only layout
 # (benchmarks/results/trxl-agent-decision.md); a preset sets the 512-unit head layers and float32.

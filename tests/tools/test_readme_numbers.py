@@ -11,10 +11,7 @@ import re
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-# The repository root: the nearest folder above this file that holds the training scripts.
-ROOT = next(p for p in (HERE, os.path.dirname(HERE), os.path.dirname(os.path.dirname(HERE)))
-            if os.path.isfile(os.path.join(p, "ppo_trxl.py")))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # A decimal figure (0.505, 1.82, 4.9x); not a version (1.0.2), not part of a word or a path.
 NUMBER = re.compile(r"(?<![\w./-])\d+\.\d+(?![\w.]*\d)")
 # A file or folder the block links, relative to the document that quotes it.

@@ -13,7 +13,7 @@ import envs  # noqa: F401  (registers the ids)
 from envs.raster import alpha_blend, disk_offsets
 from envs.searing_spotlights import _blend_step, _darken_frames
 from envs.spotlights import CLEAR, DARK, RING, Spotlights, clear_mask
-from tests.golden import fixture_files, replay
+from tests.envs.golden import fixture_files, replay
 from tools.golden_format import load_fixture
 from tools.golden_scenarios.searing_spotlights import dodging_action
 

@@ -12,7 +12,7 @@ from gymnasium.utils.env_checker import check_env
 import envs  # noqa: F401  (registers the ids)
 from envs.endless_mystery_path import RING, SEGMENT_COLUMNS
 from envs.mystery_path import TILE, generate_layout
-from tests.golden import fixture_files, replay
+from tests.envs.golden import fixture_files, replay
 from tools.golden_format import FIXTURES as FIXTURE_ROOT
 from tools.golden_format import load_fixture
 

@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 import ppo_gru
 import ppo_trxl
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = {
     "ppo_trxl": ["--trxl-dim", "32", "--trxl-num-heads", "2", "--trxl-num-layers", "1", "--trxl-memory-length", "8"],
     "ppo_gru": ["--rnn-hidden-size", "32", "--embed-dim", "32", "--hidden-dim", "32"],

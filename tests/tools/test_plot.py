@@ -16,7 +16,7 @@ import plot
 import ppo_gru
 import ppo_trxl
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = dict(env_id="ProofOfMemory-v0", num_envs=4, num_steps=16, num_minibatches=2, update_epochs=1,
             total_timesteps=4 * 16 * 3, cuda=False)
 TINY_MODEL = {

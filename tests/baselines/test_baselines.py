@@ -12,7 +12,7 @@ import torch
 import ppo_gru
 import ppo_trxl
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks"))
 import precision_ratio  # noqa: E402
 
 # Small models so that every test runs in seconds on a laptop CPU.
