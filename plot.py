@@ -6,11 +6,15 @@ with `--group-by`, by settings read from each run's `args.json` (e.g. `--group-b
 the runs of a group as repetitions over seeds and warns when they differ in other settings. It writes
 
 * one PNG per environment, `{out}/{env_id}__{tag}.png`: one line per algorithm, the mean over seeds of
-  a scalar (default `charts/episodic_return`) against environment steps, shaded by the standard error
-  (or, with `--spread minmax`, the range) across seeds. Seeds are linearly interpolated onto a common
-  step grid that spans the steps all of them logged, so runs logged at different steps average
-  correctly;
-* a markdown table, `{out}/results.md` (also printed), with one row per (env, algorithm): mean +-
+  a scalar (default `charts/episodic_return_last100`, the return the training console prints) against
+  environment steps, shaded by the standard error (or, with `--spread minmax`, the range) across seeds;
+  "one seed" where there is no spread to show. Seeds are linearly interpolated onto a common step grid
+  that spans the steps all of them logged, so runs logged at different steps average correctly. With a
+  return tag, the held-out evaluation (`eval/return_mean`) is drawn beside each curve where the runs have
+  it, and a random policy's return where benchmarks/results/random-policy/ holds the env's setting. The
+  y-axis includes 0. An env whose figure cannot be drawn gets none, and an earlier one is removed;
+* a markdown table, `{out}/results.md` (also printed), with one row per (env, algorithm), naming the
+  reset parameters where they are not the env's defaults: mean +-
   standard error across seeds of each run's last `eval/*_mean` values (return, length and the env's
   numeric end-of-episode info such as success), the number of seeds and the final step. Runs without
   `eval/` scalars fall back to their last training-episode statistics (`charts/episodic_return`,
@@ -45,7 +49,17 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import EngFormatter  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
-DEFAULT_TAG = "charts/episodic_return"
+DEFAULT_TAG = "charts/episodic_return_last100"  # the return the training console prints
+# What the y-axis shows, in words, for the tags a reader meets first.
+TAG_NAMES = {
+    "charts/episodic_return_last100": "training return (mean of the last 100 episodes)",
+    "charts/episodic_return": "training return (episodes that ended in each iteration)",
+    "eval/return_mean": "held-out return (mean over the evaluation episodes)",
+}
+RETURN_TAGS = tuple(TAG_NAMES)
+EVAL_RETURN = "eval/return_mean"
+# The return of a random policy per (env id, env_kwargs), written by benchmarks/random_policy.py.
+RANDOM_POLICY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmarks", "results", "random-policy", "results.json")
 # Run directories are named {env_id}__{exp_name}__{seed}__{unix_time} by the training scripts.
 # A suffix -2, -3, ... marks runs that started in the same second.
 RUN_NAME = re.compile(r"^(?P<env_id>.+?)__(?P<exp_name>.+)__(?P<seed>-?\d+)__(?P<time>\d+)(-\d+)?$")
@@ -170,6 +184,33 @@ def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
+def env_kwargs(runs: list[Run]) -> str | None:
+    """The reset parameters the runs share, as canonical JSON ('{}': the env's defaults); None if they differ
+    or a run has no readable args.json."""
+    found = set()
+    for run in runs:
+        try:
+            found.add(json.dumps(json.loads(run.settings.get("env_kwargs", "{}")), sort_keys=True))
+        except (TypeError, ValueError):
+            return None
+    return found.pop() if len(found) == 1 else None
+
+
+def random_policy_return(env_id: str, kwargs: str | None, path: str = RANDOM_POLICY) -> float | None:
+    """The random policy's mean return for an env id and its reset parameters, where it was measured."""
+    if kwargs is None or not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            rows = json.load(f)["settings"]
+        for row in rows:
+            if row["env_id"] == env_id and row["env_kwargs"] == kwargs and isinstance(row["return_mean"], (int, float)):
+                return float(row["return_mean"])
+    except (ValueError, KeyError, TypeError):
+        warn(f"{path} is not a table of random-policy returns; no random-policy line")
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # Learning curves
 # ---------------------------------------------------------------------------------------------
@@ -205,9 +246,14 @@ def aggregate(curves: list[tuple[np.ndarray, np.ndarray]], spread: str):
 def plot_env(
     env_id: str, groups: dict[str, list[Run]], tag: str, spread: str, smoothing: float, path: str, xlabel: str = "environment steps"
 ) -> bool:
-    """Draw one learning-curve figure for an env; returns False when no algorithm logged the tag."""
+    """Draw one learning-curve figure for an env; returns False when no algorithm logged the tag.
+
+    With a return tag, each algorithm's held-out evaluation is drawn beside its curve where its runs have one,
+    and the random policy's return where benchmarks/results/random-policy/ holds the env's setting. The
+    y-axis starts at 0 (or below, where values are negative), so that noise does not look like collapse."""
     fig, ax = plt.subplots(figsize=(8, 5))
-    drawn = 0
+    drawn, seeds, lows, highs, evaluated = 0, set(), [0.0], [0.0], False
+    evaluate = tag in RETURN_TAGS and tag != EVAL_RETURN
     for exp_name, runs in groups.items():
         curves = [(run.scalars[tag][0], smooth(run.scalars[tag][1], smoothing)) for run in runs if tag in run.scalars]
         if len(curves) < len(runs):
@@ -222,20 +268,45 @@ def plot_env(
         longest = max(s[-1] for s, _ in curves)
         if steps[-1] < longest:
             warn(f"{env_id} / {exp_name}: curve cut at step {steps[-1]:,.0f}, the last step all seeds reached (longest run: {longest:,.0f})")
-        label = f"{exp_name} ({len(curves)} seed{'s' if len(curves) != 1 else ''})"
+        label = f"{exp_name} ({'one seed' if len(curves) == 1 else f'{len(curves)} seeds'})"
         (line,) = ax.plot(steps, mean, label=label, marker="o" if len(steps) == 1 else None)
         if len(curves) > 1:
             ax.fill_between(steps, lower, upper, color=line.get_color(), alpha=0.2, linewidth=0)
+        seeds.add(len(curves))
+        lows.append(float(np.min(lower)))
+        highs.append(float(np.max(upper)))
+        evaluations = [run.scalars[EVAL_RETURN] for run in runs if EVAL_RETURN in run.scalars] if evaluate else []
+        if evaluations and (result := aggregate(evaluations, spread)) is not None:
+            steps, mean, lower, upper = result
+            ax.plot(steps, mean, linestyle="--", marker="o", markersize=4, color=line.get_color(),
+                    label=f"{exp_name}: held-out evaluation ({'one seed' if len(evaluations) == 1 else f'{len(evaluations)} seeds'})")
+            if len(evaluations) > 1:
+                ax.fill_between(steps, lower, upper, color=line.get_color(), alpha=0.1, linewidth=0)
+            lows.append(float(np.min(lower)))
+            highs.append(float(np.max(upper)))
+            evaluated = True
         drawn += 1
     if drawn:
-        band = "standard error" if spread == "se" else "min / max"
+        if tag in RETURN_TAGS:
+            members = [run for runs in groups.values() for run in runs]
+            reference = random_policy_return(env_id, env_kwargs(members))
+            if reference is not None:
+                ax.axhline(reference, color="gray", linestyle=":", label=f"random policy ({reference:.3f})")
+                highs.append(reference)
+        top, bottom = max(highs), min(lows)
+        ax.set_ylim(bottom - 0.05 * (top - bottom or 1), top + 0.05 * (top - bottom or 1))
+        if seeds == {1}:
+            statistic = "one seed per curve"
+        else:
+            band = "standard error" if spread == "se" else "min / max"
+            statistic = f"mean over seeds, shaded: {band} across seeds"
         smoothed = f", EMA smoothing {smoothing:g}" if smoothing > 0 else ""
-        ax.set_title(f"{env_id}: {tag}\nmean over seeds, shaded: {band} across seeds{smoothed}", fontsize=11)
+        ax.set_title(f"{env_id}: {tag}\n{statistic}{smoothed}", fontsize=11)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(tag)
+        ax.set_ylabel(TAG_NAMES.get(tag, tag) + ("\ndashed: held-out evaluation (eval/return_mean)" if evaluated else ""))
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=9)
         fig.tight_layout()
         fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -280,20 +351,22 @@ def results_table(groups: dict[tuple[str, str], list[Run]]) -> str:
             warn(f"{env_id} / {exp_name}: no eval/ scalars and no finished training episode; not in the table")
             continue
         finals = [final_values(run, "eval" if source == "eval" else "training") for run in used]
-        rows.append((env_id, exp_name, len(used), [step for _, step in finals], source, [values for values, _ in finals]))
+        kwargs = env_kwargs(used)
+        setting = "the env's defaults" if kwargs == "{}" else "differ between runs" if kwargs is None else f"`{kwargs}`"
+        rows.append((env_id, exp_name, setting, len(used), [step for _, step in finals], source, [values for values, _ in finals]))
 
     # Columns: return, length, then every info key any row has (alphabetical).
     keys = sorted({key for *_, per_run in rows for values in per_run for key in values} - {"return", "length"})
     columns = ["return", "length", *keys]
     lines = [
-        "| env | algorithm | seeds | final step | source | " + " | ".join(columns) + " |",
-        "|---|---|---:|---:|---|" + "---:|" * len(columns),
+        "| env | reset parameters | algorithm | seeds | final step | source | " + " | ".join(columns) + " |",
+        "|---|---|---|---:|---:|---|" + "---:|" * len(columns),
     ]
-    for env_id, exp_name, n, steps, source, per_run in rows:
+    for env_id, exp_name, setting, n, steps, source, per_run in rows:
         low, high = min(steps), max(steps)
         step = f"{low:,.0f}" if low == high else f"{low:,.0f}–{high:,.0f}"
         cells = [mean_se([values[key] for values in per_run if key in values]) for key in columns]
-        lines.append(f"| {env_id} | {exp_name} | {n} | {step} | {source} | " + " | ".join(cells) + " |")
+        lines.append(f"| {env_id} | {setting} | {exp_name} | {n} | {step} | {source} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -319,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> list[str]:
     """Write the figures and the table; returns the paths written."""
     runs = load_runs(find_run_dirs(args.paths))
+    if args.tag == DEFAULT_TAG and not any(DEFAULT_TAG in r.scalars for r in runs):
+        args.tag = "charts/episodic_return"  # runs written before the last-100 mean was logged
+        warn(f"no run logged {DEFAULT_TAG}; plotting {args.tag}")
     if not any(args.tag in r.scalars for r in runs):
         available = sorted({tag for r in runs for tag in r.scalars})
         raise PlotError(f"no run logged the tag {args.tag!r}; tags found: {', '.join(available)}")
@@ -333,6 +409,9 @@ def run(args: argparse.Namespace) -> list[str]:
         path = os.path.join(args.out, f"{env_id}__{args.tag.replace('/', '_')}.png")
         if plot_env(env_id, env_groups, args.tag, args.spread, args.smooth, path):
             written.append(path)
+        elif os.path.exists(path):
+            os.remove(path)  # a figure of earlier runs would pass for one of these
+            warn(f"{env_id}: no curve of {args.tag} to draw; removed {path}, which showed earlier runs")
         else:
             warn(f"{env_id}: no curve of {args.tag} to draw; no figure")
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 
+import matplotlib.figure
 import numpy as np
 import pytest
 import torch
@@ -53,7 +55,7 @@ def test_plots_and_table_from_real_training_runs(tmp_path, monkeypatch):
     assert len(os.listdir("runs")) == 4
 
     written = plot.main(["runs/*", "--out", "plots"])
-    png = tmp_path / "plots" / "ProofOfMemory-v0__charts_episodic_return.png"
+    png = tmp_path / "plots" / "ProofOfMemory-v0__charts_episodic_return_last100.png"
     assert str(png.relative_to(tmp_path)) in written
     with Image.open(png) as image:
         image.verify()
@@ -62,10 +64,11 @@ def test_plots_and_table_from_real_training_runs(tmp_path, monkeypatch):
 
     table = (tmp_path / "plots" / "results.md").read_text()
     header, rows = table.splitlines()[0], table_rows(table)
-    assert [r[:4] for r in rows] == [["ProofOfMemory-v0", "ppo_gru", "2", "192"], ["ProofOfMemory-v0", "ppo_trxl", "2", "192"]]
+    assert [r[:5] for r in rows] == [["ProofOfMemory-v0", "the env's defaults", "ppo_gru", "2", "192"],
+                                     ["ProofOfMemory-v0", "the env's defaults", "ppo_trxl", "2", "192"]]
     gru, trxl = rows
-    assert trxl[4] == "eval" and gru[4] == "training episodes (no eval/ scalars)"
-    assert "success" in header and all("±" in r[5] for r in rows)
+    assert trxl[5] == "eval" and gru[5] == "training episodes (no eval/ scalars)"
+    assert "success" in header and all("±" in r[6] for r in rows)
 
     # The command line: a directory of runs, the evaluation tag, the min / max band, smoothing.
     result = subprocess.run(
@@ -94,12 +97,14 @@ def test_eval_table_mean_and_standard_error_across_seeds(tmp_path, capsys):
     table = (tmp_path / "t.md").read_text()
     assert table in capsys.readouterr().out
     header = [cell.strip() for cell in table.splitlines()[0].strip("|").split("|")]
-    assert header == ["env", "algorithm", "seeds", "final step", "source", "return", "length", "success"]
+    assert header == ["env", "reset parameters", "algorithm", "seeds", "final step", "source", "return", "length", "success"]
     gru, trxl = table_rows(table)
     # Two seeds: mean 2.0, standard error std([1, 3], ddof=1) / sqrt(2) = 1.0.
-    assert trxl == ["MortarMayhem-Grid-v0", "ppo_trxl", "2", "200", "eval", "2.000 ± 1.000", "50.000 ± 0.000", "0.750 ± 0.250"]
+    assert trxl == ["MortarMayhem-Grid-v0", "the env's defaults", "ppo_trxl", "2", "200", "eval", "2.000 ± 1.000",
+                    "50.000 ± 0.000", "0.750 ± 0.250"]
     # No eval/ scalars: the last training return, said so in the source column.
-    assert gru[:6] == ["MortarMayhem-Grid-v0", "ppo_gru", "1", "300", "training episodes (no eval/ scalars)", "2.000"]
+    assert gru[:7] == ["MortarMayhem-Grid-v0", "the env's defaults", "ppo_gru", "1", "300",
+                       "training episodes (no eval/ scalars)", "2.000"]
     assert (tmp_path / "out" / "MortarMayhem-Grid-v0__eval_return_mean.png").exists()
 
 
@@ -138,7 +143,6 @@ def test_clear_errors(tmp_path, capsys):
 
 
 def test_runs_are_grouped_by_settings_on_request_and_mixed_settings_are_named(tmp_path, capsys):
-    import json
 
     for seed, precision, value in ((1, "float32", 1.0), (2, "float32", 3.0), (1, "bfloat16", 10.0), (2, "bfloat16", 20.0)):
         path = write_run(tmp_path, f"Env-v0__ppo_trxl__{seed}__1700000000{'-2' if precision == 'bfloat16' else ''}",
@@ -151,7 +155,69 @@ def test_runs_are_grouped_by_settings_on_request_and_mixed_settings_are_named(tm
     plot.main([str(tmp_path), "--out", str(tmp_path / "split"), "--group-by", "precision"])
     captured = capsys.readouterr()
     assert "differ in" not in captured.err
-    rows = {row[1]: row for row in table_rows(open(tmp_path / "split" / "results.md").read())}
+    rows = {row[2]: row for row in table_rows(open(tmp_path / "split" / "results.md").read())}
     assert set(rows) == {"ppo_trxl precision=float32", "ppo_trxl precision=bfloat16"}
     assert any(cell.startswith("2.000 ±") for cell in rows["ppo_trxl precision=float32"])
     assert any(cell.startswith("15.000 ±") for cell in rows["ppo_trxl precision=bfloat16"])
+
+
+class Drawn:
+    """What plot_env put in each figure it saved: title, y-label, y-range and legend labels, by file name."""
+
+    def __init__(self, monkeypatch):
+        self.figures = {}
+        real = matplotlib.figure.Figure.savefig
+
+        def record(figure, path, *args, **kwargs):
+            ax = figure.axes[0]
+            self.figures[os.path.basename(path)] = dict(
+                title=ax.get_title(), ylabel=ax.get_ylabel(), ylim=ax.get_ylim(), labels=ax.get_legend_handles_labels()[1])
+            return real(figure, path, *args, **kwargs)
+
+        monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
+
+
+def test_a_figure_draws_the_evaluation_the_random_policy_and_says_one_seed(tmp_path, monkeypatch):
+    drawn = Drawn(monkeypatch)
+    for seed, name in ((1, "ppo_trxl"), (1, "ppo_gru"), (2, "ppo_gru")):
+        path = write_run(tmp_path, f"ProofOfMemory-v0__{name}__{seed}__170000000{seed}", {
+            "charts/episodic_return_last100": [(100, 0.90), (200, 0.95)],
+            "eval/return_mean": [(200, 0.97 if name == "ppo_trxl" else 0.99)],
+        })
+        with open(os.path.join(path, "args.json"), "w") as f:
+            json.dump({"seed": seed, "env_kwargs": "{}"}, f)
+    plot.main([str(tmp_path / "*"), "--out", str(tmp_path / "out")])
+    figure = drawn.figures["ProofOfMemory-v0__charts_episodic_return_last100.png"]
+    assert "ppo_trxl (one seed)" in figure["labels"] and "ppo_gru (2 seeds)" in figure["labels"]
+    assert "ppo_trxl: held-out evaluation (one seed)" in figure["labels"]
+    random_policy = plot.random_policy_return("ProofOfMemory-v0", "{}")
+    assert 0.3 < random_policy < 0.7 and f"random policy ({random_policy:.3f})" in figure["labels"]
+    assert "last 100 episodes" in figure["ylabel"] and "held-out evaluation" in figure["ylabel"]
+    low, high = figure["ylim"]
+    assert low <= 0 < random_policy < 0.99 < high, "an honest range: from 0, past the highest value"
+
+    # One seed everywhere: the title says so instead of naming a spread.
+    plot.main([str(tmp_path / "*ppo_trxl*"), "--out", str(tmp_path / "one")])
+    assert drawn.figures["ProofOfMemory-v0__charts_episodic_return_last100.png"]["title"].endswith("one seed per curve")
+
+
+def test_a_figure_that_cannot_be_drawn_leaves_no_stale_file(tmp_path, capsys):
+    write_run(tmp_path / "runs", "Env-v0__ppo_trxl__1__1700000001", {"charts/episodic_return": [(100, 1.0), (200, 2.0)]})
+    write_run(tmp_path / "runs", "Env-v0__ppo_trxl__2__1700000002", {"charts/episodic_return": [(300, 1.0), (400, 2.0)]})
+    stale = tmp_path / "out" / "Env-v0__charts_episodic_return.png"
+    stale.parent.mkdir()
+    stale.write_bytes(b"an earlier figure")
+    plot.main([str(tmp_path / "runs"), "--tag", "charts/episodic_return", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert "share no step range" in err and f"removed {stale}" in err
+    assert not stale.exists()
+
+
+def test_the_table_names_reset_parameters_that_differ_from_the_defaults(tmp_path, capsys):
+    kwargs = '{"show_origin": true, "show_goal": true}'
+    path = write_run(tmp_path, "MysteryPath-Grid-v0__ppo_trxl__1__1700000001", {"charts/episodic_return": [(100, 0.5)]})
+    with open(os.path.join(path, "args.json"), "w") as f:
+        json.dump({"seed": 1, "env_kwargs": kwargs}, f)
+    plot.main([str(tmp_path / "*"), "--tag", "charts/episodic_return", "--out", str(tmp_path / "out")])
+    (row,) = table_rows((tmp_path / "out" / "results.md").read_text())
+    assert row[:3] == ["MysteryPath-Grid-v0", '`{"show_goal": true, "show_origin": true}`', "ppo_trxl"]
