@@ -48,12 +48,14 @@ def load(path: str, env_id: str | None = None):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="a *.cleanrl_model file or a checkpoint.pt")
-    parser.add_argument("--episodes", type=int, default=3, help="how many episodes to play (>= 1)")
-    parser.add_argument("--seed", type=int, default=200_000, help="seed of the first level (later ones follow from it)")
+    parser.add_argument("--episodes", type=int, default=3, help="how many episodes to play (>= 1; default: 3)")
+    parser.add_argument("--seed", type=int, default=200_000,
+                        help="seed of the first level, later ones follow from it (default: 200000, the first held-out seed)")
     parser.add_argument("--video-folder", default=None, help="where the MP4 files go (default: videos/enjoy/<run name>)")
-    parser.add_argument("--no-video", action="store_true", help="only print the episode metrics")
-    parser.add_argument("--env-id", default=None, help="confirm a `module:Env` id stored in the model (imports `module`)")
-    parser.add_argument("--cuda", action="store_true", help="run the model on CUDA")
+    parser.add_argument("--no-video", action="store_true", help="only print the episode metrics (default: off, videos are written)")
+    parser.add_argument("--env-id", default=None,
+                        help="confirm a `module:Env` id stored in the model, which imports `module` (default: none)")
+    parser.add_argument("--cuda", action="store_true", help="run the model on CUDA (default: off, the CPU)")
     options = parser.parse_args()
     if options.episodes < 1:
         parser.error(f"--episodes must be >= 1, got {options.episodes}")

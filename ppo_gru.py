@@ -33,11 +33,12 @@ from run_utils import (
     Run,
     agreed_min,
     average_gradients,
-    check_common_args,
+    common_problems,
     checked_observation,
     computes_in_bfloat16,
     checked_tensor,
     fail,
+    refuse,
     final_observations,
     leave_finished_rank,
     mean_across,
@@ -72,30 +73,6 @@ class Args:
     """the W&B project name"""
     wandb_entity: str | None = None
     """the W&B entity (team)"""
-    save_model: bool = False
-    """if toggled, save the model and its args to `runs/{run_name}/{exp_name}.cleanrl_model`"""
-    capture_video: bool = False
-    """if toggled, record episodes of env 0 (agent view beside the ground truth) to `videos/{run_name}`"""
-    checkpoint_interval: int = 0
-    """also write `runs/{run_name}/checkpoint.pt` every N iterations (0: only on the time schedule)"""
-    checkpoint_minutes: float = 10.0
-    """write the checkpoint after the first iteration, then whenever this many minutes have passed since
-    the last one, at the end and on SIGINT / SIGTERM (0: after every iteration)"""
-    resume: str | None = None
-    """continue the run saved in this checkpoint (same TensorBoard run; flags may change budgets and logging)"""
-
-    # Evaluation on held-out seeds
-    eval_interval: int = 500
-    """evaluate every N iterations and at the end (0: never; the paper: every 500 updates)"""
-    eval_seeds: int = 50
-    """the number of held-out level seeds per evaluation"""
-    eval_repetitions: int = 3
-    """the number of episodes played on each held-out seed"""
-    eval_seed_start: int = 200_000
-    """the first held-out seed (the paper's are 200000-200049); must not overlap the training seeds"""
-    eval_env_kwargs: str = "{}"
-    """reset parameters of the evaluation envs only, as a JSON object over --env-kwargs (e.g.
-    '{"max_steps": 8192}' caps evaluation episodes of the endless envs)"""
 
     # Environment
     env_id: str = "MortarMayhem-Grid-v0"
@@ -147,8 +124,10 @@ class Args:
     ground_truth_coef: float = 0.0
     """weight of the MSE loss of a head that estimates the env's `info["ground_truth"]` from the recurrent
     output (0 disables the head; Endless-MortarMayhem, Endless-MysteryPath and Endless-SearingSpotlights report it)"""
+    sequence_length: int = -1
+    """cut episode fragments into training sequences of at most this length (-1: whole fragments)"""
 
-    # Recurrent core
+    # Agent: recurrent core
     rnn_type: Literal["gru", "lstm"] = "gru"
     """the recurrent layer: gru (hidden state h) or lstm (hidden and cell state h, c)"""
     rnn_hidden_size: int = 512
@@ -157,10 +136,32 @@ class Args:
     """the size of the observation embedding fed to the recurrent layer"""
     hidden_dim: int = 512
     """the width of the body and of the policy / value layers"""
-    sequence_length: int = -1
-    """cut episode fragments into training sequences of at most this length (-1: whole fragments)"""
     zero_memory: bool = False
     """ablation: zero the hidden state before every step, making the agent memoryless"""
+
+    # Evaluation and checkpoints
+    eval_interval: int = 500
+    """evaluate every N iterations and at the end (0: never; the paper: every 500 updates)"""
+    eval_seeds: int = 50
+    """the number of held-out level seeds per evaluation"""
+    eval_repetitions: int = 3
+    """the number of episodes played on each held-out seed"""
+    eval_seed_start: int = 200_000
+    """the first held-out seed (the paper's are 200000-200049); must not overlap the training seeds"""
+    eval_env_kwargs: str = "{}"
+    """reset parameters of the evaluation envs only, as a JSON object over --env-kwargs (e.g.
+    '{"max_steps": 8192}' caps evaluation episodes of the endless envs)"""
+    checkpoint_interval: int = 0
+    """also write `runs/{run_name}/checkpoint.pt` every N iterations (0: only on the time schedule)"""
+    checkpoint_minutes: float = 10.0
+    """write the checkpoint after the first iteration, then whenever this many minutes have passed since
+    the last one, at the end and on SIGINT / SIGTERM (0: after every iteration)"""
+    resume: str | None = None
+    """continue the run saved in this checkpoint (same TensorBoard run; flags may change budgets and logging)"""
+    save_model: bool = False
+    """if toggled, save the model and its args to `runs/{run_name}/{exp_name}.cleanrl_model`"""
+    capture_video: bool = False
+    """if toggled, record episodes of env 0 (agent view beside the ground truth) to `videos/{run_name}`"""
 
     # Filled in at runtime (not flags)
     batch_size: tyro.conf.Suppress[int] = 0
@@ -191,13 +192,15 @@ RANGES = {**COMMON_RANGES, "rnn_hidden_size": ">= 1", "embed_dim": ">= 1", "hidd
 def parse_args(argv: list[str] | None = None) -> Args:
     """tyro CLI on top of a checkpoint's args (`--resume`), a `--config` preset or the paper's run of `--env-id`;
     flags win."""
-    return run_utils.parse_args(Args, "ppo_gru", argv)
+    return run_utils.parse_args(Args, "ppo_gru", argv, check_args)
 
 
-def check_args(args: Args) -> None:
-    check_common_args(args, RANGES)
+def check_args(args: Args, problems: list[str] = ()) -> None:
+    """Refuse the flags (and the preset's `problems`) with every problem named in one message."""
+    problems = [*problems, *common_problems(args, RANGES)]
     if args.sequence_length == 0 or args.sequence_length < -1:
-        fail(f"--sequence-length must be -1 (whole fragments) or >= 1, got {args.sequence_length}")
+        problems.append(f"--sequence-length must be -1 (whole fragments) or >= 1, got {args.sequence_length}")
+    refuse(problems)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -39,11 +39,12 @@ from run_utils import (
     EpisodeStats,
     Run,
     average_gradients,
-    check_common_args,
+    common_problems,
     checked_observation,
     computes_in_bfloat16,
     checked_tensor,
     fail,
+    refuse,
     final_observations,
     leave_finished_rank,
     mean_across,
@@ -78,27 +79,6 @@ class Args:
     """the W&B project name"""
     wandb_entity: str | None = None
     """the W&B entity (team)"""
-    save_model: bool = False
-    """if toggled, save the model and its args to `runs/{run_name}/{exp_name}.cleanrl_model`"""
-    capture_video: bool = False
-    """if toggled, record episodes of env 0 (agent view beside the ground truth) to `videos/{run_name}`"""
-    checkpoint_interval: int = 0
-    """also write `runs/{run_name}/checkpoint.pt` every N iterations (0: only on the time schedule)"""
-    checkpoint_minutes: float = 10.0
-    """write the checkpoint after the first iteration, then whenever this many minutes have passed since
-    the last one, at the end and on SIGINT / SIGTERM (0: after every iteration)"""
-    resume: str | None = None
-    """continue the run saved in this checkpoint (same TensorBoard run; flags may change budgets and logging)"""
-
-    # Evaluation on held-out seeds
-    eval_interval: int = 500
-    """evaluate every N iterations and at the end (0: never; the paper: every 500 updates)"""
-    eval_seeds: int = 50
-    """the number of held-out level seeds per evaluation"""
-    eval_repetitions: int = 3
-    """the number of episodes played on each held-out seed"""
-    eval_seed_start: int = 200_000
-    """the first held-out seed (the paper's are 200000-200049); must not overlap the training seeds"""
 
     # Environment
     env_id: str = "MortarMayhem-Grid-v0"
@@ -106,9 +86,6 @@ class Args:
     (`module:EnvId-v0` imports `module` first, for envs registered there)"""
     env_kwargs: str = "{}"
     """reset parameters of the environment as a JSON object, e.g. '{"command_count": [5]}' for the default env"""
-    eval_env_kwargs: str = "{}"
-    """reset parameters of the evaluation envs only, as a JSON object over --env-kwargs (e.g. the
-    paper's evaluation cap '{"max_steps": 2560}')"""
     total_timesteps: int = 163_840_000
     """total environment steps of the experiment"""
     num_envs: int = 32
@@ -153,11 +130,8 @@ class Args:
     ground_truth_coef: float = 0.0
     """weight of the MSE loss of a head that estimates the env's `info["ground_truth"]` from the
     transformer's output (0 disables the head; needs an env that reports it, as the Endless ids)"""
-    head_hidden_size: int = 512
-    """the width of the Linear(dim -> N) + ReLU layer of its own before the policy, value and ground-truth
-    outputs (the paper's agent: 512)"""
 
-    # Transformer-XL
+    # Agent: Transformer-XL
     trxl_num_layers: int = 3
     """the number of transformer layers"""
     trxl_num_heads: int = 4
@@ -183,6 +157,33 @@ class Args:
     trxl_gate_bias: float | None = None
     """GTrXL: GRU-type gates with this initial bias replace both residual connections of every layer
     (unset: plain residuals)"""
+    head_hidden_size: int = 512
+    """the width of the Linear(dim -> N) + ReLU layer of its own before the policy, value and ground-truth
+    outputs (the paper's agent: 512)"""
+
+    # Evaluation and checkpoints
+    eval_interval: int = 500
+    """evaluate every N iterations and at the end (0: never; the paper: every 500 updates)"""
+    eval_seeds: int = 50
+    """the number of held-out level seeds per evaluation"""
+    eval_repetitions: int = 3
+    """the number of episodes played on each held-out seed"""
+    eval_seed_start: int = 200_000
+    """the first held-out seed (the paper's are 200000-200049); must not overlap the training seeds"""
+    eval_env_kwargs: str = "{}"
+    """reset parameters of the evaluation envs only, as a JSON object over --env-kwargs (e.g. the
+    paper's evaluation cap '{"max_steps": 2560}')"""
+    checkpoint_interval: int = 0
+    """also write `runs/{run_name}/checkpoint.pt` every N iterations (0: only on the time schedule)"""
+    checkpoint_minutes: float = 10.0
+    """write the checkpoint after the first iteration, then whenever this many minutes have passed since
+    the last one, at the end and on SIGINT / SIGTERM (0: after every iteration)"""
+    resume: str | None = None
+    """continue the run saved in this checkpoint (same TensorBoard run; flags may change budgets and logging)"""
+    save_model: bool = False
+    """if toggled, save the model and its args to `runs/{run_name}/{exp_name}.cleanrl_model`"""
+    capture_video: bool = False
+    """if toggled, record episodes of env 0 (agent view beside the ground truth) to `videos/{run_name}`"""
 
     # Filled in at runtime (not flags)
     batch_size: tyro.conf.Suppress[int] = 0
@@ -224,17 +225,20 @@ RANGES = {
 def parse_args(argv: list[str] | None = None) -> Args:
     """tyro CLI on top of a checkpoint's args (`--resume`), a `--config` preset or the paper's run of `--env-id`;
     flags win. An id the paper lacks has no known episode limit, so the absolute encoding encodes the step itself."""
-    return run_utils.parse_args(Args, "ppo_trxl", argv, unknown_id={"trxl_positional_encoding_horizon": 0})
+    return run_utils.parse_args(Args, "ppo_trxl", argv, check_args, unknown_id={"trxl_positional_encoding_horizon": 0})
 
 
-def check_args(args: Args) -> None:
-    check_common_args(args, RANGES)
-    if args.trxl_dim % (2 * args.trxl_num_heads) != 0:  # each head's slice splits into sine and cosine halves
-        fail(f"--trxl-dim ({args.trxl_dim}) must be divisible by 2 x --trxl-num-heads ({args.trxl_num_heads})")
-    if args.num_steps % args.num_minibatches != 0:
-        fail(f"--num-minibatches ({args.num_minibatches}) must divide --num-steps ({args.num_steps})")
+def check_args(args: Args, problems: list[str] = ()) -> None:
+    """Refuse the flags (and the preset's `problems`) with every problem named in one message."""
+    problems = [*problems, *common_problems(args, RANGES)]
+    # Each head's slice splits into sine and cosine halves.
+    if args.trxl_num_heads >= 1 and args.trxl_dim % (2 * args.trxl_num_heads) != 0:
+        problems.append(f"--trxl-dim ({args.trxl_dim}) must be divisible by 2 x --trxl-num-heads ({args.trxl_num_heads})")
+    if args.num_minibatches >= 1 and args.num_steps % args.num_minibatches != 0:
+        problems.append(f"--num-minibatches ({args.num_minibatches}) must divide --num-steps ({args.num_steps})")
     if args.trxl_query_positional_encoding and args.trxl_positional_encoding != "absolute":
-        fail("--trxl-query-positional-encoding adds the absolute encoding; it needs --trxl-positional-encoding absolute")
+        problems.append("--trxl-query-positional-encoding adds the absolute encoding; it needs --trxl-positional-encoding absolute")
+    refuse(problems)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import errno
+import glob
 import functools
 import importlib
 import io
@@ -62,6 +63,14 @@ def fail(message: str) -> None:
     raise SystemExit(f"error: {message}")
 
 
+def refuse(problems: list[str]) -> None:
+    """Stop with every problem found, in one message, when there is any."""
+    if len(problems) == 1:
+        fail(problems[0])
+    if problems:
+        fail(f"{len(problems)} problems, nothing was started:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
 # ---------------------------------------------------------------------------------------------
 # Presets, checkpoint args and the command line
 # ---------------------------------------------------------------------------------------------
@@ -88,51 +97,127 @@ def _type_error(annotation: Any, value: Any) -> str | None:
     return f"has an unsupported value {value!r}"
 
 
-def checked_values(values: dict, args_cls: type, source: str, refused: tuple[str, ...]) -> dict:
-    """Keys and values of a preset or checkpoint checked against the fields of `args_cls`."""
+def checked_values(values: dict, args_cls: type, source: str, refused: tuple[str, ...],
+                   problems: list[str] | None = None) -> dict:
+    """Keys and values of a preset or checkpoint checked against the fields of `args_cls`. Each problem
+    goes to `problems` (the value is left out) or, without that list, stops at once."""
     hints = get_type_hints(args_cls)
     known = [f.name for f in dataclasses.fields(args_cls) if f.name not in refused]
+    found = [] if problems is None else problems
     checked = {}
     for key, value in values.items():
         name = str(key).replace("-", "_")
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            fail(f"{source}: unknown key {key!r}{hint}")
-        if (problem := _type_error(hints[name], value)) is not None:
-            fail(f"{source}: {key} {problem}")
-        checked[name] = value
+            found.append(f"{source}: unknown key {key!r}{hint}")
+        elif (problem := _type_error(hints[name], value)) is not None:
+            found.append(f"{source}: {key} {problem}")
+        else:
+            checked[name] = value
+    if problems is None:
+        refuse(found)
     return checked
 
 
-def load_preset(path: str, args_cls: type, refused: tuple[str, ...]) -> dict:
-    """Read a TOML preset and check every key and value type against `args_cls`."""
+def load_preset(path: str, args_cls: type, refused: tuple[str, ...], problems: list[str] | None = None,
+                script: str = "") -> dict:
+    """Read a TOML preset and check every key and value type against `args_cls` (see `checked_values`)."""
     if os.path.isdir(path):
         fail(f"config file {path!r} is a directory; give a .toml file such as configs/probe/ppo_trxl/ProofOfMemory-v0.toml")
     try:
         with open(path, "rb") as f:
             preset = tomllib.load(f)
     except FileNotFoundError:
-        fail(f"config file {path!r} does not exist")
+        fail(f"config file {path!r} does not exist{nearest_files(path, preset_paths(), prefer=f'/{script}/')}")
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         fail(f"config file {path!r} is not valid TOML: {e}")
-    return checked_values(preset, args_cls, f"config file {path!r}", refused)
+    return checked_values(preset, args_cls, f"config file {path!r}", refused, problems)
 
 
-def parse_args(args_cls: type, script: str, argv: list[str] | None, unknown_id: dict | None = None):
+def preset_paths() -> list[str]:
+    """Every preset of the project, as a path from the working folder where it lies below it."""
+    configs = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+    paths = sorted(glob.glob(os.path.join(configs, "**", "*.toml"), recursive=True))
+    return [os.path.relpath(p) if not os.path.relpath(p).startswith("..") else p for p in paths]
+
+
+def nearest_files(path: str, candidates: list[str], prefer: str = "", most: int = 2) -> str:
+    """'; did you mean ...' naming the files most like a missing `path` (those with its file name, and
+    those containing `prefer`, first); '' when nothing is near."""
+    def likeness(candidate: str) -> tuple[bool, float]:
+        ratio = difflib.SequenceMatcher(None, path, candidate).ratio()
+        return os.path.basename(candidate) == os.path.basename(path), ratio + (0.05 if prefer and prefer in candidate else 0)
+
+    near = [c for c in sorted(candidates, key=likeness, reverse=True) if likeness(c)[0] or likeness(c)[1] >= 0.6]
+    return f"; did you mean {' or '.join(near[:most])}?" if near else ""
+
+
+def parse_args(args_cls: type, script: str, argv: list[str] | None, check_args: Callable,
+               unknown_id: dict | None = None):
     """tyro CLI on top of a checkpoint's args (`--resume`), a `--config` preset, or else the paper's run of
     `--env-id` (`configs/paper/{script}/{id}.toml`); flags win. `unknown_id`: the defaults an id without a
-    paper preset gets."""
+    paper preset gets. Every problem of the preset and the flags is refused in one message."""
     argv = sys.argv[1:] if argv is None else argv
-    defaults = args_cls()
+    defaults, problems = args_cls(), []
+    asks_help = any(arg in ("-h", "--help") for arg in argv)
     if (path := flag_value(argv, "--resume")) is not None:
         saved = args_from_checkpoint(load_checkpoint(path, script), path, args_cls, argv)
         defaults = dataclasses.replace(defaults, **saved)
     elif (path := flag_value(argv, "--config")) is not None or (path := paper_preset(script, flag_value(argv, "--env-id"))):
-        defaults = dataclasses.replace(defaults, config=path, **load_preset(path, args_cls, RUNTIME_FIELDS))
+        defaults = dataclasses.replace(defaults, config=path, **load_preset(path, args_cls, RUNTIME_FIELDS, problems, script))
     elif flag_value(argv, "--env-id") not in (None, defaults.env_id):
         defaults = dataclasses.replace(defaults, **(unknown_id or {}))
-    return tyro.cli(args_cls, default=defaults, args=argv)
+    if asks_help:  # the flags by group, with the defaults this command line would run (a preset's included)
+        print(flag_help(args_cls, script, defaults))
+        raise SystemExit(0)
+    args = tyro.cli(args_cls, default=defaults, args=argv)
+    if args.resume is None:  # a resumed run is checked against its checkpoint first, when it starts
+        check_args(args, problems)
+    return args
+
+
+def flag_help(args_cls: type, script: str, defaults) -> str:
+    """`--help`: every flag of `args_cls` under the group its `# Group` comment names, with its docstring
+    wrapped once to the terminal and the default this command line would use."""
+    import ast
+    import inspect
+    import shutil
+    import textwrap
+
+    source = textwrap.dedent(inspect.getsource(args_cls))
+    lines = source.splitlines()
+    body = ast.parse(source).body[0].body
+    groups, group = {}, "Flags"
+    width = min(shutil.get_terminal_size((100, 24)).columns, 110)
+    for i, node in enumerate(body):
+        if not isinstance(node, ast.AnnAssign):
+            continue
+        above = lines[node.lineno - 2].strip()  # a "# Group" comment right above a field opens a group
+        group = above[2:] if above.startswith("# ") else group
+        annotation = ast.unparse(node.annotation)
+        if "Suppress" in annotation:
+            continue
+        name = node.target.id
+        following = body[i + 1] if i + 1 < len(body) else None
+        doc = following.value.value if isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant) else ""
+        flag = "--" + name.replace("_", "-")
+        default = getattr(defaults, name)
+        if annotation == "bool":
+            spec = f"{flag} / --no-{flag[2:]}"
+        elif annotation.startswith("Literal"):
+            spec = f"{flag} {{{','.join(str(v) for v in ast.literal_eval(node.annotation.slice))}}}"
+        else:
+            spec = f"{flag} {annotation.split(' |')[0].upper()}"
+        text = " ".join(doc.split()) + f" (default: {'unset' if default is None else default})"
+        entry = textwrap.fill(text, width, initial_indent=" " * 34, subsequent_indent=" " * 34, break_on_hyphens=False)
+        entry = (f"  {spec:<31} " + entry[34:]) if len(spec) <= 31 else f"  {spec}\n{entry}"
+        groups.setdefault(group, []).append(entry)
+    summary = (sys.modules[args_cls.__module__].__doc__ or "").splitlines()[0]
+    intro = f"usage: python {script}.py [--flag VALUE ...]\n\n" + textwrap.fill(
+        f"{summary} Flags override a --config preset and a --resume checkpoint; the defaults shown are the ones "
+        "this command line would run. More: docs/usage.md.", width)
+    return "\n\n".join([intro, *(f"{title}\n" + "\n".join(entries) for title, entries in groups.items())])
 
 
 def paper_preset(script: str, env_id: str | None) -> str | None:
@@ -144,12 +229,19 @@ def paper_preset(script: str, env_id: str | None) -> str | None:
 
 
 def preset_headline(path: str | None) -> str | None:
-    """The first comment line of a preset: what it targets (e.g. the published number it reproduces)."""
+    """The first sentence of a preset's leading comment: what it targets (e.g. the published number it
+    reproduces), however many lines it spans."""
     if not path:
         return None
+    lines = []
     with open(path, encoding="utf-8") as f:
-        first = f.readline().strip()
-    return first.lstrip("#").strip() or None if first.startswith("#") else None
+        for line in f:
+            if not line.startswith("#"):
+                break
+            lines.append(line.lstrip("#").strip())
+            if lines[-1].endswith("."):
+                break
+    return " ".join(lines) or None
 
 
 def flag_value(argv: list[str], flag: str) -> str | None:
@@ -234,31 +326,41 @@ def _within(value: float, rule: str) -> bool:
     return above and below
 
 
-def check_ranges(args, ranges: dict[str, str]) -> None:
-    """Refuse a field outside its range in one line naming the flag, the value and what is allowed.
+def range_problems(args, ranges: dict[str, str]) -> list[str]:
+    """A line for each field outside its range, naming the flag, the value and what is allowed.
 
     A range is '>= a', '> a', an interval such as '[a, b]' or '(a, b]', or 'finite'; an unset optional
     field passes."""
+    problems = []
     for name, allowed in ranges.items():
         value = getattr(args, name, None)
         if value is not None and not _within(value, allowed):
             in_range = f"in {allowed}" if allowed[0] in "[(" else allowed
-            fail(f"--{name.replace('_', '-')} must be {in_range}, got {value!r}")
+            problems.append(f"--{name.replace('_', '-')} must be {in_range}, got {value!r}")
     if args.num_envs * args.num_steps > 2**24:
-        fail(f"--num-envs x --num-steps is {args.num_envs * args.num_steps:,} steps per rollout; at most {2**24:,} are allowed")
+        problems.append(f"--num-envs x --num-steps is {args.num_envs * args.num_steps:,} steps per rollout; "
+                        f"at most {2**24:,} are allowed")
+    return problems
 
 
-def check_common_args(args, ranges: dict[str, str]) -> None:
-    """The checks both scripts make before anything starts: ranges, names, JSON flags, budget, seeds."""
-    check_ranges(args, ranges)
-    plain_name(args.exp_name, "--exp-name")  # it names the run folder and the model file
-    json_object(args.env_kwargs, "--env-kwargs")
-    json_object(args.eval_env_kwargs, "--eval-env-kwargs")
-    if args.total_timesteps < args.num_envs * args.num_steps * args.world_size:
-        fail(f"--total-timesteps ({args.total_timesteps}) is smaller than one rollout of all ranks")
-    training_seeds = range(args.seed, args.seed + args.num_envs * args.world_size)
-    if args.eval_interval and set(training_seeds) & set(range(args.eval_seed_start, args.eval_seed_start + args.eval_seeds)):
-        fail("the held-out evaluation seeds overlap the training seeds; change --eval-seed-start")
+def common_problems(args, ranges: dict[str, str]) -> list[str]:
+    """What is wrong with the flags every script shares: ranges, names, JSON flags, budget, seeds, env id."""
+    problems = range_problems(args, ranges)
+    problems += filter(None, [name_problem(args.exp_name, "--exp-name"),  # it names the run folder and model file
+                              json_problem(args.env_kwargs, "--env-kwargs"),
+                              json_problem(args.eval_env_kwargs, "--eval-env-kwargs"),
+                              env_id_problem(args.env_id)])
+    rollout = args.num_envs * args.num_steps * args.world_size
+    if args.total_timesteps < rollout:
+        ranks = f" x {args.world_size} ranks" if args.world_size > 1 else ""
+        problems.append(f"--total-timesteps {args.total_timesteps:,} is less than one rollout (--num-envs {args.num_envs} "
+                        f"x --num-steps {args.num_steps}{ranks} = {rollout:,} steps); a run trains whole rollouts: "
+                        f"the nearest budgets are {rollout:,} and {2 * rollout:,}")
+    # Training seeds [seed, seed + envs x ranks) against the held-out ones [start, start + eval_seeds).
+    training_end, eval_end = args.seed + args.num_envs * args.world_size, args.eval_seed_start + args.eval_seeds
+    if args.eval_interval and args.seed < eval_end and args.eval_seed_start < training_end:
+        problems.append("the held-out evaluation seeds overlap the training seeds; change --eval-seed-start")
+    return problems
 
 
 def check_rollout_fits(args, space: gym.Space) -> None:
@@ -289,7 +391,8 @@ def read_file(path: str, what: str = "checkpoint or saved model") -> dict:
     if os.path.isdir(path):
         fail(f"{path!r} is a directory, not a {what} (a file such as runs/<run>/checkpoint.pt)")
     if not os.path.exists(path):
-        fail(f"{path!r} does not exist")
+        saved = glob.glob(os.path.join(RUNS_ROOT, "*", "checkpoint.pt")) + glob.glob(os.path.join(RUNS_ROOT, "*", "*.cleanrl_model"))
+        fail(f"{path!r} does not exist{nearest_files(path, saved + glob.glob(os.path.join(os.path.dirname(path) or '.', '*')))}")
     size = os.path.getsize(path)
     if size == 0:
         fail(f"{path!r} is empty, not a {what}")
@@ -478,10 +581,17 @@ def checked_tensor(value: Any, like: torch.Tensor, field: str) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # Run folders
 # ---------------------------------------------------------------------------------------------
-def plain_name(name: Any, what: str) -> str:
-    """A name usable as one folder: no path separators, no `..`, not empty."""
+def name_problem(name: Any, what: str) -> str | None:
+    """Why `name` cannot be one folder name (no path separators, no `..`, not empty); None if it can."""
     if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
-        fail(f"{what} {name!r} is not a plain folder name (no '/', '\\' or '..' allowed)")
+        return f"{what} {name!r} is not a plain folder name (no '/', '\\' or '..' allowed)"
+    return None
+
+
+def plain_name(name: Any, what: str) -> str:
+    """A name usable as one folder, or a stop naming the problem."""
+    if (problem := name_problem(name, what)) is not None:
+        fail(problem)
     return name
 
 
@@ -518,15 +628,37 @@ def claim_run_folder(args, resumed: bool, main: bool) -> str:
 # ---------------------------------------------------------------------------------------------
 # Environments
 # ---------------------------------------------------------------------------------------------
-def json_object(text: str, flag: str) -> dict:
-    """A JSON object given on the command line or in a preset (reset parameters)."""
+def json_problem(text: str, flag: str) -> str | None:
+    """Why a flag's text is not a JSON object (reset parameters); None if it is one."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        fail(f"{flag} is not valid JSON: {e}")
-    if not isinstance(value, dict):
-        fail(f"{flag} must be a JSON object, e.g. '{{\"max_steps\": 2560}}'")
-    return value
+        return f"{flag} is not valid JSON: {e}"
+    return None if isinstance(value, dict) else f"{flag} must be a JSON object, e.g. '{{\"max_steps\": 2560}}'"
+
+
+def json_object(text: str, flag: str) -> dict:
+    """A JSON object given on the command line or in a preset (reset parameters)."""
+    if (problem := json_problem(text, flag)) is not None:
+        fail(problem)
+    return json.loads(text)
+
+
+def env_id_problem(env_id: str) -> str | None:
+    """Why `env_id` names no registered environment (importing `module` of `module:EnvId-v0`); None if it does."""
+    module, _, name = env_id.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            return f"cannot import {module!r} for environment {env_id!r}: {e}"
+    try:
+        gym.spec(name)
+        return None
+    except gym.error.Error:
+        pass
+    close = difflib.get_close_matches(name, list(gym.registry), n=1, cutoff=0.8)
+    return f"unknown environment id {env_id!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
 def make_envs(args, num_envs: int, evaluation: bool = False) -> gym.vector.VectorEnv:
@@ -910,13 +1042,19 @@ def format_duration(seconds: float) -> str:
 
 def announce(args, device: torch.device, precision: str, num_parameters: int, run_folder: str) -> None:
     """What a run is, printed before its first iteration starts."""
+    rollout = args.batch_size * args.world_size
+    trained = args.num_iterations * rollout
     print(
         f"{args.env_id} | device {device} | precision {precision} | parameters: {num_parameters:,}\n"
         f"{args.num_envs} envs x {args.num_steps} steps x {args.world_size} rank(s) = "
-        f"{args.batch_size * args.world_size:,} steps per iteration, {args.num_iterations:,} iterations\n"
+        f"{rollout:,} steps per iteration, {args.num_iterations:,} iterations = {trained:,} steps\n"
         f"run folder {run_folder} (watch it with: tensorboard --logdir {RUNS_ROOT})",
         flush=True,
     )
+    if trained != args.total_timesteps:
+        print(f"note: --total-timesteps {args.total_timesteps:,} is not a whole number of rollouts of {rollout:,} steps; "
+              f"this run trains {trained:,} ({args.num_iterations:,} rollouts; {trained + rollout:,} would train "
+              f"{args.num_iterations + 1:,})", flush=True)
     if (headline := preset_headline(args.config)) is not None:
         print(f"preset {args.config}: {headline}", flush=True)
 
@@ -1051,6 +1189,8 @@ class Run:
             fail(f"{args.env_id} has no image observations, so --capture-video has nothing to film")
         if args.ground_truth_coef > 0:
             args.ground_truth_size = ground_truth_size(envs, args.env_id)
+        if self.main and args.eval_interval:  # made here, so that their problems too come before any file
+            self.eval_envs = make_envs(args, args.eval_seeds, evaluation=True)
         return envs, image_shape, vector_size, action_branches(envs.single_action_space, args.env_id)
 
     def start(self, agent: torch.nn.Module, optimizer, save_rollout: Callable[[], dict],
@@ -1077,8 +1217,6 @@ class Run:
                 report_resume(args, self.iteration, self.global_step, envs_restored)
         if self.main:
             self._open_logs()
-            if args.eval_interval:
-                self.eval_envs = make_envs(args, args.eval_seeds, evaluation=True)
             if args.capture_video:
                 self.recorder = VideoRecorder(os.path.join("videos", args.run_name), self.envs.metadata.get("render_fps", 25))
         self.previous_handlers = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -1210,7 +1348,7 @@ class Run:
         evaluation = f" | eval {metrics['eval/return_mean']:.3f}" if "eval/return_mean" in metrics else ""
         print(
             f"iter {self.iteration}/{args.num_iterations} | step {step:,} | SPS {sps:,} "
-            f"| return {'n/a' if recent_return is None else f'{recent_return:.3f}'}{evaluation} "
+            f"| return (last 100 episodes) {'n/a' if recent_return is None else f'{recent_return:.3f}'}{evaluation} "
             f"| pi {metrics['losses/policy_loss']:.4f} | v {metrics['losses/value_loss']:.4f} "
             f"| entropy {metrics['losses/entropy']:.3f} | ETA {format_duration(eta)}",
             flush=True,
