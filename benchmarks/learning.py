@@ -405,6 +405,8 @@ def plot_curves(results: list[dict], folder: str) -> list[str]:
                                          (by_time, f"{base}__wall_time.png", "wall time (s)")):
                 if plot.plot_env(env, groups, tag, "se", 0.0, path, xlabel=xlabel):
                     written.append(path)
+                elif os.path.exists(path):
+                    os.remove(path)  # from an earlier report: it would pass for one of these runs
     return written
 
 
