@@ -1150,9 +1150,9 @@ class Run:
             run.finish()
         return run.history
 
-    `start` loads a resumed run (weights, optimizer, each rank's envs and rollout state), then claims
-    the run folder, opens TensorBoard and W&B, the held-out evaluation envs and the video recorder, and
-    takes over SIGINT / SIGTERM: a first signal finishes the iteration and writes a checkpoint, a second
+    `make_envs` builds the training and held-out evaluation envs, checked against the flags. `start` loads a
+    resumed run (weights, optimizer, each rank's envs and rollout state), then claims the run folder, opens
+    TensorBoard and W&B and the video recorder, and takes over SIGINT / SIGTERM: a first signal finishes the iteration and writes a checkpoint, a second
     stops at once. Leaving the `with` block closes all of it; an error leaves one line, a traceback in
     `error.log` and the last checkpoint's name.
     """
@@ -1178,7 +1178,8 @@ class Run:
         self.current, self.durations = None, {}
 
     def make_envs(self) -> tuple[gym.vector.VectorEnv, tuple[int, ...] | None, int, list[int]]:
-        """The training envs, checked against the flags: (envs, image shape or None, vector size, action branches)."""
+        """The training envs, checked against the flags: (envs, image shape or None, vector size, action branches);
+        on rank 0 also the held-out evaluation envs (`eval_envs`)."""
         args = self.args
         self.envs = envs = make_envs(args, args.num_envs)
         image_shape, vector_size = observation_layout(envs.single_observation_space, args.env_id)
@@ -1195,7 +1196,7 @@ class Run:
 
     def start(self, agent: torch.nn.Module, optimizer, save_rollout: Callable[[], dict],
               load_rollout: Callable[[dict], None]) -> "Run":
-        """Resume (when asked), then open the run folder, the logs, the evaluation envs and the signal handlers.
+        """Resume (when asked), then open the run folder, the logs, the video recorder and the signal handlers.
         `save_rollout` / `load_rollout`: what the script's rollout carries into the next iteration."""
         args, checkpoint = self.args, self.checkpoint
         self.agent, self.optimizer = agent, optimizer
