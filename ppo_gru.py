@@ -31,6 +31,7 @@ from run_utils import (
     COMMON_RANGES,
     EpisodeStats,
     Run,
+    Upload,
     agreed_min,
     average_gradients,
     common_problems,
@@ -363,6 +364,7 @@ class Rollout:
     next_obs: tuple  # (images, vectors, ground truth or None) of the observation the next step starts from
     next_hidden: torch.Tensor  # (num_envs, state_size)
     next_start: torch.Tensor  # (num_envs,) bool: the next step begins an episode
+    upload: Upload  # host arrays to the device without waiting (pinned buffers on CUDA)
 
 
 def new_rollout(agent: Agent, envs: gym.vector.VectorEnv, num_steps: int, first_obs, device, first_info=None) -> Rollout:
@@ -384,6 +386,7 @@ def new_rollout(agent: Agent, envs: gym.vector.VectorEnv, num_steps: int, first_
         next_obs=observed(first_obs, first_info, envs.single_observation_space, ground_truth),
         next_hidden=torch.zeros((E, agent.state_size), device=device),
         next_start=torch.ones(E, dtype=torch.bool, device=device),
+        upload=Upload(device),
     )
 
 
@@ -401,13 +404,9 @@ def observed(obs, info: dict | None, space: gym.Space, ground_truth: bool) -> tu
     return image, vector, np.asarray(info["ground_truth"], dtype=np.float32)
 
 
-def to_device(obs: tuple, device: torch.device) -> tuple:
-    return tuple(None if part is None else torch.as_tensor(part, device=device) for part in obs)
-
-
 def act(agent: Agent, ro: Rollout, device: torch.device):
     """One GRU step of every env; the hidden state is zero at an episode start."""
-    image, vector, _ = to_device(ro.next_obs, device)
+    image, vector = (None if part is None else ro.upload(name, part) for name, part in zip(("image", "vector"), ro.next_obs))
     reset = torch.ones_like(ro.next_start)[:, None] if agent.zero_memory else ro.next_start[:, None]
     hidden = torch.where(reset, 0.0, ro.next_hidden)
     out, next_hidden = agent(
@@ -423,11 +422,14 @@ def collect_rollout(agent: Agent, envs: gym.vector.VectorEnv, ro: Rollout, devic
 
     With `gamma`, an episode cut by a time limit (truncated, not terminated) gets the discounted value of
     its last observation added to its last reward: the task did not end there."""
+    # Rewards are gathered on the host and copied once; a time limit's bootstrap is added after.
+    rewards, bootstraps = np.zeros(tuple(ro.values.shape), np.float32), []
     for s in range(ro.values.shape[0]):
         if recorder is not None:
             recorder.capture(ro.next_obs[0], envs)
         image, vector, hidden, next_hidden, logits, value = act(agent, ro, device)
-        dists = [torch.distributions.Categorical(logits=l) for l in logits]
+        # Unvalidated: checking the arguments reads them on the host, a wait for the device every step.
+        dists = [torch.distributions.Categorical(logits=l, validate_args=False) for l in logits]
         action = torch.stack([d.sample() for d in dists], dim=1)
         if image is not None:
             ro.images[s] = image
@@ -435,17 +437,18 @@ def collect_rollout(agent: Agent, envs: gym.vector.VectorEnv, ro: Rollout, devic
             ro.vectors[s] = vector
         ro.hiddens[s] = hidden
         if ro.ground_truths is not None:
-            ro.ground_truths[s] = torch.as_tensor(ro.next_obs[2], device=device)
+            ro.ground_truths[s] = ro.upload("ground_truth", ro.next_obs[2])
         ro.starts[s] = ro.next_start
         ro.actions[s] = action
         ro.logprobs[s] = torch.stack([d.log_prob(a) for d, a in zip(dists, action.T)], dim=1)
         ro.values[s] = value
 
-        env_action = action.cpu().numpy()
+        env_action = action.cpu().numpy()  # the step's one copy from the device, and its one wait
         obs, reward, terminated, truncated, info = envs.step(env_action[:, 0] if len(dists) == 1 else env_action)
         done = np.logical_or(terminated, truncated)
-        ro.rewards[s] = torch.as_tensor(reward, dtype=torch.float32, device=device)
-        ro.dones[s] = torch.as_tensor(done, dtype=torch.float32, device=device)
+        rewards[s] = reward
+        done_now = ro.upload("done", done)
+        ro.dones[s] = done_now.float()
         ro.next_hidden = next_hidden
         cut = np.logical_and(truncated, np.logical_not(terminated))
         if gamma is not None and cut.any():
@@ -453,12 +456,15 @@ def collect_rollout(agent: Agent, envs: gym.vector.VectorEnv, ro: Rollout, devic
             ro.next_obs = observed(final_observations(obs, info, cut), None, envs.single_observation_space, False)
             ro.next_start = torch.zeros_like(ro.next_start)
             final_value = act(agent, ro, device)[5]
-            ro.rewards[s] += gamma * final_value * torch.as_tensor(cut, dtype=torch.float32, device=device)
+            bootstraps.append((s, gamma * final_value * ro.upload("cut", cut, torch.float32)))
         ro.next_obs = observed(obs, info, envs.single_observation_space, ro.ground_truths is not None)
-        ro.next_start = torch.as_tensor(done, device=device)
+        ro.next_start = done_now
         on_episode(reward, done, info)
         if recorder is not None:
             recorder.step_done(bool(done[0]))
+    ro.rewards.copy_(ro.upload("rewards", rewards))
+    for s, bootstrap in bootstraps:
+        ro.rewards[s] += bootstrap
     return act(agent, ro, device)[5]
 
 

@@ -38,6 +38,7 @@ from run_utils import (
     COMMON_RANGES,
     EpisodeStats,
     Run,
+    Upload,
     average_gradients,
     common_problems,
     checked_observation,
@@ -546,6 +547,7 @@ class Rollout:
     next_step: torch.Tensor  # (num_envs,): its episode step
     ground_truths: torch.Tensor | None = None  # (num_steps, num_envs, size): info["ground_truth"] of each sample
     next_ground_truth: torch.Tensor | None = None  # (num_envs, size): the one reported with next_obs
+    upload: Upload | None = None  # host arrays to the device without waiting (pinned buffers on CUDA)
 
 
 def new_rollout(agent: Agent, envs: gym.vector.VectorEnv, num_steps: int, first_obs, device, first_info=None) -> Rollout:
@@ -573,16 +575,13 @@ def new_rollout(agent: Agent, envs: gym.vector.VectorEnv, num_steps: int, first_
         next_step=torch.zeros(E, dtype=torch.long, device=device),
         ground_truths=None if ground_truth is None else torch.zeros((S, E, ground_truth.shape[1]), device=device),
         next_ground_truth=ground_truth,
+        upload=Upload(device),
     )
-
-
-def to_device(obs: tuple, device: torch.device) -> tuple:
-    return tuple(None if part is None else torch.as_tensor(part, device=device) for part in obs)
 
 
 def act(agent: Agent, ro: Rollout, cache: list, slot: int, device: torch.device):
     """One forward pass of every env at timeline `slot` over the window of the normalised-memory cache."""
-    image, vector = to_device(ro.next_obs, device)
+    image, vector = (None if part is None else ro.upload(name, part) for name, part in zip(("image", "vector"), ro.next_obs))
     window = [normalised[:, slot - agent.context : slot] for normalised in cache]
     query_slots = torch.full_like(ro.next_step, agent.context)[:, None]
     memory_out, layer_inputs = agent(
@@ -612,6 +611,8 @@ def collect_rollout(agent: Agent, envs: gym.vector.VectorEnv, ro: Rollout, devic
     for normalised in agent.normalise_memory(ro.memory[:, :C], ro.memory_steps[:, :C]):
         cache.append(torch.cat([normalised, normalised.new_zeros((normalised.shape[0], S, normalised.shape[2]))], 1))
 
+    # Rewards are gathered on the host and copied once; a time limit's bootstrap is added after.
+    rewards, bootstraps = np.zeros((S, ro.values.shape[1]), np.float32), []
     for s in range(S):
         slot = C + s
         if recorder is not None:
@@ -623,7 +624,8 @@ def collect_rollout(agent: Agent, envs: gym.vector.VectorEnv, ro: Rollout, devic
         ro.memory_steps[:, slot] = ro.next_step
         for normalised, new in zip(cache, agent.normalise_memory(stored, ro.next_step[:, None])):
             normalised[:, slot] = new[:, 0]
-        dists = [torch.distributions.Categorical(logits=l) for l in logits]
+        # Unvalidated: checking the arguments reads them on the host, a wait for the device every step.
+        dists = [torch.distributions.Categorical(logits=l, validate_args=False) for l in logits]
         action = torch.stack([d.sample() for d in dists], dim=1)
         if image is not None:
             ro.images[s] = image
@@ -636,27 +638,31 @@ def collect_rollout(agent: Agent, envs: gym.vector.VectorEnv, ro: Rollout, devic
         if ro.ground_truths is not None:
             ro.ground_truths[s] = ro.next_ground_truth
 
-        env_action = action.cpu().numpy()
+        env_action = action.cpu().numpy()  # the step's one copy from the device, and its one wait
         obs, reward, terminated, truncated, info = envs.step(env_action[:, 0] if len(dists) == 1 else env_action)
         done = np.logical_or(terminated, truncated)
-        ro.rewards[s] = torch.as_tensor(reward, dtype=torch.float32, device=device)
-        ro.dones[s] = torch.as_tensor(done, dtype=torch.float32, device=device)
+        rewards[s] = reward
+        done_now = ro.upload("done", done)
+        ro.dones[s] = done_now.float()
         cut = np.logical_and(truncated, np.logical_not(terminated))
         if gamma is not None and cut.any():
             # The last observation's value, attending to the window that includes the step just taken.
             ro.next_obs = split_observation(final_observations(obs, info, cut), envs.single_observation_space)
             ro.next_step = ro.steps[s] + 1
             final_value = act(agent, ro, cache, slot + 1, device)[3]
-            ro.rewards[s] += gamma * final_value * torch.as_tensor(cut, dtype=torch.float32, device=device)
+            bootstraps.append((s, gamma * final_value * ro.upload("cut", cut, torch.float32)))
         ro.next_obs = split_observation(obs, envs.single_observation_space)
-        ro.next_step = torch.where(torch.as_tensor(done, device=device), 0, ro.steps[s] + 1)
+        ro.next_step = torch.where(done_now, 0, ro.steps[s] + 1)
         if ro.ground_truths is not None:
             # With same-step autoreset the info returned with an observation belongs to that observation.
-            ro.next_ground_truth = torch.as_tensor(info["ground_truth"], dtype=torch.float32, device=device)
+            ro.next_ground_truth = ro.upload("ground_truth", info["ground_truth"], torch.float32)
         on_episode(reward, done, info)
         if recorder is not None:
             recorder.step_done(bool(done[0]))
 
+    ro.rewards.copy_(ro.upload("rewards", rewards))
+    for s, bootstrap in bootstraps:
+        ro.rewards[s] += bootstrap
     # Bootstrap from exactly the window a step in the next slot would attend to.
     return act(agent, ro, cache, C + S, device)[3]
 

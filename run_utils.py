@@ -547,6 +547,31 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+class Upload:
+    """Host arrays to the device without making the host wait. On CUDA each array goes through a pinned
+    buffer of its own name and a non-blocking copy; before a buffer is refilled, its last copy is waited
+    for (an event, not the device). Elsewhere the tensor shares the array's memory: no copy at all."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.buffers = device, {}
+
+    def __call__(self, name: str, array: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
+        tensor = torch.as_tensor(array, dtype=dtype)
+        if self.device.type != "cuda":
+            return tensor.to(self.device)
+        buffer, copied = self.buffers.get(name, (None, None))
+        if buffer is None or buffer.shape != tensor.shape or buffer.dtype != tensor.dtype:
+            buffer = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        elif copied is not None:
+            copied.synchronize()
+        buffer.copy_(tensor)
+        on_device = buffer.to(self.device, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+        self.buffers[name] = (buffer, copied)
+        return on_device
+
+
 def saved_observation(obs: tuple) -> list:
     """A batched observation (a tuple of arrays or None) as a checkpoint stores it."""
     return [None if part is None else torch.from_numpy(np.asarray(part)) for part in obs]

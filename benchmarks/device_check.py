@@ -9,6 +9,8 @@ early still leaves what was measured. The parts, each kept apart so that one fai
    and of the update alone, and peak memory, with the paper's agents on the paper's 32 x 512 rollout
    of Mortar Mayhem Grid (each run in its own process, the first iteration a warm-up);
 3. memory: peak GPU memory of TrXL on Endless Mortar Mayhem (window 256, 32 x 512);
+   syncs: per script, what one rollout step sends to the device and reads back, and the synchronisations
+   CUDA's sync debug mode reports per step (the actions' copy to the host is the one expected);
 4. ranks: two data-parallel ranks under torchrun, where the machine has two GPUs;
 5. learning: the first minutes of the paper's Mortar Mayhem Grid TrXL run, return against steps
    (the run is stopped by SIGTERM and writes its checkpoint, as a pre-empted job would).
@@ -85,6 +87,15 @@ def consistency(sizes, device: torch.device) -> list[dict]:
     return rows
 
 
+def syncs(sizes, device: torch.device) -> list[dict]:
+    rows = []
+    for name, script in SCRIPTS.items():
+        flags = ["--config", preset(name, sizes.env_id), *sizes.model[name], "--num-envs", str(sizes.consistency["num_envs"]),
+                 "--num-steps", str(sizes.consistency["num_steps"]), *([] if device.type == "cuda" else ["--no-cuda"])]
+        rows.append({"script": name, **precision_ratio.rollout_crossings(script, script.parse_args(flags), device)})
+    return rows
+
+
 def throughput(sizes, extra: list[str], nproc: int = 1, pairs=None) -> list[dict]:
     """Per (script, precision) of `pairs` (default: every one), a few iterations in a process of its own."""
     rows = []
@@ -145,6 +156,13 @@ def markdown(report: dict) -> str:
                 lines.append(f"| {r['script']} | {r['precision']} | {r['ranks']} | {r['sps']:,.0f} | {r['rollout_sps']:,.0f} "
                              f"| {r['update_sps']:,.0f} | {gpu} | {r['rss_gib']:.2f} |")  # fmt: skip
             lines.append("")
+    if rows := parts.get("syncs", {}).get("rows"):
+        lines += ["## What one rollout step sends to the device and reads back", "",
+                  "| script | uploads per step | reads per step | synchronisations per step (CUDA's count) |", "|---|---|---:|---:|"]
+        for r in rows:
+            counted = "-" if r["syncs_per_step"] is None else f"{r['syncs_per_step']:.2f}"
+            lines.append(f"| {r['script']} | {r['uploads_per_step']} | {r['reads_per_step']:.2f} | {counted} |")
+        lines.append("")
     if result := parts.get("memory", {}).get("result"):
         gpu = "-" if result["cuda_gib"] is None else f"{result['cuda_gib']:.2f} GiB"
         lines += [f"## Peak memory of TrXL on {result['env_id']} (window {result['window']})", "",
@@ -168,7 +186,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder for device_check.json and device_check.md")
     parser.add_argument("--smoke", action="store_true", help="the same code paths on the CPU at tiny sizes")
-    parser.add_argument("--parts", nargs="+", default=["consistency", "throughput", "memory", "ranks", "learning"])
+    parser.add_argument("--parts", nargs="+", default=["consistency", "syncs", "throughput", "memory", "ranks", "learning"])
     options = parser.parse_args()
     cuda = torch.cuda.is_available() and not options.smoke
     if not cuda and not options.smoke:
@@ -188,6 +206,7 @@ def main() -> None:
     smoke_pairs = [("ppo_trxl", "bfloat16"), ("ppo_gru", "float32")] if options.smoke else None
     jobs = {
         "consistency": lambda: {"rows": consistency(sizes, device)},
+        "syncs": lambda: {"rows": syncs(sizes, device)},
         "throughput": lambda: {"rows": throughput(sizes, timed, pairs=smoke_pairs)},
         "memory": lambda: {"result": memory(sizes, timed)},
         "ranks": lambda: {"rows": throughput(sizes, timed, 2, [("ppo_gru", "float32")] if options.smoke else

@@ -61,6 +61,52 @@ def start(script, args, weights: dict | None = None, device=CPU):
     return envs, agent, script.new_rollout(agent, envs, args.num_steps, obs, device)
 
 
+def rollout_crossings(script, args, device=CPU) -> dict:
+    """What one rollout sends to the device (`Upload` calls by name, per step) and reads back (`.cpu()`,
+    `.item()`, `.tolist()`, `bool()` of a tensor, per step), and on CUDA the synchronisations its sync debug
+    mode reports per step."""
+    import warnings
+    from collections import Counter
+
+    envs, agent, rollout = start(script, args, None, device)
+    stats, uploads, reads = EpisodeStats(args.num_envs), Counter(), Counter()
+    real_upload = run_utils.Upload.__call__
+    real_reads = {name: getattr(torch.Tensor, name) for name in ("cpu", "item", "tolist", "__bool__")}
+
+    def upload(self, name, *rest, **kwargs):
+        uploads[name] += 1
+        return real_upload(self, name, *rest, **kwargs)
+
+    def counting(name):
+        def read(tensor, *rest, **kwargs):
+            reads[name] += 1
+            return real_reads[name](tensor, *rest, **kwargs)
+        return read
+
+    syncs = None
+    try:
+        run_utils.Upload.__call__ = upload
+        for name in real_reads:
+            setattr(torch.Tensor, name, counting(name))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if device.type == "cuda":
+                torch.cuda.set_sync_debug_mode("warn")
+            script.collect_rollout(agent, envs, rollout, device, stats)
+            if device.type == "cuda":
+                torch.cuda.set_sync_debug_mode("default")
+                syncs = sum("synchroniz" in str(w.message) for w in caught) / args.num_steps
+    finally:
+        run_utils.Upload.__call__ = real_upload
+        for name, method in real_reads.items():
+            setattr(torch.Tensor, name, method)
+        envs.close()
+    steps = args.num_steps
+    per_step = ", ".join(f"{name} {count / steps:.2f}" for name, count in sorted(uploads.items()))
+    return {"uploads_per_step": per_step, "uploads": dict(uploads), "reads": dict(reads),
+            "reads_per_step": sum(reads.values()) / steps, "syncs_per_step": syncs}
+
+
 def measure(script, args, weights: dict | None, rollouts: int, device=CPU) -> dict:
     envs, agent, rollout = start(script, args, weights, device)
     stats = EpisodeStats(args.num_envs)
