@@ -229,12 +229,13 @@ def check_args(args: Args) -> None:
 def segment_sums(a: torch.Tensor) -> torch.Tensor:
     """(..., T) -> (..., T, T): out[..., i, j] = a[j+1] + ... + a[i] for j <= i, -inf above the diagonal.
 
-    exp(out) is the decay from step j to step i. Each sum is taken over its own segment (a masked
-    cumulative sum), not as a difference of two long prefix sums, which would lose float32 precision."""
+    exp(out) is the decay from step j to step i. The sums are differences of prefix sums taken in float64:
+    in float32 a difference of two long prefix sums (hundreds of steps) would lose the precision of short ones."""
     T = a.shape[-1]
-    below = torch.ones(T, T, dtype=torch.bool, device=a.device).tril(-1)
-    sums = a[..., :, None].expand(*a.shape, T).masked_fill(~below, 0.0).cumsum(dim=-2)  # [i, j]: a[j+1..i]
-    return sums.masked_fill(~below.logical_or(torch.eye(T, dtype=torch.bool, device=a.device)), -math.inf)
+    prefix = a.double().cumsum(-1)
+    sums = (prefix[..., :, None] - prefix[..., None, :]).float()
+    above = torch.ones(T, T, dtype=torch.bool, device=a.device).triu(1)
+    return sums.masked_fill(above, -math.inf)
 
 
 def ssd_chunked(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, chunk: int,
@@ -253,20 +254,22 @@ def ssd_chunked(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tens
     n = x.shape[1] // T
     x = x.unflatten(1, (n, T))  # (B, n, T, H, P)
     b, c = b.unflatten(1, (n, T)), c.unflatten(1, (n, T))  # (B, n, T, N)
-    a = a.unflatten(1, (n, T)).permute(0, 3, 1, 2)  # (B, H, n, T)
-    decay = segment_sums(a).exp()  # (B, H, n, T, T): from step j to step i of a chunk
+    a = a.unflatten(1, (n, T)).transpose(2, 3)  # (B, n, H, T)
+    decay = segment_sums(a).exp()  # (B, n, H, T, T): from step j to step i of a chunk
     # 1. Within each chunk: a masked "attention" matrix (c_i . b_j) x decay from j to i, times the inputs.
-    scores = torch.einsum("bkin,bkjn->bkij", c, b)  # (B, n, T, T)
-    y = torch.einsum("bkij,bhkij,bkjhp->bkihp", scores, decay, x)
-    # 2. The state each chunk ends with, from its own inputs.
-    chunk_states = torch.einsum("bkjn,bhkj,bkjhp->bkhpn", b, decay[..., -1, :], x)  # (B, n, H, P, N)
+    weights = torch.einsum("bkin,bkjn->bkij", c, b)[:, :, None] * decay  # (B, n, H, T, T)
+    y = torch.einsum("bkhij,bkjhp->bkihp", weights, x)
+    # 2. The state each chunk ends with, from its own inputs decayed to the chunk's end.
+    to_end = decay[..., -1, :].transpose(2, 3)[..., None]  # (B, n, T, H, 1)
+    chunk_states = torch.einsum("bkjn,bkjhp->bkhpn", b, x * to_end)  # (B, n, H, P, N)
     # 3. The state entering each chunk: a recurrence over chunks, decayed by each chunk's total.
-    totals = F.pad(a.sum(-1), (1, 0))  # (B, H, n + 1)
+    totals = F.pad(a.sum(-1).transpose(1, 2), (1, 0))  # (B, H, n + 1)
     states = torch.cat([state[:, None], chunk_states], dim=1)  # (B, n + 1, H, P, N)
     states = torch.einsum("bhzk,bkhpn->bzhpn", segment_sums(totals).exp(), states)
     entering, final = states[:, :-1], states[:, -1]
     # 4. What the entering state adds to each step, decayed from the chunk's start.
-    y = y + torch.einsum("bkin,bkhpn,bhki->bkihp", c, entering, a.cumsum(-1).exp())
+    from_start = a.cumsum(-1).exp().transpose(2, 3)[..., None]  # (B, n, T, H, 1)
+    y = y + torch.einsum("bkin,bkhpn->bkihp", c, entering) * from_start
     return y.flatten(1, 2)[:, :length], final
 
 
