@@ -50,6 +50,7 @@ RUNS_ROOT = "runs"
 CHECKPOINT_FORMATS = {"ppo_trxl-checkpoint-1": "ppo_trxl", "ppo_gru-checkpoint-1": "ppo_gru",
                       "ppo_mamba-checkpoint-1": "ppo_mamba"}
 ALGORITHMS = ("ppo_trxl", "ppo_gru", "ppo_mamba")
+SCRIPT_NAMES = f"{', '.join(ALGORITHMS[:-1])} or {ALGORITHMS[-1]}"  # as messages name them
 # Taken from the command line only, never from a checkpoint: who the run reports to.
 COMMAND_LINE_ONLY = ("track", "wandb_project_name", "wandb_entity", "config", "resume")
 # Fields of `Args` that the run fills in: no preset may set them.
@@ -317,7 +318,7 @@ def load_checkpoint(path: str, algorithm: str) -> dict:
     if written_by is None:
         if checkpoint.get("algorithm") in ALGORITHMS:
             fail(f"{path!r} is a saved model, not a checkpoint: --resume needs runs/<run>/checkpoint.pt")
-        fail(f"{path!r} is not a checkpoint of {' or '.join(ALGORITHMS)}")
+        fail(f"{path!r} is not a checkpoint of {SCRIPT_NAMES}")
     if written_by != algorithm:
         fail(f"{path!r} is a {written_by} checkpoint; resume it with `python {written_by}.py --resume {path}`")
     return checkpoint
@@ -331,7 +332,7 @@ def load_saved(path: str) -> tuple[str, dict, dict]:
     elif saved.get("algorithm") in ALGORITHMS:
         algorithm, weights = saved["algorithm"], saved.get("model_weights")
     else:
-        fail(f"{path!r} is neither a saved model nor a checkpoint of {' or '.join(ALGORITHMS)}")
+        fail(f"{path!r} is neither a saved model nor a checkpoint of {SCRIPT_NAMES}")
     if not isinstance(weights, dict) or not isinstance(saved.get("args"), dict):
         fail(f"{path!r}: the model weights or args are missing or damaged")
     return algorithm, saved["args"], weights

@@ -163,7 +163,7 @@ def test_precision_selects_the_compute_dtype(script):
     assert 0 < difference < (6e-2 if script is ppo_mamba else 2e-2)
 
 
-@SCRIPTS
+@pytest.mark.parametrize("script", [ppo_trxl, ppo_gru], ids=["trxl", "gru"])  # ppo_mamba: its exact resume (test_workflow.py)
 def test_same_seed_gives_identical_losses(script):
     def losses():
         args = small_args(script, env_id="ProofOfMemoryImage-v0", num_envs=2, num_steps=16, num_minibatches=2,
