@@ -239,13 +239,14 @@ def segment_sums(a: torch.Tensor) -> torch.Tensor:
 
 
 def ssd_chunked(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, chunk: int,
-                state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                state: torch.Tensor, final: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The SSM over whole sequences, chunk by chunk: h_t = exp(a_t) h_{t-1} + x_t b_t^T, y_t = h_t c_t.
 
     x: (B, L, H, P) the inputs already scaled by dt; a: (B, L, H) dt x A (log-decays, <= 0);
     b, c: (B, L, N) shared by the heads (one group); state: (B, H, P, N) the state before the first step.
-    Returns y (B, L, H, P) and the state after the last step. A length that is not a multiple of the chunk
-    is padded with steps that neither decay nor add anything, so the final state is the last real step's."""
+    Returns y (B, L, H, P) and the state after the last step (None unless `final`: the update does not need it).
+    A length that is not a multiple of the chunk is padded with steps that neither decay nor add anything, so
+    the final state is the last real step's."""
     batch, length = x.shape[:2]
     T = min(chunk, length)
     pad = -length % T
@@ -259,14 +260,17 @@ def ssd_chunked(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tens
     # 1. Within each chunk: a masked "attention" matrix (c_i . b_j) x decay from j to i, times the inputs.
     weights = torch.einsum("bkin,bkjn->bkij", c, b)[:, :, None] * decay  # (B, n, H, T, T)
     y = torch.einsum("bkhij,bkjhp->bkihp", weights, x)
-    # 2. The state each chunk ends with, from its own inputs decayed to the chunk's end.
-    to_end = decay[..., -1, :].transpose(2, 3)[..., None]  # (B, n, T, H, 1)
-    chunk_states = torch.einsum("bkjn,bkjhp->bkhpn", b, x * to_end)  # (B, n, H, P, N)
+    # 2. The state each chunk ends with, from its own inputs decayed to the chunk's end (the last chunk's only
+    # for the final state).
+    m = n if final else n - 1
+    to_end = decay[:, :m, :, -1, :].transpose(2, 3)[..., None]  # (B, m, T, H, 1)
+    chunk_states = torch.einsum("bkjn,bkjhp->bkhpn", b[:, :m], x[:, :m] * to_end)  # (B, m, H, P, N)
     # 3. The state entering each chunk: a recurrence over chunks, decayed by each chunk's total.
-    totals = F.pad(a.sum(-1).transpose(1, 2), (1, 0))  # (B, H, n + 1)
-    states = torch.cat([state[:, None], chunk_states], dim=1)  # (B, n + 1, H, P, N)
-    states = torch.einsum("bhzk,bkhpn->bzhpn", segment_sums(totals).exp(), states)
-    entering, final = states[:, :-1], states[:, -1]
+    states = torch.cat([state[:, None], chunk_states], dim=1)  # (B, m + 1, H, P, N)
+    if m > 0:
+        totals = F.pad(a[:, :m].sum(-1).transpose(1, 2), (1, 0))  # (B, H, m + 1)
+        states = torch.einsum("bhzk,bkhpn->bzhpn", segment_sums(totals).exp(), states)
+    entering, final = states[:, :n], (states[:, n] if final else None)
     # 4. What the entering state adds to each step, decayed from the chunk's start.
     from_start = a.cumsum(-1).exp().transpose(2, 3)[..., None]  # (B, n, T, H, 1)
     y = y + torch.einsum("bkin,bkhpn->bkihp", c, entering) * from_start
@@ -323,16 +327,17 @@ class Mamba2Layer(nn.Module):
         conv, ssm = state.split(self.state_sizes, dim=-1)
         return conv.unflatten(-1, (self.conv_dim, self.width - 1)), ssm.unflatten(-1, (self.heads, self.head_dim, self.state_dim))
 
-    def forward(self, u: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Chunked form: u (B, L, d_model), state (B, state size) -> outputs (B, L, d_model), final state."""
+    def forward(self, u: torch.Tensor, state: torch.Tensor, final: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Chunked form: u (B, L, d_model), state (B, state size) -> outputs (B, L, d_model), final state (if asked)."""
         z, xbc, dt = self._project(u)
         conv_state, ssm_state = self._state(state)
         with torch.autocast(u.device.type, enabled=False):
             inputs = torch.cat([conv_state, xbc.transpose(1, 2)], dim=-1)  # (B, conv_dim, width - 1 + L)
             xbc = F.conv1d(inputs, self.conv.weight, self.conv.bias, groups=self.conv_dim).transpose(1, 2)
             x, b, c, dt, log_decay = self._ssm_inputs(xbc, dt)
-            y, ssm_state = ssd_chunked(x * dt[..., None], log_decay, b, c, self.chunk, ssm_state)
-        final = torch.cat([inputs[..., inputs.shape[-1] - (self.width - 1):].flatten(1), ssm_state.flatten(1)], dim=-1)
+            y, ssm_state = ssd_chunked(x * dt[..., None], log_decay, b, c, self.chunk, ssm_state, final)
+        if final:
+            final = torch.cat([inputs[..., inputs.shape[-1] - (self.width - 1):].flatten(1), ssm_state.flatten(1)], dim=-1)
         return self._output(y, x, z), final
 
     def step(self, u: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -362,14 +367,14 @@ class Mamba2(nn.Module):
         self.state_sizes = [sum(layer.state_sizes) for layer in self.layers]
         self.state_size = sum(self.state_sizes)
 
-    def forward(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, L, d) sequences from states (B, state size) -> outputs (B, L, d), states after the last step."""
+    def forward(self, x: torch.Tensor, state: torch.Tensor, final: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, L, d) sequences from states (B, state size) -> outputs (B, L, d), states after the last step (if asked)."""
         finals = []
         for layer, norm, layer_state in zip(self.layers, self.norms, state.split(self.state_sizes, dim=-1)):
-            out, final = layer(rms_norm(x, norm), layer_state)
+            out, layer_final = layer(rms_norm(x, norm), layer_state, final)
             x = x + out.float()
-            finals.append(final)
-        return rms_norm(x, self.final_norm), torch.cat(finals, dim=-1)
+            finals.append(layer_final)
+        return rms_norm(x, self.final_norm), torch.cat(finals, dim=-1) if final else None
 
     def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, d) one step from states (B, state size) -> outputs (B, d), next states."""
@@ -479,8 +484,9 @@ class Agent(nn.Module):
         device_type = self.body[0].weight.device.type
         return torch.autocast(device_type, torch.bfloat16, enabled=computes_in_bfloat16(self.precision, device_type))
 
-    def forward(self, image, vector, state: torch.Tensor, mask: torch.Tensor | None = None):
-        """Chunked form. Sequences from initial states (B, state_size) -> outputs (B, L, embed_dim), final states.
+    def forward(self, image, vector, state: torch.Tensor, mask: torch.Tensor | None = None, final: bool = True):
+        """Chunked form. Sequences from initial states (B, state_size) -> outputs (B, L, embed_dim), final states
+        (None unless `final`).
 
         Without `mask`, image / vector are (B, L, ...). With a (B, L) mask of real steps they hold the
         real steps only, (N, ...): the encoder skips the padding, which enters the memory as zeros at the
@@ -493,7 +499,7 @@ class Agent(nn.Module):
                 x = x.unflatten(0, state.shape[:1] + (-1,))
             else:
                 x = x.new_zeros((*mask.shape, x.shape[-1])).masked_scatter(mask[..., None], x)
-            return self.memory(x, state)
+            return self.memory(x, state, final)
 
     def step(self, image, vector, state: torch.Tensor):
         """Step form. One step (B, ...) from states (B, state_size) -> outputs (B, embed_dim), next states."""
@@ -685,9 +691,10 @@ def recompute(agent: Agent, ro: Rollout, sequences: list[tuple[int, int, int]]):
     step_index, env_index = steps[mask], envs_index[mask]
     image = None if ro.images is None else ro.images[step_index, env_index]
     vector = None if ro.vectors is None else ro.vectors[step_index, env_index]
-    zero = ro.starts[first, env] | agent.zero_memory
-    state = torch.where(zero[:, None], 0.0, ro.states[first // ro.period, env])
-    memory_out = agent(image, vector, state, mask)[0][mask]
+    stored = ~ro.starts[first, env] & (not agent.zero_memory)  # the others start from zero
+    state = ro.states.new_zeros((len(sequences), agent.state_size))
+    state[stored] = ro.states[first[stored] // ro.period, env[stored]]
+    memory_out = agent(image, vector, state, mask, final=False)[0][mask]
     logits, value = agent.heads(memory_out)
     actions = ro.actions[step_index, env_index]
     dists = [torch.distributions.Categorical(logits=l) for l in logits]
