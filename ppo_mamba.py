@@ -270,11 +270,11 @@ def ssd_chunked(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tens
     if m > 0:
         totals = F.pad(a[:, :m].sum(-1).transpose(1, 2), (1, 0))  # (B, H, m + 1)
         states = torch.einsum("bhzk,bkhpn->bzhpn", segment_sums(totals).exp(), states)
-    entering, final = states[:, :n], (states[:, n] if final else None)
+    entering = states[:, :n]
     # 4. What the entering state adds to each step, decayed from the chunk's start.
     from_start = a.cumsum(-1).exp().transpose(2, 3)[..., None]  # (B, n, T, H, 1)
     y = y + torch.einsum("bkin,bkhpn->bkihp", c, entering) * from_start
-    return y.flatten(1, 2)[:, :length], final
+    return y.flatten(1, 2)[:, :length], states[:, n] if final else None
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
