@@ -1,13 +1,13 @@
 """Watch a trained agent: play episodes with a saved model, print their metrics, write videos.
 
 Works with the models written by `--save-model` (`*.cleanrl_model`) and with training checkpoints
-(`checkpoint.pt`) of both ppo_trxl.py and ppo_gru.py. Each episode becomes an MP4 of the agent's
+(`checkpoint.pt`) of ppo_trxl.py, ppo_gru.py and ppo_mamba.py. Each episode becomes an MP4 of the agent's
 view beside the ground-truth render, in `videos/enjoy/<run name>/` (or `--video-folder`).
 
     python enjoy.py runs/MortarMayhem-Grid-v0__ppo_trxl__1__1700000000/ppo_trxl.cleanrl_model --episodes 5
 
-Loading a file runs no code from it: the algorithm maps through a fixed table to ppo_trxl or
-ppo_gru, the args are checked like a preset, and an env id `module:Env` stored in the file (which
+Loading a file runs no code from it: the algorithm maps through a fixed table to ppo_trxl,
+ppo_gru or ppo_mamba, the args are checked like a preset, and an env id `module:Env` stored in the file (which
 would import `module`) is used only when `--env-id` names that same id.
 """
 
@@ -36,7 +36,7 @@ from run_utils import (
 def load(path: str, env_id: str | None = None):
     """(script module, its Args, model weights) of a saved model or checkpoint."""
     algorithm, saved_args, weights = load_saved(path)
-    script = importlib.import_module({"ppo_trxl": "ppo_trxl", "ppo_gru": "ppo_gru"}[algorithm])
+    script = importlib.import_module({"ppo_trxl": "ppo_trxl", "ppo_gru": "ppo_gru", "ppo_mamba": "ppo_mamba"}[algorithm])
     argv = [] if env_id is None else ["--env-id", env_id]
     values = args_from_checkpoint({"args": saved_args}, path, script.Args, argv)
     args = dataclasses.replace(script.Args(), **values)

@@ -1,4 +1,5 @@
-"""Learning curves and a final-results table from the TensorBoard runs of `ppo_trxl.py` / `ppo_gru.py`.
+"""Learning curves and a final-results table from the TensorBoard runs of `ppo_trxl.py`, `ppo_gru.py` and
+`ppo_mamba.py`.
 
 Every training run writes its event files to `runs/{env_id}__{exp_name}__{seed}__{unix_time}/`. This
 script groups the runs it is given by (env_id, exp_name) -- the experiment name is the algorithm -- and,

@@ -1,4 +1,4 @@
-"""Run plumbing shared by `ppo_trxl.py`, `ppo_gru.py` and `enjoy.py` (no algorithm here).
+"""Run plumbing shared by `ppo_trxl.py`, `ppo_gru.py`, `ppo_mamba.py` and `enjoy.py` (no algorithm here).
 
 - The run life cycle (`Run`, at the end of this file): the checks, seeds, run folder, TensorBoard and
   W&B, held-out evaluation envs, videos, signals, heartbeat, checkpoint schedule, progress line, crash
@@ -12,7 +12,7 @@
   a full disk is reported as such and leaves the previous checkpoint in place.
 - Run folders: `runs/{env_id}__{exp_name}__{seed}__{time}`, created exclusively (a suffix `-2`,
   `-3`, ... where two runs start in the same second).
-- Environments, episode statistics, videos and data-parallel helpers used the same way by both scripts.
+- Environments, episode statistics, videos and data-parallel helpers used the same way by every script.
 """
 
 from __future__ import annotations
@@ -48,8 +48,10 @@ import envs as _registered_envs  # noqa: F401  (registers the environment ids wi
 
 RUNS_ROOT = "runs"
 # Every file format the scripts write, and the one script that reads it: a file names no module.
-CHECKPOINT_FORMATS = {"ppo_trxl-checkpoint-1": "ppo_trxl", "ppo_gru-checkpoint-1": "ppo_gru"}
-ALGORITHMS = ("ppo_trxl", "ppo_gru")
+CHECKPOINT_FORMATS = {"ppo_trxl-checkpoint-1": "ppo_trxl", "ppo_gru-checkpoint-1": "ppo_gru",
+                      "ppo_mamba-checkpoint-1": "ppo_mamba"}
+ALGORITHMS = ("ppo_trxl", "ppo_gru", "ppo_mamba")
+SCRIPT_NAMES = f"{', '.join(ALGORITHMS[:-1])} or {ALGORITHMS[-1]}"  # as messages name them
 # Taken from the command line only, never from a checkpoint: who the run reports to.
 COMMAND_LINE_ONLY = ("track", "wandb_project_name", "wandb_entity", "config", "resume")
 # Fields of `Args` that the run fills in: no preset may set them.
@@ -280,7 +282,7 @@ def args_from_checkpoint(checkpoint: dict, path: str, args_cls: type, argv: list
 
 
 # ---------------------------------------------------------------------------------------------
-# Ranges of the flags both scripts share (each script adds its own)
+# Ranges of the flags every script shares (each script adds its own)
 # ---------------------------------------------------------------------------------------------
 COMMON_RANGES = {
     "seed": "[0, 4294967295]",
@@ -413,13 +415,13 @@ def read_file(path: str, what: str = "checkpoint or saved model") -> dict:
 
 
 def load_checkpoint(path: str, algorithm: str) -> dict:
-    """A checkpoint of `algorithm` (ppo_trxl or ppo_gru), refusing any other file clearly."""
+    """A checkpoint of `algorithm` (one of ALGORITHMS), refusing any other file clearly."""
     checkpoint = read_file(path, "checkpoint")
     written_by = CHECKPOINT_FORMATS.get(checkpoint.get("format"))
     if written_by is None:
         if checkpoint.get("algorithm") in ALGORITHMS:
             fail(f"{path!r} is a saved model, not a checkpoint: --resume needs runs/<run>/checkpoint.pt")
-        fail(f"{path!r} is not a checkpoint of {' or '.join(ALGORITHMS)}")
+        fail(f"{path!r} is not a checkpoint of {SCRIPT_NAMES}")
     if written_by != algorithm:
         fail(f"{path!r} is a {written_by} checkpoint; resume it with `python {written_by}.py --resume {path}`")
     return checkpoint
@@ -433,7 +435,7 @@ def load_saved(path: str) -> tuple[str, dict, dict]:
     elif saved.get("algorithm") in ALGORITHMS:
         algorithm, weights = saved["algorithm"], saved.get("model_weights")
     else:
-        fail(f"{path!r} is neither a saved model nor a checkpoint of {' or '.join(ALGORITHMS)}")
+        fail(f"{path!r} is neither a saved model nor a checkpoint of {SCRIPT_NAMES}")
     if not isinstance(weights, dict) or not isinstance(saved.get("args"), dict):
         fail(f"{path!r}: the model weights or args are missing or damaged")
     return algorithm, saved["args"], weights

@@ -43,11 +43,12 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import plot  # noqa: E402
 import ppo_gru  # noqa: E402
+import ppo_mamba  # noqa: E402
 import ppo_trxl  # noqa: E402
 import precision_ratio  # noqa: E402
 import train_throughput  # noqa: E402
 
-SCRIPTS = {"ppo_trxl": ppo_trxl, "ppo_gru": ppo_gru}
+SCRIPTS = {"ppo_trxl": ppo_trxl, "ppo_gru": ppo_gru, "ppo_mamba": ppo_mamba}
 PRECISIONS = ("float32", "bfloat16")
 
 
@@ -57,7 +58,7 @@ def preset(script: str, env_id: str) -> str:
 
 # What each part runs: the paper's sizes on a GPU, tiny ones with --smoke (same code paths).
 FULL = SimpleNamespace(
-    env_id="MortarMayhem-Grid-v0", num_envs=32, num_steps=512, iterations=3, model={"ppo_trxl": [], "ppo_gru": []},
+    env_id="MortarMayhem-Grid-v0", num_envs=32, num_steps=512, iterations=3, model={"ppo_trxl": [], "ppo_gru": [], "ppo_mamba": []},
     consistency=dict(num_envs=8, num_steps=64, rollouts=2), memory_env="Endless-MortarMayhem-v0", learn_seconds=180,
 )
 SMOKE = SimpleNamespace(
@@ -65,6 +66,8 @@ SMOKE = SimpleNamespace(
     model={
         "ppo_trxl": ["--trxl-dim", "16", "--trxl-num-heads", "2", "--trxl-num-layers", "1", "--trxl-memory-length", "4"],
         "ppo_gru": ["--rnn-hidden-size", "8", "--embed-dim", "8", "--hidden-dim", "8"],
+        "ppo_mamba": ["--embed-dim", "8", "--hidden-dim", "8", "--mamba-head-dim", "8", "--mamba-state-size", "4",
+                      "--mamba-chunk-size", "8"],
     },
     consistency=dict(num_envs=2, num_steps=16, rollouts=2), memory_env="Endless-MortarMayhem-v0", learn_seconds=15,
 )
@@ -203,14 +206,14 @@ def main() -> None:
     # The smoke check runs each script and each precision once, and one pair of ranks on the CPU: the code
     # paths, not figures.
     timed = extra + ["--eval-interval", "0"]
-    smoke_pairs = [("ppo_trxl", "bfloat16"), ("ppo_gru", "float32")] if options.smoke else None
+    smoke_pairs = [("ppo_trxl", "bfloat16"), ("ppo_gru", "float32"), ("ppo_mamba", "bfloat16")] if options.smoke else None
     jobs = {
         "consistency": lambda: {"rows": consistency(sizes, device)},
         "syncs": lambda: {"rows": syncs(sizes, device)},
         "throughput": lambda: {"rows": throughput(sizes, timed, pairs=smoke_pairs)},
         "memory": lambda: {"result": memory(sizes, timed)},
         "ranks": lambda: {"rows": throughput(sizes, timed, 2, [("ppo_gru", "float32")] if options.smoke else
-                                             [("ppo_trxl", "float32"), ("ppo_gru", "float32")])}
+                                             [("ppo_trxl", "float32"), ("ppo_gru", "float32"), ("ppo_mamba", "float32")])}
         if report["gpus"] >= 2 or options.smoke else {"skipped": "one GPU"},
         "learning": lambda: {"result": learning(sizes, extra)},
     }

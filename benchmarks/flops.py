@@ -27,12 +27,13 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import ppo_gru  # noqa: E402
+import ppo_mamba  # noqa: E402
 import ppo_trxl  # noqa: E402
 import precision_ratio  # noqa: E402
 import train_throughput  # noqa: E402
 from run_utils import EpisodeStats  # noqa: E402
 
-SCRIPTS = {"ppo_trxl": ppo_trxl, "ppo_gru": ppo_gru}
+SCRIPTS = {"ppo_trxl": ppo_trxl, "ppo_gru": ppo_gru, "ppo_mamba": ppo_mamba}
 
 
 def work_per_step(script, args) -> tuple[float, float]:

@@ -29,11 +29,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import ppo_gru  # noqa: E402
+import ppo_mamba  # noqa: E402
 import ppo_trxl  # noqa: E402
 import run_utils  # noqa: E402
 from run_utils import EpisodeStats, fail, load_checkpoint, load_weights  # noqa: E402
 
-SCRIPTS = {"ppo_trxl": ppo_trxl, "ppo_gru": ppo_gru}
+SCRIPTS = {"ppo_trxl": ppo_trxl, "ppo_gru": ppo_gru, "ppo_mamba": ppo_mamba}
 CPU = torch.device("cpu")
 
 
@@ -43,9 +44,9 @@ def update_pass(script, args, agent, rollout, device=CPU):
         for sel in ppo_trxl.stratified_minibatches(args, device):
             logprob, _, value, _, _ = ppo_trxl.recompute(agent, rollout, sel)
             yield (sel, torch.arange(args.num_envs, device=device)[:, None]), logprob, value
-    else:
-        for minibatch in ppo_gru.sequence_minibatches(args, ppo_gru.make_sequences(args, rollout)):
-            logprob, _, value, _, _, index = ppo_gru.recompute(agent, rollout, minibatch)
+    else:  # the recurrent scripts (ppo_gru, ppo_mamba): minibatches of episode fragments
+        for minibatch in script.sequence_minibatches(args, script.make_sequences(args, rollout)):
+            logprob, _, value, _, _, index = script.recompute(agent, rollout, minibatch)
             yield index, logprob, value
 
 

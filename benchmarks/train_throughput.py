@@ -1,4 +1,4 @@
-"""Training throughput and peak memory of ppo_trxl.py and ppo_gru.py.
+"""Training throughput and peak memory of ppo_trxl.py, ppo_gru.py and ppo_mamba.py.
 
 Each configuration runs in a fresh process (so that peak memory is its own) for a few iterations
 of the real training loop; the first iteration is a warm-up and is left out of the speeds.
@@ -83,7 +83,7 @@ def measure(options, script: str, nproc: int, variant: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scripts", nargs="+", default=["ppo_trxl", "ppo_gru"])
+    parser.add_argument("--scripts", nargs="+", default=["ppo_trxl", "ppo_gru", "ppo_mamba"])
     parser.add_argument("--env-id", default="ProofOfMemoryImage-v0")
     parser.add_argument("--num-envs", type=int, default=8)
     parser.add_argument("--num-steps", type=int, default=128)

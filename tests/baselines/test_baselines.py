@@ -1,4 +1,4 @@
-"""Behaviour of the two PPO baselines on the probe environments (CPU)."""
+"""Behaviour of the PPO baselines on the probe environments (CPU)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import ppo_gru
+import ppo_mamba
 import ppo_trxl
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks"))
@@ -19,6 +20,7 @@ import precision_ratio  # noqa: E402
 SMALL = {
     ppo_trxl: dict(trxl_dim=32, trxl_num_heads=2, trxl_num_layers=2, trxl_memory_length=8),
     ppo_gru: dict(rnn_hidden_size=32, embed_dim=32, hidden_dim=32),
+    ppo_mamba: dict(embed_dim=32, hidden_dim=32, mamba_num_layers=2, mamba_head_dim=16, mamba_state_size=8, mamba_chunk_size=5),
 }
 # A budget in which the probe env is solved with memory (about 10k steps are needed).
 LEARN = dict(
@@ -40,9 +42,10 @@ LEARN = dict(
 LEARN_MODEL = {
     ppo_trxl: dict(trxl_dim=64, trxl_num_heads=2, trxl_num_layers=1, trxl_memory_length=8, trxl_positional_encoding="none"),
     ppo_gru: dict(rnn_hidden_size=64, embed_dim=64, hidden_dim=64),
+    ppo_mamba: dict(embed_dim=64, hidden_dim=64, mamba_head_dim=16, mamba_state_size=16),
 }
-MEMORYLESS = {ppo_trxl: dict(trxl_memory_length=1), ppo_gru: dict(zero_memory=True)}
-SCRIPTS = pytest.mark.parametrize("script", [ppo_trxl, ppo_gru], ids=["trxl", "gru"])
+MEMORYLESS = {ppo_trxl: dict(trxl_memory_length=1), ppo_gru: dict(zero_memory=True), ppo_mamba: dict(zero_memory=True)}
+SCRIPTS = pytest.mark.parametrize("script", [ppo_trxl, ppo_gru, ppo_mamba], ids=["trxl", "gru", "mamba"])
 
 
 def small_args(script, **overrides):
@@ -155,10 +158,12 @@ def test_precision_selects_the_compute_dtype(script):
         envs.close()
     assert torch.equal(*values["float32"])
     difference = (values["bfloat16"][0] - values["float32"][0]).abs().max()
-    assert 0 < difference < 2e-2
+    # Mamba's memory output is RMS-normalised (about 1 per feature, where the GRU's and TrXL's are smaller), so
+    # the same relative rounding (about 0.5 % here) moves its value further.
+    assert 0 < difference < (6e-2 if script is ppo_mamba else 2e-2)
 
 
-@SCRIPTS
+@pytest.mark.parametrize("script", [ppo_trxl, ppo_gru], ids=["trxl", "gru"])  # ppo_mamba: its exact resume (test_workflow.py)
 def test_same_seed_gives_identical_losses(script):
     def losses():
         args = small_args(script, env_id="ProofOfMemoryImage-v0", num_envs=2, num_steps=16, num_minibatches=2,

@@ -10,11 +10,12 @@ import os
 import pytest
 
 import ppo_gru
+import ppo_mamba
 import ppo_trxl
 from run_utils import action_branches, make_envs, observation_layout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPTS = pytest.mark.parametrize("script", [ppo_trxl, ppo_gru], ids=["trxl", "gru"])
+SCRIPTS = pytest.mark.parametrize("script", [ppo_trxl, ppo_gru, ppo_mamba], ids=["trxl", "gru", "mamba"])
 # The paper's TrXL agent: shared head projections and the decoder reading the memory are its only layout
 # (benchmarks/results/trxl-agent-decision.md); a preset sets the 512-unit head layers and float32.
 PAPER_TRXL = dict(head_hidden_size=512, precision="float32")
@@ -30,7 +31,8 @@ def parameters(script, args) -> int:
     return sum(p.numel() for p in agent.parameters())
 
 
-@pytest.mark.parametrize("script, count", [(ppo_trxl, 2_802_085), (ppo_gru, 4_048_549)], ids=["trxl", "gru"])
+@pytest.mark.parametrize("script, count", [(ppo_trxl, 2_802_085), (ppo_gru, 4_048_549), (ppo_mamba, 4_193_237)],
+                         ids=["trxl", "gru", "mamba"])
 def test_defaults_build_the_papers_agent_and_run(script, count):
     args = script.parse_args([])
     assert args.env_id == "MortarMayhem-Grid-v0" and parameters(script, args) == count

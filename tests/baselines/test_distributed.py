@@ -20,6 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TINY = {
     "ppo_trxl": ["--trxl-dim", "32", "--trxl-num-heads", "2", "--trxl-num-layers", "1", "--trxl-memory-length", "8"],
     "ppo_gru": ["--rnn-hidden-size", "32", "--embed-dim", "32", "--hidden-dim", "32"],
+    "ppo_mamba": ["--embed-dim", "32", "--hidden-dim", "32", "--mamba-head-dim", "16", "--mamba-state-size", "8"],
 }
 
 
@@ -29,7 +30,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("script", ["ppo_trxl", "ppo_gru"])
+@pytest.mark.parametrize("script", ["ppo_trxl", "ppo_gru", "ppo_mamba"])
 def test_two_rank_run_keeps_parameters_identical_and_checkpoints(script, tmp_path):
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",

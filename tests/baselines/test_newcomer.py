@@ -13,14 +13,16 @@ import tomllib
 import pytest
 
 import ppo_gru
+import ppo_mamba
 import ppo_trxl
 import run_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPTS = pytest.mark.parametrize("script", [ppo_trxl, ppo_gru], ids=["trxl", "gru"])
+SCRIPTS = pytest.mark.parametrize("script", [ppo_trxl, ppo_gru, ppo_mamba], ids=["trxl", "gru", "mamba"])
 SMALL = {
     ppo_trxl: ["--trxl-dim", "16", "--trxl-num-heads", "2", "--trxl-num-layers", "1", "--trxl-memory-length", "4"],
     ppo_gru: ["--rnn-hidden-size", "16", "--embed-dim", "16", "--hidden-dim", "16"],
+    ppo_mamba: ["--embed-dim", "16", "--hidden-dim", "16", "--mamba-head-dim", "8", "--mamba-state-size", "8"],
 }
 TINY = ["--env-id", "ProofOfMemory-v0", "--num-envs", "2", "--num-steps", "8", "--num-minibatches", "2",
         "--update-epochs", "1", "--eval-interval", "0", "--no-cuda"]
@@ -93,13 +95,18 @@ def test_a_budget_of_part_of_a_rollout_says_what_it_trains(script, tmp_path, mon
 def test_quick_presets_run_the_budget_their_header_measured():
     presets = glob.glob(os.path.join(ROOT, "configs", "quick", "*", "*.toml"))
     assert len(presets) >= 6
+    budgets = {}
     for path in presets:
         headline = run_utils.preset_headline(path)
-        measured = int(re.search(r"(\d+) k steps", headline).group(1)) * 1000
         with open(path, "rb") as f:
-            assert tomllib.load(f)["total_timesteps"] == measured, path
+            budget = tomllib.load(f)["total_timesteps"]
+        budgets.setdefault(os.path.basename(path), set()).add(budget)
+        if headline.startswith("DRAFT"):  # not measured yet: the budget of the same game's other presets
+            continue
+        assert budget == int(re.search(r"(\d+) k steps", headline).group(1)) * 1000, path
         # The whole first sentence, with its figures and the random policy's, however many lines it spans.
         assert headline.endswith(".") and "random policy" in headline and "\n" not in headline, path
+    assert all(len(found) == 1 for found in budgets.values()), budgets
 
 
 @SCRIPTS

@@ -8,6 +8,7 @@ import os
 import pytest
 
 import ppo_gru
+import ppo_mamba
 import ppo_trxl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -19,12 +20,12 @@ TINY_BUDGET = ["--num-envs", "2", "--num-steps", "8", "--num-minibatches", "2", 
 
 
 def script_of(path: str):
-    return {"ppo_trxl": ppo_trxl, "ppo_gru": ppo_gru}[os.path.basename(os.path.dirname(path))]
+    return {"ppo_trxl": ppo_trxl, "ppo_gru": ppo_gru, "ppo_mamba": ppo_mamba}[os.path.basename(os.path.dirname(path))]
 
 
 def test_presets_lie_on_one_axis_and_none_repeats_another():
     assert {os.path.relpath(os.path.dirname(p), os.path.join(ROOT, "configs")) for p in PRESETS} == {
-        f"{kind}/{script}" for kind in ("paper", "quick", "probe") for script in ("ppo_trxl", "ppo_gru")}
+        f"{kind}/{script}" for kind in ("paper", "quick", "probe") for script in ("ppo_trxl", "ppo_gru", "ppo_mamba")}
     assert not glob.glob(os.path.join(ROOT, "configs", "*.toml")) and not glob.glob(os.path.join(ROOT, "configs", "ppo_*"))
     bodies = {}
     for path in PRESETS:  # the settings, comments left out
@@ -44,7 +45,7 @@ def test_probe_preset_parses_and_starts(path, tmp_path, monkeypatch):
     assert len(history) == 1 and "losses/policy_loss" in history[0]
 
 
-@pytest.mark.parametrize("script", [ppo_trxl, ppo_gru], ids=["trxl", "gru"])
+@pytest.mark.parametrize("script", [ppo_trxl, ppo_gru, ppo_mamba], ids=["trxl", "gru", "mamba"])
 def test_preset_with_an_unknown_key_fails_naming_it(script, tmp_path):
     preset = tmp_path / "typo.toml"
     own = os.path.join(ROOT, "configs", "paper", script.__name__, "MortarMayhem-v0.toml")

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import ppo_gru
+import ppo_mamba
 import ppo_trxl
 import run_utils
 
@@ -21,10 +22,11 @@ import precision_ratio  # noqa: E402
 SMALL = {
     ppo_trxl: ["--trxl-dim", "16", "--trxl-num-heads", "2", "--trxl-num-layers", "1", "--trxl-memory-length", "4"],
     ppo_gru: ["--rnn-hidden-size", "8", "--embed-dim", "8", "--hidden-dim", "8"],
+    ppo_mamba: ["--embed-dim", "16", "--hidden-dim", "16", "--mamba-head-dim", "8", "--mamba-state-size", "8"],
 }
 
 
-@pytest.mark.parametrize("script", [ppo_trxl, ppo_gru], ids=["trxl", "gru"])
+@pytest.mark.parametrize("script", [ppo_trxl, ppo_gru, ppo_mamba], ids=["trxl", "gru", "mamba"])
 @pytest.mark.parametrize("env_id, observation", [("MortarMayhem-Grid-v0", "image"), ("ProofOfMemory-v0", "vector")])
 def test_a_rollout_step_sends_the_observation_once_and_reads_the_actions_once(script, env_id, observation):
     steps = 16

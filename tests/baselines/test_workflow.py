@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import ppo_gru
+import ppo_mamba
 import ppo_trxl
 import run_utils
 
@@ -21,8 +22,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SMALL = {
     ppo_trxl: dict(trxl_dim=32, trxl_num_heads=2, trxl_num_layers=2, trxl_memory_length=8),
     ppo_gru: dict(rnn_hidden_size=32, embed_dim=32, hidden_dim=32),
+    ppo_mamba: dict(embed_dim=32, hidden_dim=32, mamba_head_dim=16, mamba_state_size=8, mamba_chunk_size=5),
 }
-SCRIPTS = pytest.mark.parametrize("script", [ppo_trxl, ppo_gru], ids=["trxl", "gru"])
+SCRIPTS = pytest.mark.parametrize("script", [ppo_trxl, ppo_gru, ppo_mamba], ids=["trxl", "gru", "mamba"])
+# What run_utils.Run does around every script's loop (signals, evaluation's separate envs and random stream):
+# two scripts cover it, the suite's time is kept for what each script does itself.
+LIFE_CYCLE_SCRIPTS = pytest.mark.parametrize("script", [ppo_trxl, ppo_gru], ids=["trxl", "gru"])
 ROLLOUT = dict(num_envs=4, num_steps=16, num_minibatches=2, update_epochs=2, cuda=False)
 
 
@@ -35,7 +40,7 @@ def trajectory(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in h.items() if k.startswith(("losses/", "episode/", "charts/episodic"))} for h in history]
 
 
-@SCRIPTS
+@LIFE_CYCLE_SCRIPTS
 def test_evaluation_leaves_the_training_trajectory_untouched(script, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     plain = script.train(args_for(script, total_timesteps=4 * 64, exp_name="plain"))
@@ -89,7 +94,7 @@ def test_resumed_run_equals_uninterrupted_run(script, tmp_path, monkeypatch):
     assert len(glob.glob("runs/*__half__*/events.out.tfevents.*")) == 2
 
 
-@SCRIPTS
+@LIFE_CYCLE_SCRIPTS
 def test_sigterm_writes_a_checkpoint_that_resumes(script, tmp_path):
     name = script.__name__
     command = [sys.executable, os.path.join(ROOT, f"{name}.py"), "--env-id", "ProofOfMemory-v0", "--num-envs", "2",
@@ -124,7 +129,7 @@ def test_damaged_checkpoints_are_refused_clearly(script, tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="is truncated, damaged or not a checkpoint"):
         script.parse_args(["--resume", "truncated.pt"])
     torch.save({"weights": torch.zeros(2)}, "other.pt")
-    with pytest.raises(SystemExit, match="is not a checkpoint of ppo_trxl or ppo_gru"):
+    with pytest.raises(SystemExit, match="is not a checkpoint of ppo_trxl, ppo_gru or ppo_mamba"):
         script.parse_args(["--resume", "other.pt"])
     with pytest.raises(SystemExit, match="num_envs differs"):
         script.train(script.parse_args(["--resume", checkpoint, "--num-envs", "8"]))

@@ -24,7 +24,8 @@ def test_smoke_device_check_runs_every_part_and_writes_json_and_markdown(tmp_pat
     for row in parts["consistency"]["rows"]:
         tolerance = 1e-5 if row["precision"] == "float32" else 2e-2
         assert row["max_logprob_gap"] < tolerance and row["max_value_gap"] < tolerance
-    assert {(r["script"], r["precision"]) for r in parts["throughput"]["rows"]} == {("ppo_trxl", "bfloat16"), ("ppo_gru", "float32")}
+    assert {(r["script"], r["precision"]) for r in parts["throughput"]["rows"]} == {
+        ("ppo_trxl", "bfloat16"), ("ppo_gru", "float32"), ("ppo_mamba", "bfloat16")}
     assert all(r["sps"] > 0 and r["rollout_sps"] > 0 and r["update_sps"] > 0 for r in parts["throughput"]["rows"])
     assert parts["ranks"]["rows"][0]["ranks"] == 2
     # One read from the device per rollout step (the actions); CUDA's own count needs a GPU.

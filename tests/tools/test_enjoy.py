@@ -10,16 +10,18 @@ import sys
 import pytest
 
 import ppo_gru
+import ppo_mamba
 import ppo_trxl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL = {
     ppo_trxl: dict(trxl_dim=32, trxl_num_heads=2, trxl_num_layers=1, trxl_memory_length=8),
     ppo_gru: dict(rnn_hidden_size=32, embed_dim=32, hidden_dim=32),
+    ppo_mamba: dict(embed_dim=32, hidden_dim=32, mamba_head_dim=16, mamba_state_size=8),
 }
 
 
-@pytest.mark.parametrize("script", [ppo_trxl, ppo_gru], ids=["trxl", "gru"])
+@pytest.mark.parametrize("script", [ppo_trxl, ppo_gru, ppo_mamba], ids=["trxl", "gru", "mamba"])
 @pytest.mark.parametrize("saved", ["model", "checkpoint"])
 def test_enjoy_plays_episodes_and_writes_decodable_videos(script, saved, tmp_path, monkeypatch):
     import imageio_ffmpeg
