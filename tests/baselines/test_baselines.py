@@ -139,7 +139,7 @@ def test_learns_proof_of_memory_and_fails_without_memory(script):
     assert final_success(script, precision="float32", **MEMORYLESS[script]) <= 0.7
 
 
-@SCRIPTS
+@pytest.mark.parametrize("script", [ppo_trxl, ppo_gru], ids=["trxl", "gru"])  # ppo_mamba: its bfloat16 consistency above
 def test_learns_proof_of_memory_in_bfloat16(script):
     """The light settings learn as well: bfloat16 compute, and for TrXL bfloat16 cached memory."""
     light = {"trxl_memory_dtype": "bfloat16"} if script is ppo_trxl else {}

@@ -21,8 +21,10 @@ SMALL = {
 }
 
 
-@pytest.mark.parametrize("script", [ppo_trxl, ppo_gru, ppo_mamba], ids=["trxl", "gru", "mamba"])
-@pytest.mark.parametrize("saved", ["model", "checkpoint"])
+# Both kinds of file for two scripts (the loading is run_utils'); ppo_mamba from its checkpoint.
+@pytest.mark.parametrize("script, saved", [(script, saved) for script in (ppo_trxl, ppo_gru) for saved in ("model", "checkpoint")]
+                         + [(ppo_mamba, "checkpoint")], ids=["trxl-model", "trxl-checkpoint", "gru-model", "gru-checkpoint",
+                                                             "mamba-checkpoint"])
 def test_enjoy_plays_episodes_and_writes_decodable_videos(script, saved, tmp_path, monkeypatch):
     import imageio_ffmpeg
 
