@@ -29,12 +29,13 @@ import tyro
 import run_utils
 from run_utils import (
     COMMON_RANGES,
-    EpisodeStats,
     Run,
     Upload,
     agreed_min,
     average_gradients,
+    compile_agent,
     common_problems,
+    evaluate_policy,
     checked_observation,
     computes_in_bfloat16,
     checked_tensor,
@@ -68,6 +69,9 @@ class Args:
     """compute precision of the encoder's convolutions and matrix products. bfloat16 is autocast; the recurrent
     layer, heads, losses and the optimizer stay float32. auto: bfloat16 where the device computes it natively
     (CUDA GPUs from Ampere on, CPUs with AVX512-BF16 or AMX), float32 elsewhere"""
+    compile: bool = False
+    """if toggled, torch.compile the acting and the update passes (on CUDA, acting replays CUDA graphs); the
+    first iteration and the first evaluation take longer while they compile"""
     track: bool = False
     """if toggled, mirror the TensorBoard logs to Weights and Biases"""
     wandb_project_name: str = "memory-gym-baselines"
@@ -338,6 +342,12 @@ class Agent(nn.Module):
     def estimate_ground_truth(self, memory_out: torch.Tensor) -> torch.Tensor:
         return self.ground_truth(memory_out)
 
+    def policy_step(self, image, vector, hidden: torch.Tensor):
+        """Acting: one step (B, ...) of every env from its recurrent state -> logits, value, next state."""
+        out, next_hidden = self(None if image is None else image[:, None], None if vector is None else vector[:, None], hidden)
+        logits, value = self.heads(out[:, 0])
+        return logits, value, next_hidden
+
     def heads(self, memory_out: torch.Tensor):
         features = self.body(memory_out)
         policy = self.policy(features)
@@ -409,10 +419,7 @@ def act(agent: Agent, ro: Rollout, device: torch.device):
     image, vector = (None if part is None else ro.upload(name, part) for name, part in zip(("image", "vector"), ro.next_obs))
     reset = torch.ones_like(ro.next_start)[:, None] if agent.zero_memory else ro.next_start[:, None]
     hidden = torch.where(reset, 0.0, ro.next_hidden)
-    out, next_hidden = agent(
-        None if image is None else image[:, None], None if vector is None else vector[:, None], hidden
-    )
-    logits, value = agent.heads(out[:, 0])
+    logits, value, next_hidden = agent.policy_step(image, vector, hidden)
     return image, vector, hidden, next_hidden, logits, value
 
 
@@ -540,6 +547,8 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
     run = Run(args, "ppo_gru", rank, device, STRUCTURAL_FIELDS, check_args)
     envs, image_shape, vector_size, branches = run.make_envs()
     agent = Agent(args, image_shape, vector_size, branches).to(device)
+    if args.compile:
+        compile_agent(agent, device)
     # Fused: one pass over the parameters per step instead of one per operation and tensor.
     optimizer = torch.optim.AdamW(agent.parameters(), lr=args.init_lr, fused=device.type in ("cpu", "cuda"))
     obs, info = envs.reset(seed=args.seed + rank * args.num_envs)  # distinct env seeds per rank
@@ -630,33 +639,10 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
             metrics = {"charts/learning_rate": lr, "charts/entropy_coefficient": ent_coef,
                        "losses/explained_variance": np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y}
             metrics.update({f"losses/{key}": float(np.mean(values)) for key, values in logs.items() if values})
-            run.log(metrics, evaluate=lambda eval_envs: evaluate_policy(args, agent, eval_envs, device))
+            # Every --eval-interval iterations: held-out seeds, played by this script's rollout.
+            run.log(metrics, evaluate=lambda envs: evaluate_policy(args, agent, envs, device, new_rollout, collect_rollout))
         run.finish()
     return run.history
-
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation on held-out seeds
-# ---------------------------------------------------------------------------------------------
-def evaluate_policy(args: Args, agent: Agent, envs: gym.vector.VectorEnv, device) -> list[dict]:
-    """One episode per held-out seed and repetition, with sampled actions.
-
-    The training envs, memory and random streams are untouched: evaluation has its own envs and
-    its own rollout, and runs inside a forked torch RNG.
-    """
-    seeds = list(range(args.eval_seed_start, args.eval_seed_start + args.eval_seeds))
-    episodes = []
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        for repetition in range(args.eval_repetitions):
-            torch.manual_seed(args.eval_seed_start + repetition)
-            obs, _ = envs.reset(seed=seeds)
-            ro = new_rollout(agent, envs, 64, obs, device)
-            stats = EpisodeStats(len(seeds), first_only=True)
-            while not stats.finished.all():
-                collect_rollout(agent, envs, ro, device, stats)
-            episodes += stats.take_new()
-    return episodes
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,12 +36,13 @@ import tyro
 import run_utils
 from run_utils import (
     COMMON_RANGES,
-    EpisodeStats,
     Run,
     Upload,
     agreed_min,
     average_gradients,
+    compile_agent,
     common_problems,
+    evaluate_policy,
     checked_observation,
     computes_in_bfloat16,
     checked_tensor,
@@ -75,6 +76,9 @@ class Args:
     """compute precision of the encoder's convolutions and the matrix products. bfloat16 is autocast; the Mamba
     convolution, scan and state, the norms, heads, losses and the optimizer stay float32. auto: bfloat16 where
     the device computes it natively (CUDA GPUs from Ampere on, CPUs with AVX512-BF16 or AMX), float32 elsewhere"""
+    compile: bool = False
+    """if toggled, torch.compile the acting and the update passes (on CUDA, acting replays CUDA graphs); the
+    first iteration and the first evaluation take longer while they compile"""
     track: bool = False
     """if toggled, mirror the TensorBoard logs to Weights and Biases"""
     wandb_project_name: str = "memory-gym-baselines"
@@ -231,6 +235,8 @@ def check_args(args: Args, problems: list[str] = ()) -> None:
 # ---------------------------------------------------------------------------------------------
 # Mamba-2 (SSD) in plain PyTorch
 # ---------------------------------------------------------------------------------------------
+# Under --compile it runs eagerly: torch 2.13's inductor fails to compile its backward for varying lengths.
+@torch.compiler.disable
 def segment_sums(a: torch.Tensor) -> torch.Tensor:
     """(..., T) -> (..., T, T): out[..., i, j] = a[j+1] + ... + a[i] for j <= i, -inf above the diagonal.
 
@@ -511,6 +517,12 @@ class Agent(nn.Module):
         with self.autocast():
             return self.memory.step(self.encoder(image, vector).float(), state)
 
+    def policy_step(self, image, vector, state: torch.Tensor):
+        """Acting: one step of every env in the step form -> logits, value, next states."""
+        out, next_state = self.step(image, vector, state)
+        logits, value = self.heads(out)
+        return logits, value, next_state
+
     def reconstruct(self, memory_out: torch.Tensor) -> torch.Tensor:
         with self.autocast():
             return self.decoder(memory_out).float()
@@ -594,8 +606,7 @@ def act(agent: Agent, ro: Rollout, device: torch.device):
     image, vector = (None if part is None else ro.upload(name, part) for name, part in zip(("image", "vector"), ro.next_obs))
     reset = torch.ones_like(ro.next_start)[:, None] if agent.zero_memory else ro.next_start[:, None]
     state = torch.where(reset, 0.0, ro.next_state)
-    out, next_state = agent.step(image, vector, state)
-    logits, value = agent.heads(out)
+    logits, value, next_state = agent.policy_step(image, vector, state)
     return image, vector, state, next_state, logits, value
 
 
@@ -726,6 +737,8 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
     run = Run(args, "ppo_mamba", rank, device, STRUCTURAL_FIELDS, check_args)
     envs, image_shape, vector_size, branches = run.make_envs()
     agent = Agent(args, image_shape, vector_size, branches).to(device)
+    if args.compile:
+        compile_agent(agent, device)
     # Fused: one pass over the parameters per step instead of one per operation and tensor. AdamW's default
     # weight decay, except on each layer's dt bias, A and D (Mamba-2's reference leaves them undecayed).
     undecayed = [p for name, p in agent.named_parameters() if name.rsplit(".", 1)[-1] in ("dt_bias", "A_log", "D")]
@@ -820,33 +833,10 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
             metrics = {"charts/learning_rate": lr, "charts/entropy_coefficient": ent_coef,
                        "losses/explained_variance": np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y}
             metrics.update({f"losses/{key}": float(np.mean(values)) for key, values in logs.items() if values})
-            run.log(metrics, evaluate=lambda eval_envs: evaluate_policy(args, agent, eval_envs, device))
+            # Every --eval-interval iterations: held-out seeds, played by this script's rollout.
+            run.log(metrics, evaluate=lambda envs: evaluate_policy(args, agent, envs, device, new_rollout, collect_rollout))
         run.finish()
     return run.history
-
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation on held-out seeds
-# ---------------------------------------------------------------------------------------------
-def evaluate_policy(args: Args, agent: Agent, envs: gym.vector.VectorEnv, device) -> list[dict]:
-    """One episode per held-out seed and repetition, with sampled actions.
-
-    The training envs, memory and random streams are untouched: evaluation has its own envs and
-    its own rollout, and runs inside a forked torch RNG.
-    """
-    seeds = list(range(args.eval_seed_start, args.eval_seed_start + args.eval_seeds))
-    episodes = []
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        for repetition in range(args.eval_repetitions):
-            torch.manual_seed(args.eval_seed_start + repetition)
-            obs, _ = envs.reset(seed=seeds)
-            ro = new_rollout(agent, envs, 64, obs, device)
-            stats = EpisodeStats(len(seeds), first_only=True)
-            while not stats.finished.all():
-                collect_rollout(agent, envs, ro, device, stats)
-            episodes += stats.take_new()
-    return episodes
 
 
 # ---------------------------------------------------------------------------------------------

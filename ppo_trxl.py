@@ -36,11 +36,12 @@ import tyro
 import run_utils
 from run_utils import (
     COMMON_RANGES,
-    EpisodeStats,
     Run,
     Upload,
     average_gradients,
+    compile_agent,
     common_problems,
+    evaluate_policy,
     checked_observation,
     computes_in_bfloat16,
     checked_tensor,
@@ -74,6 +75,9 @@ class Args:
     """compute precision of the convolutions and matrix products. bfloat16 is autocast; normalisations,
     softmax, heads, losses and the optimizer stay float32. auto: bfloat16 where the device computes it
     natively (CUDA GPUs from Ampere on, CPUs with AVX512-BF16 or AMX), float32 elsewhere"""
+    compile: bool = False
+    """if toggled, torch.compile the acting and the update passes (on CUDA, acting replays CUDA graphs); the
+    first iteration and the first evaluation take longer while they compile"""
     track: bool = False
     """if toggled, mirror the TensorBoard logs to Weights and Biases"""
     wandb_project_name: str = "memory-gym-baselines"
@@ -507,6 +511,12 @@ class Agent(nn.Module):
                 x = layer(x, memories[i], bias, has_memory, relative)
             return x.float(), torch.stack(layer_inputs, dim=2)
 
+    def policy_step(self, image, vector, window, query_slots, query_steps):
+        """Acting: one step of every env over its memory window -> logits, value and the layer inputs to store."""
+        memory_out, layer_inputs = self(image, vector, window, query_slots, query_steps)
+        logits, value = self.heads(memory_out[:, 0])
+        return logits, value, layer_inputs
+
     def features(self, memory_out: torch.Tensor) -> torch.Tensor:
         """The body layer over the transformer's output (memory_out): what the policy and value read."""
         with self.autocast():
@@ -584,14 +594,13 @@ def act(agent: Agent, ro: Rollout, cache: list, slot: int, device: torch.device)
     image, vector = (None if part is None else ro.upload(name, part) for name, part in zip(("image", "vector"), ro.next_obs))
     window = [normalised[:, slot - agent.context : slot] for normalised in cache]
     query_slots = torch.full_like(ro.next_step, agent.context)[:, None]
-    memory_out, layer_inputs = agent(
+    logits, value, layer_inputs = agent.policy_step(
         None if image is None else image[:, None],
         None if vector is None else vector[:, None],
         window,
         query_slots,
         ro.next_step[:, None],
     )
-    logits, value = agent.heads(memory_out[:, 0])
     return image, vector, logits, value, layer_inputs
 
 
@@ -720,6 +729,8 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
     run = Run(args, "ppo_trxl", rank, device, STRUCTURAL_FIELDS, check_args)
     envs, image_shape, vector_size, branches = run.make_envs()
     agent = Agent(args, image_shape, vector_size, branches).to(device)
+    if args.compile:
+        compile_agent(agent, device)
     # Fused: one pass over the parameters per step instead of one per operation and tensor.
     optimizer = torch.optim.AdamW(agent.parameters(), lr=args.init_lr, fused=device.type in ("cpu", "cuda"))
     obs, info = envs.reset(seed=args.seed + rank * args.num_envs)  # distinct env seeds per rank
@@ -807,33 +818,10 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
             metrics = {"charts/learning_rate": lr, "charts/entropy_coefficient": ent_coef,
                        "losses/explained_variance": np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y}
             metrics.update({f"losses/{key}": float(np.mean(values)) for key, values in logs.items() if values})
-            run.log(metrics, evaluate=lambda eval_envs: evaluate_policy(args, agent, eval_envs, device))
+            # Every --eval-interval iterations: held-out seeds, played by this script's rollout.
+            run.log(metrics, evaluate=lambda envs: evaluate_policy(args, agent, envs, device, new_rollout, collect_rollout))
         run.finish()
     return run.history
-
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation on held-out seeds
-# ---------------------------------------------------------------------------------------------
-def evaluate_policy(args: Args, agent: Agent, envs: gym.vector.VectorEnv, device) -> list[dict]:
-    """One episode per held-out seed and repetition, with sampled actions.
-
-    The training envs, memory and random streams are untouched: evaluation has its own envs and
-    its own rollout, and runs inside a forked torch RNG.
-    """
-    seeds = list(range(args.eval_seed_start, args.eval_seed_start + args.eval_seeds))
-    episodes = []
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        for repetition in range(args.eval_repetitions):
-            torch.manual_seed(args.eval_seed_start + repetition)
-            obs, _ = envs.reset(seed=seeds)
-            ro = new_rollout(agent, envs, 64, obs, device)
-            stats = EpisodeStats(len(seeds), first_only=True)
-            while not stats.finished.all():
-                collect_rollout(agent, envs, ro, device, stats)
-            episodes += stats.take_new()
-    return episodes
 
 
 # ---------------------------------------------------------------------------------------------

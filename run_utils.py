@@ -21,7 +21,6 @@ import dataclasses
 import difflib
 import errno
 import glob
-import functools
 import importlib
 import io
 import json
@@ -549,6 +548,48 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def evaluate_policy(args, agent: torch.nn.Module, envs: gym.vector.VectorEnv, device: torch.device,
+                    new_rollout: Callable, collect_rollout: Callable) -> list[dict]:
+    """One episode per held-out seed and repetition, with sampled actions, played by the script's own rollout.
+
+    The training envs, memory and random streams are untouched: evaluation has its own envs and
+    its own rollout, and runs inside a forked torch RNG.
+    """
+    seeds = list(range(args.eval_seed_start, args.eval_seed_start + args.eval_seeds))
+    episodes = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for repetition in range(args.eval_repetitions):
+            torch.manual_seed(args.eval_seed_start + repetition)
+            obs, _ = envs.reset(seed=seeds)
+            ro = new_rollout(agent, envs, 64, obs, device)
+            stats = EpisodeStats(len(seeds), first_only=True)
+            while not stats.finished.all():
+                collect_rollout(agent, envs, ro, device, stats)
+            episodes += stats.take_new()
+    return episodes
+
+
+def compile_agent(agent: torch.nn.Module, device: torch.device) -> None:
+    """`--compile`: torch.compile the acting pass (`agent.policy_step`) and the update's (`agent.forward`,
+    `agent.heads`), in place, so that checkpoints keep their parameter names.
+
+    On CUDA the acting pass also replays CUDA graphs: with a few dozen envs it is many tiny kernels, bound
+    by their launches. A replay overwrites the previous one's outputs, so they are copied out.
+    """
+    cuda_graphs = device.type == "cuda"
+    agent.forward = torch.compile(agent.forward)
+    agent.heads = torch.compile(agent.heads)
+    compiled_step = torch.compile(agent.policy_step, mode="reduce-overhead" if cuda_graphs else None)
+
+    def policy_step(*inputs):
+        if not cuda_graphs:
+            return compiled_step(*inputs)
+        torch.compiler.cudagraph_mark_step_begin()
+        return torch.utils._pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, compiled_step(*inputs))
+
+    agent.policy_step = policy_step
+
+
 class Upload:
     """Host arrays to the device without making the host wait. On CUDA each array goes through a pinned
     buffer of its own name and a non-blocking copy; before a buffer is refilled, its last copy is waited
@@ -1049,15 +1090,21 @@ def mean_across(value: float, world_size: int, device: torch.device) -> float:
 # ---------------------------------------------------------------------------------------------
 # Progress and failures
 # ---------------------------------------------------------------------------------------------
-@functools.cache
+@torch.compiler.assume_constant_result  # under --compile: asked once while tracing, its answer kept
 def computes_in_bfloat16(precision: str, device_type: str) -> bool:
     """Whether `--precision` means bfloat16 autocast on this kind of device."""
     if precision != "auto":
         return precision == "bfloat16"
-    if device_type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    # Elsewhere bfloat16 is emulated and slower than float32.
-    return device_type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    if device_type not in _NATIVE_BFLOAT16:  # asked once per device type: every forward pass calls this
+        if device_type == "cuda":
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        else:  # elsewhere bfloat16 is emulated and slower than float32
+            native = device_type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        _NATIVE_BFLOAT16[device_type] = native
+    return _NATIVE_BFLOAT16[device_type]
+
+
+_NATIVE_BFLOAT16: dict[str, bool] = {}
 
 
 def format_duration(seconds: float) -> str:
@@ -1344,7 +1391,7 @@ class Run:
         if not self.main:
             return
         steps = args.batch_size * args.world_size
-        sps = int((step - self.start_step) / (time.time() - self.started))
+        sps = (step - self.start_step) / (time.time() - self.started)
         metrics = {
             "charts/SPS": sps,
             "charts/rollout_SPS": int(steps / self.durations["rollout"]),
@@ -1375,7 +1422,7 @@ class Run:
         eta = (args.num_iterations - self.iteration) * steps / max(sps, 1)
         evaluation = f" | eval {metrics['eval/return_mean']:.3f}" if "eval/return_mean" in metrics else ""
         print(
-            f"iter {self.iteration}/{args.num_iterations} | step {step:,} | SPS {sps:,} "
+            f"iter {self.iteration}/{args.num_iterations} | step {step:,} | SPS {sps:,.0f} "
             f"| return (last 100 episodes) {'n/a' if recent_return is None else f'{recent_return:.3f}'}{evaluation} "
             f"| pi {metrics['losses/policy_loss']:.4f} | v {metrics['losses/value_loss']:.4f} "
             f"| entropy {metrics['losses/entropy']:.3f} | ETA {format_duration(eta)}",

@@ -13,7 +13,10 @@ early still leaves what was measured. The parts, each kept apart so that one fai
    CUDA's sync debug mode reports per step (the actions' copy to the host is the one expected);
 4. ranks: two data-parallel ranks under torchrun, where the machine has two GPUs;
 5. learning: the first minutes of the paper's Mortar Mayhem Grid TrXL run, return against steps
-   (the run is stopped by SIGTERM and writes its checkpoint, as a pre-empted job would).
+   (the run is stopped by SIGTERM and writes its checkpoint, as a pre-empted job would);
+6. compiled: per script under `--compile` (float32; acting replays CUDA graphs), the consistency gap
+   and the throughput, with the first iteration's seconds, compilation included (last: a loan that
+   ends during compilation loses only this part).
 
 `--smoke` runs the same code on the CPU at tiny sizes (the tests do), in about a minute.
 
@@ -111,6 +114,20 @@ def throughput(sizes, extra: list[str], nproc: int = 1, pairs=None) -> list[dict
     return rows
 
 
+def compiled(sizes, device: torch.device, extra: list[str], names) -> list[dict]:
+    rows = []
+    for name in names:
+        script = SCRIPTS[name]
+        flags = ["--config", preset(name, sizes.env_id), "--precision", "float32", "--compile", *sizes.model[name],
+                 "--num-envs", str(sizes.consistency["num_envs"]), "--num-steps", str(sizes.consistency["num_steps"]),
+                 "--num-minibatches", "2", *([] if device.type == "cuda" else ["--no-cuda"])]  # fmt: skip
+        torch._dynamo.reset()
+        gaps = precision_ratio.measure(script, script.parse_args(flags), None, sizes.consistency["rollouts"], device)
+        speed = throughput(sizes, extra + ["--compile"], pairs=[(name, "float32")])[0]
+        rows.append({**speed, "max_logprob_gap": gaps["max"], "max_value_gap": gaps["value"]})
+    return rows
+
+
 def memory(sizes, extra: list[str]) -> dict:
     flags = ["--config", preset("ppo_trxl", sizes.memory_env), "--trxl-memory-length", "256", *sizes.model["ppo_trxl"], *extra]
     options = SimpleNamespace(env_id=sizes.memory_env, num_envs=sizes.num_envs, num_steps=sizes.num_steps,
@@ -177,6 +194,19 @@ def markdown(report: dict) -> str:
         shown = result["curve"][:: max(1, len(result["curve"]) // 20)]  # about 20 rows; the JSON has every point
         lines += [f"| {p['step']:,} | {p['return']:.3f} |" for p in shown]
         lines.append("")
+    if rows := parts.get("compiled", {}).get("rows"):
+        lines += [f"## Under --compile, float32 ({report['sizes']}; consistency on a small rollout)", "",
+                  "| script | log-probability gap | value gap | SPS end to end | rollout SPS | update SPS "
+                  "| first iteration (s), compiling | the same uncompiled (s) | peak GPU memory (GiB) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        plain = {(r["script"], r["precision"]): r for r in parts.get("throughput", {}).get("rows", [])}
+        for r in rows:
+            gpu = "-" if r["cuda_gib"] is None else f"{r['cuda_gib']:.2f}"
+            before = plain.get((r["script"], "float32"))
+            before = "-" if before is None else f"{before['first_iteration_s']:.1f}"
+            lines.append(f"| {r['script']} | {r['max_logprob_gap']:.2e} | {r['max_value_gap']:.2e} | {r['sps']:,.0f} "
+                         f"| {r['rollout_sps']:,.0f} | {r['update_sps']:,.0f} | {r['first_iteration_s']:.1f} | {before} | {gpu} |")  # fmt: skip
+        lines.append("")
     for name, part in parts.items():
         if "error" in part:
             lines += [f"## {name}: failed", "", "```", part["error"], "```", ""]
@@ -189,7 +219,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder for device_check.json and device_check.md")
     parser.add_argument("--smoke", action="store_true", help="the same code paths on the CPU at tiny sizes")
-    parser.add_argument("--parts", nargs="+", default=["consistency", "syncs", "throughput", "memory", "ranks", "learning"])
+    parser.add_argument("--parts", nargs="+", default=["consistency", "syncs", "throughput", "memory", "ranks", "learning", "compiled"])
     options = parser.parse_args()
     cuda = torch.cuda.is_available() and not options.smoke
     if not cuda and not options.smoke:
@@ -216,6 +246,8 @@ def main() -> None:
                                              [("ppo_trxl", "float32"), ("ppo_gru", "float32"), ("ppo_mamba", "float32")])}
         if report["gpus"] >= 2 or options.smoke else {"skipped": "one GPU"},
         "learning": lambda: {"result": learning(sizes, extra)},
+        # Compiling takes tens of seconds a script: the smoke check compiles TrXL only.
+        "compiled": lambda: {"rows": compiled(sizes, device, timed, ["ppo_trxl"] if options.smoke else list(SCRIPTS))},
     }
     for name in options.parts:
         started = time.monotonic()

@@ -58,6 +58,8 @@ def start(script, args, weights: dict | None = None, device=CPU):
     agent = script.Agent(args, image, vector, run_utils.action_branches(envs.single_action_space, args.env_id)).to(device)
     if weights is not None:
         load_weights(agent, weights, "--checkpoint")
+    if args.compile:
+        run_utils.compile_agent(agent, device)
     obs, _ = envs.reset(seed=args.seed)
     return envs, agent, script.new_rollout(agent, envs, args.num_steps, obs, device)
 

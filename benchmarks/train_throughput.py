@@ -1,7 +1,8 @@
 """Training throughput and peak memory of ppo_trxl.py, ppo_gru.py and ppo_mamba.py.
 
 Each configuration runs in a fresh process (so that peak memory is its own) for a few iterations
-of the real training loop; the first iteration is a warm-up and is left out of the speeds.
+of the real training loop; the first iteration is a warm-up and is left out of the speeds (its seconds are
+printed: with `--compile` they include the compilation).
 Prints one table row per configuration: env steps per second end to end, for the rollout alone
 and for the update alone, and peak memory (RSS on CPU, max allocated on CUDA). `--variants`
 compares flag sets side by side and `--repeats` takes medians over runs taken in turn. With
@@ -51,6 +52,7 @@ def worker(script: str, flags: list[str]) -> None:
         "sps": steady,
         "rollout_sps": sum(h["charts/rollout_SPS"] for h in timed) / len(timed),
         "update_sps": sum(h["charts/update_SPS"] for h in timed) / len(timed),
+        "first_iteration_s": elapsed[0],  # the warm-up: with --compile, the compilation is in it
         "rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "cuda_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
         "device": torch.cuda.get_device_name() if cuda else "cpu",
@@ -111,8 +113,8 @@ def main() -> None:
     print(f"\nenv {options.env_id}, {options.num_envs} envs x {options.num_steps} steps, extra flags: '{options.extra}', "
           f"medians of {options.repeats} run(s), {options.iterations - 1} timed iteration(s) each\n")
     print("| script | flags | ranks | device | SPS end to end (min-max) | rollout SPS | update SPS | scaling "
-          "| peak RSS / rank (GiB) | peak CUDA alloc (GiB) |")
-    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
+          "| first iteration (s) | peak RSS / rank (GiB) | peak CUDA alloc (GiB) |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for script, nproc, variant in configs:
         rs = runs[(script, nproc, variant)]
         sps = median(rs, "sps")
@@ -121,7 +123,7 @@ def main() -> None:
         scaling = f"{sps / (nproc * median(single, 'sps')):.0%}" if single and nproc > 1 else "-"
         cuda = "-" if rs[0]["cuda_gib"] is None else f"{median(rs, 'cuda_gib'):.2f}"
         print(f"| {script} | {variant or '-'} | {nproc} | {rs[0]['device']} | {sps:,.0f}{spread} | {median(rs, 'rollout_sps'):,.0f} "
-              f"| {median(rs, 'update_sps'):,.0f} | {scaling} | {median(rs, 'rss_gib'):.2f} | {cuda} |")
+              f"| {median(rs, 'update_sps'):,.0f} | {scaling} | {median(rs, 'first_iteration_s'):.1f} | {median(rs, 'rss_gib'):.2f} | {cuda} |")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import ppo_gru
+import run_utils
 import ppo_mamba
 import ppo_trxl
 
@@ -82,7 +83,7 @@ def test_logprobs_recomputed_equal_stored(script, env_id, extra):
         tolerance = 1e-5 if variant["precision"] == "float32" else 2e-2
         args = small_args(script, env_id=env_id, num_envs=4, num_steps=16, num_minibatches=4, **extra, **variant)
         envs, agent, rollout = start(script, args)
-        stats = script.EpisodeStats(args.num_envs)
+        stats = run_utils.EpisodeStats(args.num_envs)
         continued = ended = 0
         for _ in range(3):  # later rollouts hold episodes that began in an earlier one
             script.collect_rollout(agent, envs, rollout, torch.device("cpu"), stats)
@@ -102,11 +103,33 @@ def test_logprobs_recomputed_equal_stored(script, env_id, extra):
         envs.close()
 
 
+# Compiling takes 20-60 s a script on a CPU, so these run with `-m slow`; by default the device check's smoke
+# run (tests/tools/test_device_check.py) checks TrXL's compiled consistency.
+@SCRIPTS
+@pytest.mark.slow
+def test_compiled_agent_acts_and_recomputes_consistently(script):
+    """--compile: acting runs the compiled step and the update the compiled forward and backward, as in
+    training (with gradients); the update still reproduces what acting stored."""
+    torch._dynamo.reset()
+    args = small_args(script, env_id="ProofOfMemory-v0", num_envs=4, num_steps=16, num_minibatches=4, compile=True)
+    envs, agent, rollout = start(script, args)
+    stats = run_utils.EpisodeStats(args.num_envs)
+    for _ in range(2):
+        script.collect_rollout(agent, envs, rollout, torch.device("cpu"), stats)
+        for index, logprob, value in minibatches(script, args, agent, rollout):
+            (logprob.sum() + value.sum()).backward()
+            assert (logprob.detach() - rollout.logprobs[index]).abs().max() < 1e-5
+            assert (value.detach() - rollout.values[index]).abs().max() < 1e-5
+    envs.close()
+    compiled = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert compiled >= 3, f"expected compiled acting, forward and heads graphs, got {compiled}"
+
+
 def test_trxl_window_holds_exactly_the_previous_steps_of_the_episode():
     """Attending over the whole timeline with the window mask equals attending over the window alone."""
     args = small_args(ppo_trxl, env_id="ProofOfMemory-v0", num_envs=3, num_steps=24, trxl_memory_length=4)
     envs, agent, rollout = start(ppo_trxl, args)
-    stats = ppo_trxl.EpisodeStats(args.num_envs)
+    stats = run_utils.EpisodeStats(args.num_envs)
     for _ in range(2):
         ppo_trxl.collect_rollout(agent, envs, rollout, torch.device("cpu"), stats)
     C = agent.context
@@ -139,6 +162,13 @@ def test_learns_proof_of_memory_and_fails_without_memory(script):
     assert final_success(script, precision="float32", **MEMORYLESS[script]) <= 0.7
 
 
+@SCRIPTS
+@pytest.mark.slow
+def test_learns_proof_of_memory_compiled(script):
+    torch._dynamo.reset()
+    assert final_success(script, precision="float32", compile=True) >= 0.95
+
+
 @pytest.mark.parametrize("script", [ppo_trxl, ppo_gru], ids=["trxl", "gru"])  # ppo_mamba: its bfloat16 consistency above
 def test_learns_proof_of_memory_in_bfloat16(script):
     """The light settings learn as well: bfloat16 compute, and for TrXL bfloat16 cached memory."""
@@ -153,7 +183,7 @@ def test_precision_selects_the_compute_dtype(script):
     for precision in ("float32", "bfloat16", "float32"):
         args = small_args(script, env_id="ProofOfMemoryImage-v0", num_envs=4, num_steps=8, precision=precision)
         envs, agent, rollout = start(script, args)
-        script.collect_rollout(agent, envs, rollout, torch.device("cpu"), script.EpisodeStats(args.num_envs))
+        script.collect_rollout(agent, envs, rollout, torch.device("cpu"), run_utils.EpisodeStats(args.num_envs))
         values.setdefault(precision, []).append(rollout.values)
         envs.close()
     assert torch.equal(*values["float32"])

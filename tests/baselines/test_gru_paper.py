@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import os
 import tomllib
@@ -92,7 +91,7 @@ def test_paper_gru_agent_has_the_published_layers(name, branches, expected):
 def test_recurrent_state_is_zero_at_every_episode_start():
     args = ppo_gru.Args(env_id="ProofOfMemory-v0", num_envs=3, num_steps=32, rnn_type="lstm", **SMALL)
     envs, agent, rollout = start(args)
-    ppo_gru.collect_rollout(agent, envs, rollout, CPU, ppo_gru.EpisodeStats(args.num_envs))
+    ppo_gru.collect_rollout(agent, envs, rollout, CPU, run_utils.EpisodeStats(args.num_envs))
     assert rollout.hiddens.shape[-1] == 2 * 32  # h and c
     assert not rollout.hiddens[rollout.starts].any()
     assert rollout.starts[1:].any() and rollout.hiddens[~rollout.starts].abs().sum(-1).min() > 0
@@ -122,7 +121,7 @@ def test_update_recomputes_what_acting_stored(agent, sequence_length):
     envs, model, rollout = start(args)
     continued = ended = 0
     for _ in range(3):  # later rollouts hold episodes that began in an earlier one
-        ppo_gru.collect_rollout(model, envs, rollout, CPU, ppo_gru.EpisodeStats(args.num_envs))
+        ppo_gru.collect_rollout(model, envs, rollout, CPU, run_utils.EpisodeStats(args.num_envs))
         ended += int(rollout.dones.sum())
         continued += int((~rollout.starts[0]).sum())
         seen = torch.zeros(args.num_steps, args.num_envs, dtype=torch.bool)
@@ -199,7 +198,7 @@ def test_ground_truth_target_is_the_info_reported_with_the_observation():
     args = ppo_gru.Args(env_id="Endless-MortarMayhem-v0", num_envs=3, num_steps=32, ground_truth_coef=0.1, **SMALL)
     envs = Recording(run_utils.make_envs(args, args.num_envs))
     envs, agent, rollout = start(args, envs)
-    ppo_gru.collect_rollout(agent, envs, rollout, CPU, ppo_gru.EpisodeStats(args.num_envs))
+    ppo_gru.collect_rollout(agent, envs, rollout, CPU, run_utils.EpisodeStats(args.num_envs))
     assert rollout.dones.any(), "the rollout must cross an episode end (same-step autoreset)"
     for s in range(args.num_steps):
         obs, truth, _ = envs.seen[s]

@@ -79,7 +79,7 @@ def test_state_is_zero_at_episode_starts_and_stored_at_fragment_starts():
     args = ppo_mamba.Args(env_id="ProofOfMemory-v0", num_envs=3, num_steps=32, sequence_length=8, **TINY)
     envs, agent, rollout = start(args)
     for _ in range(2):
-        ppo_mamba.collect_rollout(agent, envs, rollout, CPU, ppo_mamba.EpisodeStats(args.num_envs))
+        ppo_mamba.collect_rollout(agent, envs, rollout, CPU, run_utils.EpisodeStats(args.num_envs))
     assert rollout.states.shape == (32 // 8, 3, agent.state_size)  # steps 0, 8, 16, 24
     stored_at_start = rollout.starts[::8]
     assert not rollout.states[stored_at_start].any()
@@ -101,7 +101,7 @@ def test_update_recomputes_long_fragments_that_span_chunks_and_rollouts():
         envs, agent, rollout = start(args)
         longest, continued, ended = 0, 0, 0
         for _ in range(3):
-            ppo_mamba.collect_rollout(agent, envs, rollout, CPU, ppo_mamba.EpisodeStats(args.num_envs))
+            ppo_mamba.collect_rollout(agent, envs, rollout, CPU, run_utils.EpisodeStats(args.num_envs))
             continued += int((~rollout.starts[0]).sum())
             ended += int(rollout.dones.sum())
             sequences = ppo_mamba.make_sequences(args, rollout)

@@ -36,7 +36,7 @@ def test_new_agents_recompute_what_acting_stored(variant):
         args = ppo_trxl.Args(cuda=False, precision="float32", env_id=env_id, num_envs=4, num_steps=16,
                              num_minibatches=4, **{**SMALL[ppo_trxl], **VARIANTS[variant], **extra})
         envs, agent, rollout = start(ppo_trxl, args)
-        stats = ppo_trxl.EpisodeStats(args.num_envs)
+        stats = run_utils.EpisodeStats(args.num_envs)
         continued = ended = 0
         for _ in range(3):
             ppo_trxl.collect_rollout(agent, envs, rollout, torch.device("cpu"), stats)
@@ -156,7 +156,7 @@ def test_ground_truth_head_trains_on_the_info_of_its_observation(tmp_path, monke
     _, reference_info = reference.reset(seed=args.seed)
     expected, ended = [reference_info["ground_truth"].copy()], 0
     for _ in range(2):
-        ppo_trxl.collect_rollout(agent, envs, rollout, torch.device("cpu"), ppo_trxl.EpisodeStats(2))
+        ppo_trxl.collect_rollout(agent, envs, rollout, torch.device("cpu"), run_utils.EpisodeStats(2))
         ended += int(rollout.dones.sum())
         for s in range(args.num_steps):
             assert np.allclose(rollout.ground_truths[s].numpy(), expected[-1])

@@ -65,7 +65,7 @@ def test_evaluation_plays_every_held_out_seed_once_per_repetition(script):
     envs = RecordingEnvs(run_utils.make_envs(args, 3))
     image, vector = run_utils.observation_layout(envs.single_observation_space)
     agent = script.Agent(args, image, vector, [2])
-    episodes = script.evaluate_policy(args, agent, envs, torch.device("cpu"))
+    episodes = run_utils.evaluate_policy(args, agent, envs, torch.device("cpu"), script.new_rollout, script.collect_rollout)
     assert seen == [[500, 501, 502]] * 2
     assert len(episodes) == 6
     # Each seed's level is the same in both repetitions (only the sampled actions differ).

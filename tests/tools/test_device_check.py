@@ -19,7 +19,7 @@ def test_smoke_device_check_runs_every_part_and_writes_json_and_markdown(tmp_pat
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((out / "device_check.json").read_text())
     parts = report["parts"]
-    assert set(parts) == {"consistency", "syncs", "throughput", "memory", "ranks", "learning"}
+    assert set(parts) == {"consistency", "syncs", "throughput", "memory", "ranks", "learning", "compiled"}
     assert not [name for name, part in parts.items() if "error" in part]
     for row in parts["consistency"]["rows"]:
         tolerance = 1e-5 if row["precision"] == "float32" else 2e-2
@@ -30,8 +30,11 @@ def test_smoke_device_check_runs_every_part_and_writes_json_and_markdown(tmp_pat
     assert parts["ranks"]["rows"][0]["ranks"] == 2
     # One read from the device per rollout step (the actions); CUDA's own count needs a GPU.
     assert all(r["reads_per_step"] == 1.0 and r["syncs_per_step"] is None for r in parts["syncs"]["rows"])
+    # --compile (TrXL in the smoke check): compiled acting and update still agree, and it trains.
+    [row] = parts["compiled"]["rows"]
+    assert row["script"] == "ppo_trxl" and row["max_logprob_gap"] < 1e-5 and row["max_value_gap"] < 1e-5 and row["sps"] > 0
     learning = parts["learning"]["result"]
     assert learning["checkpoint"] and learning["exit"] == 128 + 15 and learning["curve"]
     markdown = (out / "device_check.md").read_text()
     assert "## Act / update consistency" in markdown and "## Training throughput" in markdown
-    assert "## What one rollout step sends to the device and reads back" in markdown
+    assert "## What one rollout step sends to the device and reads back" in markdown and "## Under --compile" in markdown
