@@ -24,6 +24,7 @@ the published script's `episode/r_mean`, the same mean, is read as such).
     python benchmarks/learning.py --name mm-paper --env-ids MortarMayhem-v0 --seeds 1 2 3 4 5 \\
         --total-timesteps 163840000 --executor slurm --slurm-partition gpu --slurm-gpus-per-task 1 --slurm-time 2880
     python benchmarks/learning.py --name mm-paper --report-only      # rebuild the table and plots
+    python benchmarks/learning.py --name mm-all --report-only --combine mm-seed1 mm-seed2   # grids run apart, one table
 """
 
 from __future__ import annotations
@@ -457,6 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "the mean return of the last 100 training episodes; training = that mean everywhere (compare "
                       "with the reference, which does not evaluate)")
     grid.add_argument("--report-only", action="store_true", help="rebuild the table and plots of an existing results folder")
+    grid.add_argument("--combine", nargs="+", metavar="NAME", default=[],
+                      help="with --report-only: one table and one set of plots of the runs of these results folders "
+                           "(under --out; e.g. seeds run as separate grids), written into a new folder --name")
     run = parser.add_argument_group("where the runs go")
     run.add_argument("--executor", choices=["local", "slurm", "debug"], default="local",
                      help="local: a pool of processes on this machine; slurm: one submitit job per run; debug: submitit's "
@@ -475,10 +479,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def combine(folder: str, sources: list[str], command: str) -> None:
+    """A new results folder whose grid is the runs of `sources`, in their order; the runs stay where they are."""
+    runs, commands = [], []
+    for source in sources:
+        try:
+            with open(os.path.join(source, "grid.json")) as f:
+                grid = json.load(f)
+        except OSError:
+            raise SystemExit(f"error: {source} holds no grid.json: not a results folder of this benchmark")
+        commands.append(grid["command"])
+        runs += [{**spec, "folder": os.path.relpath(os.path.join(source, spec["folder"]), folder)} for spec in grid["runs"]]
+    if len({(run["config"], run["env"], run["seed"]) for run in runs}) < len(runs):
+        raise SystemExit("error: the combined folders hold the same configuration, env and seed more than once")
+    try:
+        os.makedirs(folder)
+    except FileExistsError:
+        raise SystemExit(f"error: {folder} exists; choose another --name for the combined table")
+    with open(os.path.join(folder, "command.txt"), "w") as f:
+        f.write(f"cd {shlex.quote(os.getcwd())}\n{command}\n\n# the grids it combines:\n" + "\n".join(commands) + "\n")
+    write_json(os.path.join(folder, "grid.json"), {"command": " ; ".join([*commands, command]), "runs": runs})
+
+
 def main(argv: list[str] | None = None) -> list[str]:
     options = build_parser().parse_args(argv)
     folder = os.path.abspath(os.path.join(options.out, options.name))
+    if options.combine and not options.report_only:
+        raise SystemExit("error: --combine goes with --report-only: it tabulates runs that have finished")
     if options.report_only:
+        if options.combine:
+            command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]) if argv is None else ["benchmarks/learning.py", *argv])
+            combine(folder, [os.path.abspath(os.path.join(options.out, name)) for name in options.combine], command)
         try:
             with open(os.path.join(folder, "grid.json")) as f:
                 grid = json.load(f)

@@ -121,6 +121,16 @@ def test_command_template_runs_side_by_side_with_reference_tags_read_as_ours(tmp
     for name in ("charts_episodic_return_last100", "charts_episodic_return_last100__wall_time"):
         assert_valid_png(tmp_path / "cmp" / f"ProofOfMemory-v0__{name}.png")
 
+    # Another seed run as a grid of its own: --combine tabulates both grids' runs as one.
+    learning.main(["--name", "cmp2", "--out", str(tmp_path), "--env-ids", "ProofOfMemory-v0", "--scripts",
+                   "--seeds", "5", "--total-timesteps", "1024", "--command", f"fake={template}", "--threads", "1"])
+    learning.main(["--name", "both", "--out", str(tmp_path), "--report-only", "--combine", "cmp", "cmp2"])
+    row = rows(tmp_path / "both")["fake"]
+    assert row["seeds_ok"] == 3 and row["final_mean"] == 4.0  # mean(2, 4, 6)
+    assert "--combine cmp cmp2" in (tmp_path / "both" / "command.txt").read_text()
+    with pytest.raises(SystemExit, match="same configuration, env and seed"):
+        learning.main(["--name", "twice", "--out", str(tmp_path), "--report-only", "--combine", "cmp", "cmp"])
+
 
 def test_local_pool_never_oversubscribes_the_cores(monkeypatch):
     monkeypatch.setattr(learning, "available_cores", lambda: 8)
