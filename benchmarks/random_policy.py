@@ -6,6 +6,7 @@ setting, a native vector env of `--episodes` envs plays uniformly random actions
 env's first episode has ended.
 
     python benchmarks/random_policy.py [--episodes 200] [--out benchmarks/results/random-policy]
+    python benchmarks/random_policy.py --settings 'MortarMayhem-Grid-v0={"command_count": [3]}' --out /tmp/random
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import glob
 import json
 import os
+import shlex
 import sys
 import time
 import tomllib
@@ -81,10 +83,24 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=200, help="episodes per setting (default: 200)")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "random-policy"),
                         help="the results folder (default: benchmarks/results/random-policy)")
+    parser.add_argument("--settings", nargs="+", metavar="ID=JSON", default=[],
+                        help="only these settings, each an id with its reset parameters (default: every native id and "
+                             "every preset's setting)")
     options = parser.parse_args()
+    chosen = settings()
+    if options.settings:
+        chosen = []
+        for text in options.settings:
+            env_id, _, env_kwargs = text.partition("=")
+            if env_id not in gym.registry:
+                raise SystemExit(f"error: unknown env id {env_id!r} in --settings; give ID=JSON, e.g. 'MortarMayhem-Grid-v0={{}}'")
+            try:
+                chosen.append((env_id, canonical(env_kwargs or "{}")))
+            except json.JSONDecodeError as error:
+                raise SystemExit(f"error: the reset parameters of {env_id} in --settings are not JSON ({error})")
     os.makedirs(options.out, exist_ok=True)
     rows, lines = [], ["| env | env_kwargs | episodes | return | success | length |", "|---|---|---:|---:|---:|---:|"]
-    for env_id, env_kwargs in settings():
+    for env_id, env_kwargs in chosen:
         start = time.time()
         row = play(env_id, env_kwargs, options.episodes)
         rows.append(row)
@@ -97,7 +113,7 @@ def main() -> None:
     with open(os.path.join(options.out, "results.md"), "w") as f:
         f.write("Return of a uniformly random policy (mean ± standard error over episodes).\n\n" + "\n".join(lines) + "\n")
     with open(os.path.join(options.out, "command.txt"), "w") as f:
-        f.write(f"cd {os.getcwd()}\n{sys.executable} {' '.join(sys.argv)}\n")
+        f.write(f"cd {os.getcwd()}\n{shlex.join([sys.executable, *sys.argv])}\n")
 
 
 if __name__ == "__main__":
