@@ -103,8 +103,7 @@ def test_logprobs_recomputed_equal_stored(script, env_id, extra):
         envs.close()
 
 
-# Compiling takes 20-60 s a script on a CPU, so these run with `-m slow`; by default the device check's smoke
-# run (tests/tools/test_device_check.py) checks TrXL's compiled consistency.
+# Compiling takes 20-60 s a script on a CPU, so these run with `-m slow` (as does the device check's compiled part).
 @SCRIPTS
 @pytest.mark.slow
 def test_compiled_agent_acts_and_recomputes_consistently(script):
