@@ -834,7 +834,7 @@ def run_training(args: Args, rank: int, device: torch.device) -> list[dict]:
                        "losses/explained_variance": np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y}
             metrics.update({f"losses/{key}": float(np.mean(values)) for key, values in logs.items() if values})
             # Every --eval-interval iterations: held-out seeds, played by this script's rollout.
-            run.log(metrics, evaluate=lambda envs: evaluate_policy(args, agent, envs, device, new_rollout, collect_rollout))
+            run.log(metrics, evaluate=lambda eval_envs: evaluate_policy(args, agent, eval_envs, device, new_rollout, collect_rollout))
         run.finish()
     return run.history
 
