@@ -64,5 +64,7 @@ def test_quick_preset_parses_and_starts(path, tmp_path, monkeypatch):
     assert header.startswith("# ") and ("measured" in header.lower() or "DRAFT" in header), "a quick preset states what it learns"
     script = script_of(path)
     args = script.parse_args(["--config", path, *TINY_BUDGET])
-    assert args.env_id == os.path.basename(path)[: -len(".toml")] and args.env_kwargs != "{}"
+    assert args.env_id == os.path.basename(path)[: -len(".toml")]
+    # A finite game is made easier to learn on a CPU; an endless one is the paper's game at a smaller budget.
+    assert args.env_kwargs != "{}" or args.env_id.startswith("Endless-")
     assert len(script.train(args)) == 1
