@@ -36,6 +36,7 @@ import tyro
 import run_utils
 from run_utils import (
     COMMON_RANGES,
+    EagerUnderCompile,
     Run,
     Upload,
     agreed_min,
@@ -236,7 +237,7 @@ def check_args(args: Args, problems: list[str] = ()) -> None:
 # Mamba-2 (SSD) in plain PyTorch
 # ---------------------------------------------------------------------------------------------
 # Under --compile it runs eagerly: torch 2.13's inductor fails to compile its backward for varying lengths.
-@torch.compiler.disable
+@EagerUnderCompile
 def segment_sums(a: torch.Tensor) -> torch.Tensor:
     """(..., T) -> (..., T, T): out[..., i, j] = a[j+1] + ... + a[i] for j <= i, -inf above the diagonal.
 

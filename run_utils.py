@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import errno
+import functools
 import glob
 import importlib
 import io
@@ -569,6 +570,21 @@ def evaluate_policy(args, agent: torch.nn.Module, envs: gym.vector.VectorEnv, de
     return episodes
 
 
+class EagerUnderCompile:
+    """A decorator: under `--compile` the function runs eagerly between compiled graphs (`compile_agent`
+    disables it then); without, it is the plain function."""
+
+    marked: list[EagerUnderCompile] = []
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+        functools.update_wrapper(self, fn)
+        EagerUnderCompile.marked.append(self)
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+
 def compile_agent(agent: torch.nn.Module, device: torch.device) -> None:
     """`--compile`: torch.compile the acting pass (`agent.policy_step`) and the update's (`agent.forward`,
     `agent.heads`), in place, so that checkpoints keep their parameter names.
@@ -576,6 +592,10 @@ def compile_agent(agent: torch.nn.Module, device: torch.device) -> None:
     On CUDA the acting pass also replays CUDA graphs: with a few dozen envs it is many tiny kernels, bound
     by their launches. A replay overwrites the previous one's outputs, so they are copied out.
     """
+    # Marked here, not where defined: the marks import the compiler, a second more at every start of a script.
+    torch.compiler.assume_constant_result(computes_in_bfloat16)  # asked once while tracing, its answer kept
+    for eager in EagerUnderCompile.marked:
+        eager.fn = torch.compiler.disable(eager.fn)
     cuda_graphs = device.type == "cuda"
     agent.forward = torch.compile(agent.forward)
     agent.heads = torch.compile(agent.heads)
@@ -1090,7 +1110,6 @@ def mean_across(value: float, world_size: int, device: torch.device) -> float:
 # ---------------------------------------------------------------------------------------------
 # Progress and failures
 # ---------------------------------------------------------------------------------------------
-@torch.compiler.assume_constant_result  # under --compile: asked once while tracing, its answer kept
 def computes_in_bfloat16(precision: str, device_type: str) -> bool:
     """Whether `--precision` means bfloat16 autocast on this kind of device."""
     if precision != "auto":

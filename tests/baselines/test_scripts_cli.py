@@ -81,3 +81,10 @@ def test_track_mirrors_scalars_to_an_offline_wandb_run(script, tmp_path):
     data = open(record, "rb").read()
     for scalar in (b"charts/SPS", b"charts/episodic_return", b"losses/policy_loss", b"losses/value_loss"):
         assert scalar in data
+
+
+def test_starting_a_script_does_not_load_the_compiler():
+    """torch's compiler takes a second or more to import; only a run with --compile needs it."""
+    code = "import sys, enjoy, ppo_gru, ppo_mamba, ppo_trxl; print('torch._dynamo' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip() == "False", result.stderr
