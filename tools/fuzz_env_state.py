@@ -9,7 +9,7 @@ then resumes the mutated checkpoint in a subprocess with a memory limit and a ti
 outcome must be normal play (exit 0) or a one-line refusal (exit 1, one `error:` line, no
 `error.log`): a signal, an abort, a hang, a traceback or a crash in play is a failure.
 
-    python tools/fuzz_env_state.py                          # 8 cases per game (as in the tests)
+    python tools/fuzz_env_state.py                          # 8 cases per game (the tests run 4 for three games)
     python tools/fuzz_env_state.py --cases 60 --workers 2   # the long run
 """
 

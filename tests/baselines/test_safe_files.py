@@ -220,12 +220,12 @@ def test_values_that_would_break_play_are_refused_in_one_line(case, tmp_path, mo
     ("truncated", "is truncated, damaged or not a"),
 ])
 def test_bad_files_get_one_line(content, message, tmp_path, monkeypatch):
-    checkpoint, _ = trained(ppo_gru, tmp_path, monkeypatch)
     target = tmp_path / "file.pt"
     if content is None:
         target = tmp_path / "folder.pt"
         target.mkdir()
     elif content == "truncated":
+        checkpoint, _ = trained(ppo_gru, tmp_path, monkeypatch)
         data = open(checkpoint, "rb").read()
         target.write_bytes(data[: len(data) // 3])
     else:
@@ -235,6 +235,10 @@ def test_bad_files_get_one_line(content, message, tmp_path, monkeypatch):
         assert result.returncode != 0
         assert message in result.stderr and str(target) in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and "weights_only" not in result.stderr
+
+
+def test_a_checkpoint_resumed_by_another_script_names_its_own(tmp_path, monkeypatch):
+    checkpoint, _ = trained(ppo_gru, tmp_path, monkeypatch)
     result = run_script(os.path.join(ROOT, "ppo_trxl.py"), "--resume", checkpoint, cwd=tmp_path)
     assert result.returncode != 0 and "is a ppo_gru checkpoint; resume it with `python ppo_gru.py" in result.stderr
 
