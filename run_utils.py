@@ -577,7 +577,7 @@ class EagerUnderCompile:
     marked: list[EagerUnderCompile] = []
 
     def __init__(self, fn: Callable):
-        self.fn = fn
+        self.plain = self.fn = fn
         functools.update_wrapper(self, fn)
         EagerUnderCompile.marked.append(self)
 
@@ -595,7 +595,7 @@ def compile_agent(agent: torch.nn.Module, device: torch.device) -> None:
     # Marked here, not where defined: the marks import the compiler, a second more at every start of a script.
     torch.compiler.assume_constant_result(computes_in_bfloat16)  # asked once while tracing, its answer kept
     for eager in EagerUnderCompile.marked:
-        eager.fn = torch.compiler.disable(eager.fn)
+        eager.fn = torch.compiler.disable(eager.plain)
     cuda_graphs = device.type == "cuda"
     agent.forward = torch.compile(agent.forward)
     agent.heads = torch.compile(agent.heads)
