@@ -489,9 +489,14 @@ def combine(folder: str, sources: list[str], command: str) -> None:
         except OSError:
             raise SystemExit(f"error: {source} holds no grid.json: not a results folder of this benchmark")
         commands.append(grid["command"])
-        runs += [{**spec, "folder": os.path.relpath(os.path.join(source, spec["folder"]), folder)} for spec in grid["runs"]]
+        runs += [{**spec, "folder": os.path.join(source, spec["folder"])} for spec in grid["runs"]]
+    # A run that never finished in one grid (stopped early, its job lost) gives way to the same run finished in another.
+    finished = {(run["config"], run["env"], run["seed"]) for run in runs if os.path.isfile(os.path.join(run["folder"], "run.json"))}
+    runs = [run for run in runs if (run["config"], run["env"], run["seed"]) not in finished
+            or os.path.isfile(os.path.join(run["folder"], "run.json"))]
     if len({(run["config"], run["env"], run["seed"]) for run in runs}) < len(runs):
         raise SystemExit("error: the combined folders hold the same configuration, env and seed more than once")
+    runs = [{**run, "folder": os.path.relpath(run["folder"], folder)} for run in runs]
     try:
         os.makedirs(folder)
     except FileExistsError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import textwrap
 
@@ -130,6 +131,14 @@ def test_command_template_runs_side_by_side_with_reference_tags_read_as_ours(tmp
     assert "--combine cmp cmp2" in (tmp_path / "both" / "command.txt").read_text()
     with pytest.raises(SystemExit, match="same configuration, env and seed"):
         learning.main(["--name", "twice", "--out", str(tmp_path), "--report-only", "--combine", "cmp", "cmp"])
+    # A grid stopped before its seed 5 ran: the seed finished in cmp2 stands in for it.
+    stopped = tmp_path / "stopped"
+    shutil.copytree(tmp_path / "cmp", stopped)
+    grid = json.loads((stopped / "grid.json").read_text())
+    grid["runs"].append({**grid["runs"][0], "seed": 5, "folder": "runs/fake__ProofOfMemory-v0__5"})
+    (stopped / "grid.json").write_text(json.dumps(grid))
+    learning.main(["--name", "resumed", "--out", str(tmp_path), "--report-only", "--combine", "stopped", "cmp2"])
+    assert rows(tmp_path / "resumed")["fake"]["seeds_ok"] == 3
 
 
 def test_local_pool_never_oversubscribes_the_cores(monkeypatch):
