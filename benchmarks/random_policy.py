@@ -78,6 +78,25 @@ def play(env_id: str, env_kwargs: str, episodes: int, seed: int = 0) -> dict:
     return summary
 
 
+def chosen_setting(text: str) -> tuple[str, str]:
+    """One `--settings` item, ID=JSON, as (env id, canonical env_kwargs); refused in one line unless the env
+    accepts it."""
+    env_id, _, env_kwargs = text.partition("=")
+    if env_id not in gym.registry:
+        raise SystemExit(f"error: unknown env id {env_id!r} in --settings; give ID=JSON, e.g. 'MortarMayhem-Grid-v0={{}}'")
+    try:
+        kwargs = json.loads(env_kwargs or "{}")
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"error: the reset parameters of {env_id} in --settings are not JSON ({error})")
+    if not isinstance(kwargs, dict):
+        raise SystemExit(f"error: the reset parameters of {env_id} in --settings must be a JSON object, got {env_kwargs}")
+    try:  # the env checks its own reset parameters
+        gym.make_vec(env_id, num_envs=1, **kwargs).close()
+    except (ValueError, TypeError) as error:
+        raise SystemExit(f"error: --settings {text}: {error}")
+    return env_id, canonical(json.dumps(kwargs))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--episodes", type=int, default=200, help="episodes per setting (default: 200)")
@@ -87,17 +106,7 @@ def main() -> None:
                         help="only these settings, each an id with its reset parameters (default: every native id and "
                              "every preset's setting)")
     options = parser.parse_args()
-    chosen = settings()
-    if options.settings:
-        chosen = []
-        for text in options.settings:
-            env_id, _, env_kwargs = text.partition("=")
-            if env_id not in gym.registry:
-                raise SystemExit(f"error: unknown env id {env_id!r} in --settings; give ID=JSON, e.g. 'MortarMayhem-Grid-v0={{}}'")
-            try:
-                chosen.append((env_id, canonical(env_kwargs or "{}")))
-            except json.JSONDecodeError as error:
-                raise SystemExit(f"error: the reset parameters of {env_id} in --settings are not JSON ({error})")
+    chosen = [chosen_setting(text) for text in options.settings] or settings()
     os.makedirs(options.out, exist_ok=True)
     rows, lines = [], ["| env | env_kwargs | episodes | return | success | length |", "|---|---|---:|---:|---:|---:|"]
     for env_id, env_kwargs in chosen:

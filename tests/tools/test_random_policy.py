@@ -18,7 +18,9 @@ def test_chosen_settings_only_and_bad_ones_refused_in_one_line(tmp_path):
     [row] = json.loads((tmp_path / "results.json").read_text())["settings"]
     assert row["env_kwargs"] == '{"max_delay": 2, "min_delay": 2}' and row["episodes"] == 20
     assert 0.0 <= row["return_mean"] <= 1.0 and "--settings" in (tmp_path / "command.txt").read_text()
-    for setting, message in (("Nope-v0={}", "unknown env id 'Nope-v0'"), ("ProofOfMemory-v0={bad", "are not JSON")):
+    for setting, message in (("Nope-v0={}", "unknown env id 'Nope-v0'"), ("ProofOfMemory-v0={bad", "are not JSON"),
+                             ("ProofOfMemory-v0=[1]", "must be a JSON object"),
+                             ('MortarMayhem-Grid-v0={"bogus": 1}', "unknown reset parameter 'bogus'")):
         bad = subprocess.run([sys.executable, SCRIPT, "--out", str(tmp_path / "bad"), "--settings", setting],
                              capture_output=True, text=True)
-        assert bad.returncode == 1 and message in bad.stderr and "Traceback" not in bad.stderr
+        assert bad.returncode == 1 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
