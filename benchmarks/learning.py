@@ -491,10 +491,13 @@ def combine(folder: str, sources: list[str], command: str) -> None:
         commands.append(grid["command"])
         runs += [{**spec, "folder": os.path.join(source, spec["folder"])} for spec in grid["runs"]]
     # A run that never finished in one grid (stopped early, its job lost) gives way to the same run finished in another.
-    finished = {(run["config"], run["env"], run["seed"]) for run in runs if os.path.isfile(os.path.join(run["folder"], "run.json"))}
-    runs = [run for run in runs if (run["config"], run["env"], run["seed"]) not in finished
-            or os.path.isfile(os.path.join(run["folder"], "run.json"))]
-    if len({(run["config"], run["env"], run["seed"]) for run in runs}) < len(runs):
+    def key(run: dict) -> tuple:
+        return run["config"], run["env"], run["seed"]
+
+    done = [os.path.isfile(os.path.join(run["folder"], "run.json")) for run in runs]
+    finished = {key(run) for run, ran in zip(runs, done) if ran}
+    runs = [run for run, ran in zip(runs, done) if ran or key(run) not in finished]
+    if len({key(run) for run in runs}) < len(runs):
         raise SystemExit("error: the combined folders hold the same configuration, env and seed more than once")
     runs = [{**run, "folder": os.path.relpath(run["folder"], folder)} for run in runs]
     try:
