@@ -1,5 +1,6 @@
 """Every test runs in a fresh temporary working folder, so nothing lands in the repository's
-`runs/` or `videos/`; the session fails if either changed anyway."""
+`runs/` or `videos/`; the session fails if either changed anyway. The suite runs on every core
+(pytest-xdist, `-n auto` in pyproject.toml), one thread per worker."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WATCHED = ("runs", "videos", "wandb")
+
+# Workers share the cores: with torch's default thread pool each, they fight over them and a small run slows
+# several times. Set before any test module imports torch; the scripts the tests start inherit it.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def _listing() -> dict[str, list[str]]:
