@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import glob
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+import enjoy
 import ppo_gru
 import ppo_trxl
 import run_utils
@@ -33,12 +35,27 @@ def tiny_args(script, **overrides):
     return script.Args(**{**TINY, **SMALL[script], **overrides})
 
 
-def trained(script, tmp_path, monkeypatch, **overrides) -> tuple[str, str]:
-    """(checkpoint, saved model) of a tiny run inside tmp_path."""
-    monkeypatch.chdir(tmp_path)
-    script.train(tiny_args(script, total_timesteps=16, save_model=True, **overrides))
-    (checkpoint,) = glob.glob("runs/*/checkpoint.pt")
-    (model,) = glob.glob("runs/*/*.cleanrl_model")
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """The `runs/` folder of a script's tiny run, trained once, at the first test that asks for it."""
+    folders = {}
+
+    def runs_of(script):
+        if script not in folders:
+            folders[script] = tmp_path_factory.mktemp(f"tiny-{script.__name__}")
+            with pytest.MonkeyPatch.context() as patch:
+                patch.chdir(folders[script])
+                script.train(tiny_args(script, total_timesteps=16, save_model=True))
+        return folders[script] / "runs"
+
+    return runs_of
+
+
+def trained(script, tmp_path, tiny_runs) -> tuple[str, str]:
+    """(checkpoint, saved model) of a copy of the script's tiny run in tmp_path, the working folder."""
+    shutil.copytree(tiny_runs(script), tmp_path / "runs")
+    (checkpoint,) = glob.glob("runs/*/checkpoint.pt", root_dir=tmp_path)
+    (model,) = glob.glob("runs/*/*.cleanrl_model", root_dir=tmp_path)
     return checkpoint, model
 
 
@@ -61,10 +78,29 @@ def run_script(*command, cwd) -> subprocess.CompletedProcess:
                           env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"})
 
 
+def refusal(command: list[str], monkeypatch, capfd) -> str:
+    """What `python <command>` stops with, run in this process (as its `__main__` does, without the start-up
+    a subprocess costs): the one-line message, with nothing else written to stderr."""
+    name, *argv = command
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        if name == "enjoy.py":
+            monkeypatch.setattr(sys, "argv", [name, *argv])
+            enjoy.main()
+        else:
+            script = {"ppo_trxl.py": ppo_trxl, "ppo_gru.py": ppo_gru}[name]
+            script.train(script.parse_args(argv))
+    message = stopped.value.code
+    assert isinstance(message, str), message  # a message is printed to stderr, with exit status 1
+    assert len(message.splitlines()) == 1 and capfd.readouterr().err == "", message
+    return message
+
+
 @SCRIPTS
-def test_a_module_named_in_a_file_is_never_imported(script, tmp_path, monkeypatch):
-    checkpoint, model = trained(script, tmp_path, monkeypatch)
+def test_a_module_named_in_a_file_is_never_imported(script, tmp_path, tiny_runs, monkeypatch, capfd):
+    checkpoint, model = trained(script, tmp_path, tiny_runs)
     marker = plant_module(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))  # the planted module could be imported, were its name ever used
     name = script.__name__
 
     def planted_env(data):
@@ -72,10 +108,8 @@ def test_a_module_named_in_a_file_is_never_imported(script, tmp_path, monkeypatc
 
     bad_checkpoint = tampered(checkpoint, "env-checkpoint.pt", planted_env)
     bad_model = tampered(model, "env-model.cleanrl_model", planted_env)
-    result = run_script(os.path.join(ROOT, f"{name}.py"), "--resume", bad_checkpoint, cwd=tmp_path)
-    assert result.returncode != 0 and "--env-id planted_helpers:ProofOfMemory-v0" in result.stderr
-    result = run_script(os.path.join(ROOT, "enjoy.py"), bad_model, "--no-video", cwd=tmp_path)
-    assert result.returncode != 0 and "--env-id planted_helpers:ProofOfMemory-v0" in result.stderr
+    assert "--env-id planted_helpers:ProofOfMemory-v0" in refusal([f"{name}.py", "--resume", bad_checkpoint], monkeypatch, capfd)
+    assert "--env-id planted_helpers:ProofOfMemory-v0" in refusal(["enjoy.py", bad_model, "--no-video"], monkeypatch, capfd)
 
     def planted_algorithm(data):
         data["algorithm"] = MARKER_MODULE
@@ -83,19 +117,17 @@ def test_a_module_named_in_a_file_is_never_imported(script, tmp_path, monkeypatc
     def planted_format(data):
         data["format"] = f"{MARKER_MODULE}-checkpoint-1"
 
-    result = run_script(os.path.join(ROOT, "enjoy.py"), tampered(model, "a.cleanrl_model", planted_algorithm),
-                        "--no-video", cwd=tmp_path)
-    assert result.returncode != 0 and "neither a saved model nor a checkpoint" in result.stderr
-    for command in (["enjoy.py"], [f"{name}.py", "--resume"]):
-        result = run_script(os.path.join(ROOT, command[0]), *command[1:], tampered(checkpoint, "f.pt", planted_format),
-                            *(["--no-video"] if command[0] == "enjoy.py" else []), cwd=tmp_path)
-        assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert not os.path.exists(marker)
+    bad_model = tampered(model, "a.cleanrl_model", planted_algorithm)
+    assert "neither a saved model nor a checkpoint" in refusal(["enjoy.py", bad_model, "--no-video"], monkeypatch, capfd)
+    bad_checkpoint = tampered(checkpoint, "f.pt", planted_format)
+    for command in (["enjoy.py", bad_checkpoint, "--no-video"], [f"{name}.py", "--resume", bad_checkpoint]):
+        refusal(command, monkeypatch, capfd)
+    assert not os.path.exists(marker) and MARKER_MODULE not in sys.modules
 
 
 @SCRIPTS
-def test_the_user_can_allow_a_stored_module_env_id_by_naming_it(script, tmp_path, monkeypatch):
-    checkpoint, _ = trained(script, tmp_path, monkeypatch)
+def test_the_user_can_allow_a_stored_module_env_id_by_naming_it(script, tmp_path, tiny_runs):
+    checkpoint, _ = trained(script, tmp_path, tiny_runs)
     marker = plant_module(tmp_path)
     moved = tampered(checkpoint, "moved.pt", lambda d: d["args"].update(env_id=f"{MARKER_MODULE}:ProofOfMemory-v0"))
     args = script.parse_args(["--resume", moved, "--env-id", f"{MARKER_MODULE}:ProofOfMemory-v0"])
@@ -105,8 +137,8 @@ def test_the_user_can_allow_a_stored_module_env_id_by_naming_it(script, tmp_path
 
 @SCRIPTS
 @pytest.mark.parametrize("run_name", ["../escaped", "/tmp/absolute-run", "a/b", ".."])
-def test_path_like_run_and_experiment_names_are_refused(script, run_name, tmp_path, monkeypatch):
-    checkpoint, model = trained(script, tmp_path, monkeypatch)
+def test_path_like_run_and_experiment_names_are_refused(script, run_name, tmp_path, tiny_runs, monkeypatch, capfd):
+    checkpoint, model = trained(script, tmp_path, tiny_runs)
     before = set(os.listdir(tmp_path.parent))
     bad = tampered(checkpoint, "bad.pt", lambda d: d["args"].update(run_name=run_name))
     with pytest.raises(SystemExit, match="run_name .* is not a plain folder name"):
@@ -115,16 +147,15 @@ def test_path_like_run_and_experiment_names_are_refused(script, run_name, tmp_pa
     with pytest.raises(SystemExit, match="--exp-name .* is not a plain folder name"):
         script.train(script.parse_args(["--resume", bad]))
     bad_model = tampered(model, "bad.cleanrl_model", lambda d: d["args"].update(run_name=run_name))
-    result = run_script(os.path.join(ROOT, "enjoy.py"), bad_model, "--episodes", "1", cwd=tmp_path)
-    assert result.returncode != 0 and "not a plain folder name" in result.stderr
+    assert "not a plain folder name" in refusal(["enjoy.py", bad_model, "--episodes", "1"], monkeypatch, capfd)
     assert set(os.listdir(tmp_path.parent)) == before  # nothing written beside the test's own folder
     assert len(os.listdir("runs")) == 1 and not os.path.exists("videos")
     assert not os.path.exists("/tmp/absolute-run") and not os.path.exists(tmp_path.parent / "escaped")
 
 
 @SCRIPTS
-def test_tracking_settings_come_from_the_command_line_only(script, tmp_path, monkeypatch):
-    checkpoint, _ = trained(script, tmp_path, monkeypatch)
+def test_tracking_settings_come_from_the_command_line_only(script, tmp_path, tiny_runs):
+    checkpoint, _ = trained(script, tmp_path, tiny_runs)
     bad = tampered(checkpoint, "tracked.pt", lambda d: d["args"].update(track=True, wandb_entity="someone-else",
                                                                           wandb_project_name="their-project"))
     args = script.parse_args(["--resume", bad])
@@ -137,16 +168,16 @@ def test_tracking_settings_come_from_the_command_line_only(script, tmp_path, mon
     ("precision", "float16", "precision must be one of"),
     ("no_such_field", 1, "unknown key 'no_such_field'"),
 ])
-def test_checkpoint_args_are_checked_like_a_preset(script, field, value, message, tmp_path, monkeypatch):
-    checkpoint, _ = trained(script, tmp_path, monkeypatch)
+def test_checkpoint_args_are_checked_like_a_preset(script, field, value, message, tmp_path, tiny_runs):
+    checkpoint, _ = trained(script, tmp_path, tiny_runs)
     bad = tampered(checkpoint, "typed.pt", lambda d: d["args"].update({field: value}))
     with pytest.raises(SystemExit, match=message):
         script.parse_args(["--resume", bad])
 
 
 @SCRIPTS
-def test_damaged_parts_of_a_checkpoint_are_named(script, tmp_path, monkeypatch):
-    checkpoint, model = trained(script, tmp_path, monkeypatch)
+def test_damaged_parts_of_a_checkpoint_are_named(script, tmp_path, tiny_runs, monkeypatch, capfd):
+    checkpoint, model = trained(script, tmp_path, tiny_runs)
 
     def wrong_shape(data):
         data["ranks"][0]["next_obs"] = [None if part is None else torch.zeros(7, 7) for part in data["ranks"][0]["next_obs"]]
@@ -158,8 +189,7 @@ def test_damaged_parts_of_a_checkpoint_are_named(script, tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="is damaged .*'rng'"):
         script.train(script.parse_args(["--resume", bad, "--total-timesteps", "32"]))
     bad_model = tampered(model, "weights.cleanrl_model", lambda d: d["args"].update(num_envs=2) or d["model_weights"].popitem())
-    result = run_script(os.path.join(ROOT, "enjoy.py"), bad_model, "--no-video", cwd=tmp_path)
-    assert result.returncode != 0 and "weights do not match the model its args describe" in result.stderr
+    assert "weights do not match the model its args describe" in refusal(["enjoy.py", bad_model, "--no-video"], monkeypatch, capfd)
 
 
 def _first_float_weight(data: dict) -> str:
@@ -204,13 +234,29 @@ CARRIED_OVER = {
 
 
 @pytest.mark.parametrize("case", CARRIED_OVER)
-def test_values_that_would_break_play_are_refused_in_one_line(case, tmp_path, monkeypatch):
+def test_values_that_would_break_play_are_refused_in_one_line(case, tmp_path, tiny_runs):
     edit, message = CARRIED_OVER[case]
     script = ppo_gru if case in ("inf_hidden", "raw_byte_start") else ppo_trxl
-    checkpoint, _ = trained(script, tmp_path, monkeypatch)
+    checkpoint, _ = trained(script, tmp_path, tiny_runs)
     bad = tampered(checkpoint, "bad.pt", edit)
     with pytest.raises(SystemExit, match=message):
         script.train(script.parse_args(["--resume", bad, "--total-timesteps", "32"]))
+
+
+def bad_file(content, tmp_path, tiny_runs) -> str:
+    """A file that is no checkpoint: empty, text, a folder, or the first third of a real checkpoint."""
+    if content is None:
+        (tmp_path / "folder.pt").mkdir()
+        return str(tmp_path / "folder.pt")
+    if content == "truncated":
+        checkpoint, _ = trained(ppo_gru, tmp_path, tiny_runs)
+        content = open(checkpoint, "rb").read()
+        content = content[: len(content) // 3]
+    (tmp_path / "file.pt").write_bytes(content)
+    return str(tmp_path / "file.pt")
+
+
+COMMANDS = (["ppo_gru.py", "--resume"], ["ppo_trxl.py", "--resume"], ["enjoy.py"])
 
 
 @pytest.mark.parametrize("content, message", [
@@ -219,28 +265,26 @@ def test_values_that_would_break_play_are_refused_in_one_line(case, tmp_path, mo
     (None, "is a directory"),
     ("truncated", "is truncated, damaged or not a"),
 ])
-def test_bad_files_get_one_line(content, message, tmp_path, monkeypatch):
-    target = tmp_path / "file.pt"
-    if content is None:
-        target = tmp_path / "folder.pt"
-        target.mkdir()
-    elif content == "truncated":
-        checkpoint, _ = trained(ppo_gru, tmp_path, monkeypatch)
-        data = open(checkpoint, "rb").read()
-        target.write_bytes(data[: len(data) // 3])
-    else:
-        target.write_bytes(content)
-    for command in (["ppo_gru.py", "--resume", str(target)], ["ppo_trxl.py", "--resume", str(target)], ["enjoy.py", str(target)]):
-        result = run_script(os.path.join(ROOT, command[0]), *command[1:], cwd=tmp_path)
-        assert result.returncode != 0
-        assert message in result.stderr and str(target) in result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1 and "weights_only" not in result.stderr
+def test_bad_files_get_one_line(content, message, tmp_path, tiny_runs, monkeypatch, capfd):
+    target = bad_file(content, tmp_path, tiny_runs)
+    for command in COMMANDS:
+        line = refusal([*command, target], monkeypatch, capfd)
+        assert message in line and target in line and "weights_only" not in line
 
 
-def test_a_checkpoint_resumed_by_another_script_names_its_own(tmp_path, monkeypatch):
-    checkpoint, _ = trained(ppo_gru, tmp_path, monkeypatch)
-    result = run_script(os.path.join(ROOT, "ppo_trxl.py"), "--resume", checkpoint, cwd=tmp_path)
-    assert result.returncode != 0 and "is a ppo_gru checkpoint; resume it with `python ppo_gru.py" in result.stderr
+def test_a_bad_file_is_one_line_on_the_command_line(tmp_path, tiny_runs):
+    """The same as a user sees it: exit status 1 and one line on stderr, no warning or log beside it."""
+    target = bad_file("truncated", tmp_path, tiny_runs)
+    for command in COMMANDS:
+        result = run_script(os.path.join(ROOT, command[0]), *command[1:], target, cwd=tmp_path)
+        [line] = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and line.startswith("error: ") and target in line and "is truncated" in line, line
+
+
+def test_a_checkpoint_resumed_by_another_script_names_its_own(tmp_path, tiny_runs, monkeypatch, capfd):
+    checkpoint, _ = trained(ppo_gru, tmp_path, tiny_runs)
+    line = refusal(["ppo_trxl.py", "--resume", checkpoint], monkeypatch, capfd)
+    assert "is a ppo_gru checkpoint; resume it with `python ppo_gru.py" in line
 
 
 @SCRIPTS
