@@ -352,18 +352,22 @@ class Mamba2Layer(nn.Module):
             final = torch.cat([inputs[..., inputs.shape[-1] - (self.width - 1):].flatten(1), ssm_state.flatten(1)], dim=-1)
         return self._output(y, x, z), final
 
-    def step(self, u: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Step form: u (B, d_model), state (B, state size) -> output (B, d_model), next state."""
+    def step(self, u: torch.Tensor, state: torch.Tensor, next_state: torch.Tensor) -> torch.Tensor:
+        """Step form: u (B, d_model), state (B, state size) -> output (B, d_model); the next state is written into
+        `next_state` (B, state size). The SSM state is the largest thing an env carries (d_inner x N floats), so
+        it is written once a step, in place, with no temporaries."""
         z, xbc, dt = self._project(u)
         conv_state, ssm_state = self._state(state)
+        next_conv, next_ssm = self._state(next_state)
         with torch.autocast(u.device.type, enabled=False):
             window = torch.cat([conv_state, xbc[..., None]], dim=-1)  # (B, conv_dim, width)
+            next_conv.copy_(window[..., 1:])
             xbc = (window * self.conv.weight[:, 0]).sum(-1) + self.conv.bias
             x, b, c, dt, log_decay = self._ssm_inputs(xbc, dt)
-            ssm_state = ssm_state * log_decay.exp()[..., None, None] + (x * dt[..., None])[..., None] * b[:, None, None]
-            y = torch.einsum("bhpn,bn->bhp", ssm_state, c)
-        next_state = torch.cat([window[..., 1:].flatten(1), ssm_state.flatten(1)], dim=-1)
-        return self._output(y, x, z), next_state
+            torch.mul(ssm_state, log_decay.exp()[..., None, None], out=next_ssm)  # h = exp(dt A) h + (dt x) b^T
+            next_ssm.addcmul_((x * dt[..., None])[..., None], b[:, None, None])
+            y = torch.einsum("bhpn,bn->bhp", next_ssm, c)
+        return self._output(y, x, z)
 
 
 class Mamba2(nn.Module):
@@ -390,12 +394,11 @@ class Mamba2(nn.Module):
 
     def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, d) one step from states (B, state size) -> outputs (B, d), next states."""
-        nexts = []
-        for layer, norm, layer_state in zip(self.layers, self.norms, state.split(self.state_sizes, dim=-1)):
-            out, next_state = layer.step(rms_norm(x, norm), layer_state)
-            x = x + out.float()
-            nexts.append(next_state)
-        return rms_norm(x, self.final_norm), torch.cat(nexts, dim=-1)
+        next_state = torch.empty_like(state)  # each layer writes its part
+        for layer, norm, layer_state, layer_next in zip(self.layers, self.norms, state.split(self.state_sizes, dim=-1),
+                                                        next_state.split(self.state_sizes, dim=-1)):
+            x = x + layer.step(rms_norm(x, norm), layer_state, layer_next).float()
+        return rms_norm(x, self.final_norm), next_state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -606,7 +609,7 @@ def act(agent: Agent, ro: Rollout, device: torch.device):
     """One step of every env in the step form; the state is zero at an episode start."""
     image, vector = (None if part is None else ro.upload(name, part) for name, part in zip(("image", "vector"), ro.next_obs))
     reset = torch.ones_like(ro.next_start)[:, None] if agent.zero_memory else ro.next_start[:, None]
-    state = torch.where(reset, 0.0, ro.next_state)
+    state = ro.next_state.masked_fill_(reset, 0.0)  # in place: the carried state is the rollout's alone, and large
     logits, value, next_state = agent.policy_step(image, vector, state)
     return image, vector, state, next_state, logits, value
 
