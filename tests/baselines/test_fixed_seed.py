@@ -1,4 +1,4 @@
-"""Fixed-seed CPU runs of both scripts, whose losses, returns and evaluations must not change."""
+"""Fixed-seed CPU runs of every script, whose losses, returns and evaluations must not change."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ import pytest
 import torch
 
 import ppo_gru
+import ppo_mamba
 import ppo_trxl
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "fixed_seed_runs.json")
-SCRIPTS = {"ppo_trxl": ppo_trxl, "ppo_gru": ppo_gru}
+SCRIPTS = {"ppo_trxl": ppo_trxl, "ppo_gru": ppo_gru, "ppo_mamba": ppo_mamba}
 SMALL = {
     "ppo_trxl": ["--trxl-dim", "32", "--trxl-num-heads", "2", "--trxl-num-layers", "2", "--trxl-memory-length", "8"],
     "ppo_gru": ["--rnn-hidden-size", "32", "--embed-dim", "32", "--hidden-dim", "32"],
+    "ppo_mamba": ["--embed-dim", "32", "--hidden-dim", "32", "--mamba-head-dim", "16", "--mamba-state-size", "8"],
 }
 ROLLOUT = ["--num-envs", "4", "--num-steps", "16", "--num-minibatches", "2", "--update-epochs", "2", "--no-cuda",
            "--eval-interval", "2", "--eval-seeds", "2", "--eval-repetitions", "1", "--total-timesteps", str(3 * 4 * 16)]
