@@ -355,7 +355,8 @@ class Mamba2Layer(nn.Module):
     def step(self, u: torch.Tensor, state: torch.Tensor, next_state: torch.Tensor) -> torch.Tensor:
         """Step form: u (B, d_model), state (B, state size) -> output (B, d_model); the next state is written into
         `next_state` (B, state size). The SSM state is the largest thing an env carries (d_inner x N floats), so
-        it is written once a step, in place, with no temporaries."""
+        it is written once a step, in place, with no temporaries. For acting, without gradients (`out=` has none);
+        the update differentiates the chunked form."""
         z, xbc, dt = self._project(u)
         conv_state, ssm_state = self._state(state)
         next_conv, next_ssm = self._state(next_state)
