@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 
 import pytest
 
@@ -40,6 +45,46 @@ def test_smoke_device_check_runs_every_part_and_writes_json_and_markdown(tmp_pat
     markdown = (out / "device_check.md").read_text()
     assert "## Act / update consistency" in markdown and "## Training throughput" in markdown
     assert "## What one rollout step sends to the device and reads back" in markdown
+
+
+def test_a_part_past_the_budget_is_stopped_with_all_it_started(tmp_path, monkeypatch):
+    """The learning part is given more seconds than the budget leaves it: at the end of the budget it is
+    stopped, and so is the training run it started (which would run until told to stop); the check exits
+    with status 1, the report says so, and its temporary folders are gone."""
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    import device_check
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setattr(device_check.SMOKE, "learn_margin", -30)  # so that learning outlasts the budget
+    monkeypatch.setattr(sys, "argv", ["device_check.py", "--smoke", "--out", str(tmp_path / "check"), "--parts", "learning",
+                                      "--budget", "10"])  # fmt: skip
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    started = time.monotonic()
+    try:
+        with pytest.raises(SystemExit, match="not finished: learning"):
+            device_check.main()
+        assert time.monotonic() - started < 10 + 5  # the budget (its end leaves the 5 s grace to stop the part)
+        report = json.loads((tmp_path / "check" / "device_check.json").read_text())
+        assert "stopped" in report["parts"]["learning"] and "error" not in report["parts"]["learning"]
+        assert "## learning: stopped" in (tmp_path / "check" / "device_check.md").read_text()
+        assert list(scratch.iterdir()) == []
+        assert working_in(scratch) == []  # the training run, whose working directory was there, is gone too
+    finally:
+        for pid in working_in(scratch):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def working_in(folder) -> list[int]:
+    """The processes whose working directory is in `folder` (or was, if it was removed)."""
+    pids = []
+    for cwd in glob.glob("/proc/[0-9]*/cwd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(cwd).startswith(str(folder)):
+                pids.append(int(cwd.split("/")[2]))
+    return pids
 
 
 @pytest.mark.slow  # compiling takes about a minute on the CPU
