@@ -11,6 +11,10 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WATCHED = ("runs", "videos", "wandb")
 
+# The scripts, tools and benchmarks the tests start import the project from ROOT, and keep whatever the
+# PYTHONPATH they were given already held (packages installed with `pip install --target`, say).
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
+
 # Workers share the cores: with torch's default thread pool each, they fight over them and a small run slows
 # several times. Set before any test module imports torch; the scripts the tests start inherit it.
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:

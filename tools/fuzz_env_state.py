@@ -58,7 +58,8 @@ def checkpoint_of(env_id: str, folder: str) -> str:
 
 
 def _environment() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    python_path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))  # keeps what it held
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": python_path}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ def test_two_rank_run_keeps_parameters_identical_and_checkpoints(script, tmp_pat
         "--env-id", "ProofOfMemory-v0", "--num-envs", "2", "--num-steps", "16", "--num-minibatches", "2",
         "--total-timesteps", str(3 * 2 * 16 * 2), "--checkpoint-interval", "3", "--save-model", "--no-cuda", *TINY[script],
     ]
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "parameters identical on all 2 ranks" in result.stdout
@@ -130,7 +130,7 @@ def test_a_crashing_rank_takes_the_job_down_with_its_name(tmp_path):
         "--num-envs", "2", "--num-steps", "16", "--num-minibatches", "2", "--total-timesteps", "100000", "--no-cuda",
         *TINY["ppo_gru"],
     ]
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{tmp_path}", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ["PYTHONPATH"]]), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=180)
     assert result.returncode != 0
     assert "rank 1 failed: training stopped in iteration" in result.stderr

@@ -75,7 +75,7 @@ def plant_module(folder) -> str:
 
 def run_script(*command, cwd) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *command], cwd=cwd, capture_output=True, text=True, timeout=180,
-                          env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def refusal(command: list[str], monkeypatch, capfd) -> str:
@@ -306,7 +306,7 @@ def test_runs_started_in_the_same_second_get_their_own_folders(script, tmp_path,
 def test_concurrent_processes_claim_distinct_folders(tmp_path):
     code = "import run_utils; print(run_utils.create_run_folder('Env-v0', 'exp', 1, started=1_700_000_000.0))"
     processes = [subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.PIPE, text=True,
-                                  env={**os.environ, "PYTHONPATH": ROOT}) for _ in range(4)]
+                                  env=os.environ) for _ in range(4)]
     names = [p.communicate(timeout=120)[0].strip() for p in processes]
     assert len(set(names)) == 4 and all(n.startswith("Env-v0__exp__1__1700000000") for n in names)
     assert sorted(os.listdir(tmp_path / "runs")) == sorted(names)

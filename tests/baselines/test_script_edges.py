@@ -244,7 +244,7 @@ def torchrun(script: str, flags: list[str], cwd) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
                f"--master_port={free_port()}", os.path.join(ROOT, f"{script}.py"), "--no-cuda", *FLAGS[script], *flags]
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=240,
-                          env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 @pytest.mark.parametrize("script", ["ppo_trxl", "ppo_gru"])
@@ -271,7 +271,7 @@ def test_a_second_signal_stops_at_once_with_one_line(script, tmp_path):
     command = [sys.executable, os.path.join(ROOT, f"{name}.py"), "--env-id", "ProofOfMemoryImage-v0", "--num-envs", "2",
                "--num-steps", "4096", "--num-minibatches", "2", "--total-timesteps", str(10**7), "--no-cuda", *FLAGS[name]]
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"})
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
     for line in process.stdout:
         if line.startswith("run folder"):
             break

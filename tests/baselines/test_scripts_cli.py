@@ -25,7 +25,7 @@ def run(script: str, *flags: str, cwd: str, env: dict | None = None) -> subproce
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "PYTHONPATH": ROOT, **(env or {})},
+        env={**os.environ, **(env or {})},
     )
 
 

@@ -100,7 +100,7 @@ def test_sigterm_writes_a_checkpoint_that_resumes(script, tmp_path):
     command = [sys.executable, os.path.join(ROOT, f"{name}.py"), "--env-id", "ProofOfMemory-v0", "--num-envs", "2",
                "--num-steps", "16", "--num-minibatches", "2", "--total-timesteps", "10000000", "--no-cuda"]
     command += [f"--{k.replace('_', '-')}={v}" for k, v in SMALL[script].items()]
-    env = {**os.environ, "PYTHONPATH": ROOT}
+    env = dict(os.environ)
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     for line in process.stdout:
         if line.startswith("iter 2/"):

@@ -35,7 +35,7 @@ def test_enjoy_plays_episodes_and_writes_decodable_videos(script, saved, tmp_pat
     (path,) = glob.glob(pattern)
     result = subprocess.run([sys.executable, os.path.join(ROOT, "enjoy.py"), path, "--episodes", "2",
                              "--video-folder", "watch"], capture_output=True, text=True, cwd=tmp_path,
-                            env={**os.environ, "PYTHONPATH": ROOT}, timeout=120)
+                            timeout=120)
     assert result.returncode == 0, result.stderr
     lines = [l for l in result.stdout.splitlines() if l.startswith("episode ")]
     assert len(lines) == 2
@@ -51,6 +51,6 @@ def test_enjoy_refuses_a_file_that_is_not_a_model(tmp_path):
     bogus = tmp_path / "bogus.pt"
     bogus.write_bytes(b"not a model")
     result = subprocess.run([sys.executable, os.path.join(ROOT, "enjoy.py"), str(bogus)], capture_output=True,
-                            text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=60)
+                            text=True, timeout=60)
     assert result.returncode != 0 and "is not a checkpoint or saved model" in result.stderr
     assert "weights_only" not in result.stderr and "Traceback" not in result.stderr
