@@ -31,6 +31,7 @@ import argparse
 import glob
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -39,6 +40,8 @@ import time
 import traceback
 from types import SimpleNamespace
 
+import numba
+import numpy as np
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -233,7 +236,8 @@ def process_group_alive(pgid: int) -> bool:
 # Report
 # ---------------------------------------------------------------------------------------------
 def markdown(report: dict) -> str:
-    lines = [f"# Device check: {report['device']}", "", f"torch {report['torch']}, {report['gpus']} GPU(s), "
+    versions = ", ".join(f"{name} {version}" for name, version in report["versions"].items())
+    lines = [f"# Device check: {report['device']}", "", f"{versions}; {report['gpus']} GPU(s), "
              f"{'smoke (CPU, tiny sizes)' if report['smoke'] else 'full'}, budget {report['budget_s']:.0f} s", ""]  # fmt: skip
     parts = report["parts"]
     if rows := parts.get("consistency", {}).get("rows"):
@@ -318,7 +322,9 @@ def main() -> None:
         raise SystemExit("error: no CUDA device; run with --smoke to check the code paths on the CPU")
     os.makedirs(options.out, exist_ok=True)
     report = {
-        "device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__, "smoke": options.smoke,
+        "device": torch.cuda.get_device_name() if cuda else "cpu", "smoke": options.smoke,
+        "versions": {name: module.__version__ for name, module in (("torch", torch), ("numpy", np), ("numba", numba))}
+        | {"python": platform.python_version()},
         "gpus": torch.cuda.device_count() if cuda else 0, "budget_s": options.budget,
         "sizes": f"{sizes.env_id}, {sizes.num_envs} envs x {sizes.num_steps} steps", "parts": {},
     }  # fmt: skip
