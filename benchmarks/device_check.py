@@ -142,10 +142,14 @@ def learning(sizes, extra: list[str], seconds: float):
     with tempfile.TemporaryDirectory(prefix="device-check-") as folder:
         command = [sys.executable, os.path.join(ROOT, "ppo_trxl.py"), "--config", preset("ppo_trxl", sizes.env_id),
                    "--num-envs", str(sizes.num_envs), "--num-steps", str(sizes.num_steps), *sizes.model["ppo_trxl"], *extra]  # fmt: skip
-        process = subprocess.Popen(command, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        log = os.path.join(folder, "output.txt")  # a file, not a pipe: nothing reads a pipe while it trains
+        with open(log, "w") as out:
+            process = subprocess.Popen(command, cwd=folder, stdout=out, stderr=subprocess.STDOUT)
         time.sleep(seconds)
         process.send_signal(signal.SIGTERM)  # finishes the iteration, writes a checkpoint, exits
-        output, _ = process.communicate(timeout=600)
+        process.wait(timeout=600)
+        with open(log, errors="replace") as f:
+            output = f.read()
         runs = glob.glob(os.path.join(folder, "runs", "*"))
         curve = []
         if runs:
