@@ -198,6 +198,7 @@ def run_part(name: str, options, seconds: float, scratch: str, learn_seconds: fl
     sizes = SMOKE if options.smoke else FULL
     folder = os.path.join(scratch, name)
     os.makedirs(folder)
+    open(os.path.join(folder, "rows.jsonl"), "w").close()  # there even if the part dies before its first row
     command = [sys.executable, os.path.abspath(__file__), "--out", options.out, "--part", name, "--part-folder", folder,
                "--learn-seconds", str(learn_seconds), *(["--smoke"] if options.smoke else [])]  # fmt: skip
     # Its temporary folders (the training runs' folders) go under `scratch`, which is removed even if it is killed.
