@@ -36,6 +36,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from types import SimpleNamespace
@@ -182,6 +183,7 @@ def part_rows(name: str, smoke: bool, learn_seconds: float):
 
 def write_part(name: str, smoke: bool, learn_seconds: float, folder: str) -> None:
     """In the part's own process: append each row to `folder`/rows.jsonl as it is measured; a failure to error.txt."""
+    threading.Thread(target=stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
     with open(os.path.join(folder, "rows.jsonl"), "a") as rows:
         try:
             for row in part_rows(name, smoke, learn_seconds):
@@ -191,6 +193,14 @@ def write_part(name: str, smoke: bool, learn_seconds: float, folder: str) -> Non
             with open(os.path.join(folder, "error.txt"), "w") as f:
                 f.write(traceback.format_exc(limit=3)[-3000:])
             raise SystemExit(1)
+
+
+def stop_when_orphaned(parent: int) -> None:
+    """If the check ends before its part (Ctrl-C, a kill), SIGTERM the part's process group: the part, in a session
+    of its own, would otherwise run on, holding the GPU."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os.killpg(0, signal.SIGTERM)
 
 
 def run_part(name: str, options, seconds: float, scratch: str, learn_seconds: float = 0) -> dict:

@@ -77,6 +77,40 @@ def test_a_part_past_the_budget_is_stopped_with_all_it_started(tmp_path, monkeyp
                 os.kill(pid, signal.SIGKILL)
 
 
+def test_a_check_killed_leaves_no_part_running(tmp_path):
+    """The parts run in sessions of their own (so that the budget can stop each with all it started): when the
+    check itself is killed, its part and the training run the part started stop too, instead of running on."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    check = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "device_check.py"), "--smoke", "--out", str(tmp_path / "check"),
+         "--parts", "learning"],  # trains for 15 s, then stops the run
+        env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch)},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not any("ppo_trxl.py" in command_line(pid) for pid in working_in(scratch)):  # the training has started
+            assert time.monotonic() < deadline and check.poll() is None
+            time.sleep(0.2)
+        check.kill()
+        check.wait()
+        stopped_by = time.monotonic() + 8  # well before the 15 s the part would otherwise train
+        while working_in(scratch) and time.monotonic() < stopped_by:
+            time.sleep(0.2)
+        assert working_in(scratch) == []
+    finally:
+        check.kill()
+        for pid in working_in(scratch):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def command_line(pid: int) -> str:
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode(errors="replace")
+    return ""
+
+
 def working_in(folder) -> list[int]:
     """The processes whose working directory is in `folder` (or was, if it was removed)."""
     pids = []
