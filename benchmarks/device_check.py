@@ -19,7 +19,7 @@ measured before it. The parts, in order:
 7. learning: the paper's Mortar Mayhem Grid TrXL run for what is left of the budget (at most 3 minutes),
    return against steps; it is stopped by SIGTERM and writes its checkpoint, as a pre-empted job would.
 
-`--smoke` runs the same code on the CPU at tiny sizes (the tests do), in about a minute.
+`--smoke` runs the same code on the CPU at tiny sizes (the tests do): about a minute, and as much again to compile.
 
     python benchmarks/device_check.py --out benchmarks/results/device-check
     python benchmarks/device_check.py --smoke --out /tmp/device-check
