@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 # ---- numbers -----------------------------------------------------------------------------
@@ -194,6 +195,23 @@ PIXEL = np.dtype((np.void, 3))
 """An RGB pixel as one opaque 3-byte element (for scatters into `[..., x, y, 3]` uint8 images)."""
 
 
+@numba.njit(cache=True)
+def _draw_unclipped(screen_bytes, corner, index, offsets, counts, colour):
+    """Write sprite `index[k]`'s own pixels at flat pixel `corner[k]` onward, in order, so a later sprite covers an
+    earlier one; the padding (a repeat of a sprite's first pixel) is skipped. Every index is checked: numba does not."""
+    for k in range(corner.shape[0]):
+        sprite, start = index[k], corner[k]
+        if sprite < 0 or sprite >= counts.shape[0]:
+            raise IndexError("sprite index out of range")
+        for p in range(counts[sprite]):
+            at = (start + offsets[sprite, p]) * 3
+            if at < 0 or at + 2 >= screen_bytes.shape[0]:
+                raise IndexError("sprite pixel outside the screens")
+            screen_bytes[at] = colour[sprite, p, 0]
+            screen_bytes[at + 1] = colour[sprite, p, 1]
+            screen_bytes[at + 2] = colour[sprite, p, 2]
+
+
 class SpriteSheet:
     """Sprites packed for batched drawing: each sprite's opaque pixels as (dx, dy, colour) lists.
 
@@ -209,7 +227,8 @@ class SpriteSheet:
         self.dx = np.zeros((k, longest), dtype=np.int64)
         self.dy = np.zeros((k, longest), dtype=np.int64)
         self.colour = np.zeros((k, longest, 3), dtype=np.uint8)
-        self.empty = np.array([count == 0 for count in counts])
+        self.counts = np.array(counts, dtype=np.int64)  # each sprite's own pixels, before the padding
+        self.empty = self.counts == 0
         self.any_empty = bool(self.empty.any())
         for index, sprite in enumerate(sprites):
             xs, ys = np.nonzero(sprite.mask)
@@ -244,18 +263,21 @@ class SpriteSheet:
             env, index, x, y = env[keep], index[keep], x[keep], y[keep]
         if len(env) == 0:
             return
+        if not screens.flags.c_contiguous:  # drawn through a flat view, which only a contiguous batch has
+            raise ValueError("screens must be a C-contiguous (num_envs, width, height, 3) array")
         n, width, height = screens.shape[:3]
-        flat_screens = screens.reshape(n * width * height, 3).view(PIXEL)[:, 0]
-        flat = ((env * width + x) * height + y)[:, None] + self._flat_offsets(height)[index]
-        colour = self.pixels[index]
+        corner = ((env * width + x) * height + y).astype(np.int64)  # each sprite's top-left pixel, flat
+        index = index.astype(np.int64)
         low, high = min(x.min(), y.min()) + self.low, max(x.max(), y.max()) + self.high
         if low < 0 or high >= min(width, height):
-            # Some sprites clip: mask their pixels individually, the others go as they are.
+            # Some sprites clip: mask their pixels individually (drawn first), the others go as they are.
             clipped = (np.minimum(x, y) + self.low < 0) | (np.maximum(x, y) + self.high >= min(width, height))
             rows, whole = np.flatnonzero(clipped), np.flatnonzero(~clipped)
             px = x[rows, None] + self.dx[index[rows]]
             py = y[rows, None] + self.dy[index[rows]]
             keep = (px >= 0) & (px < width) & (py >= 0) & (py < height)
-            flat_screens[flat[rows][keep]] = colour[rows][keep]
-            flat, colour = flat[whole], colour[whole]
-        flat_screens[flat] = colour
+            flat = corner[rows, None] + self._flat_offsets(height)[index[rows]]
+            flat_screens = screens.reshape(n * width * height, 3).view(PIXEL)[:, 0]
+            flat_screens[flat[keep]] = self.pixels[index[rows]][keep]
+            corner, index = corner[whole], index[whole]
+        _draw_unclipped(screens.reshape(-1), corner, index, self._flat_offsets(height), self.counts, self.colour)
