@@ -203,9 +203,8 @@ def stop_when_orphaned(parent: int) -> None:
     os.killpg(0, signal.SIGTERM)
 
 
-def run_part(name: str, options, seconds: float, scratch: str, learn_seconds: float = 0) -> dict:
+def run_part(name: str, options, sizes, seconds: float, scratch: str, learn_seconds: float = 0) -> dict:
     """Run part `name` in a process of its own and stop it, with every process it started, after `seconds`."""
-    sizes = SMOKE if options.smoke else FULL
     folder = os.path.join(scratch, name)
     os.makedirs(folder)
     open(os.path.join(folder, "rows.jsonl"), "w").close()  # there even if the part dies before its first row
@@ -353,7 +352,7 @@ def main() -> None:
             elif left < sizes.least or (name == "learning" and learn < sizes.learn_least):
                 part = {"skipped": f"the budget had {max(left, 0):.0f} s left, too few to start it"}
             else:
-                part = run_part(name, options, min(left, sizes.caps.get(name, left)), scratch, learn)
+                part = run_part(name, options, sizes, min(left, sizes.caps.get(name, left)), scratch, learn)
             part["seconds"] = round(time.monotonic() - started, 1)
             report["parts"][name] = part
             outcome = next((key for key in ("error", "stopped", "skipped") if key in part), "done")

@@ -266,8 +266,8 @@ class SpriteSheet:
         if not screens.flags.c_contiguous:  # drawn through a flat view, which only a contiguous batch has
             raise ValueError("screens must be a C-contiguous (num_envs, width, height, 3) array")
         n, width, height = screens.shape[:3]
-        corner = ((env * width + x) * height + y).astype(np.int64)  # each sprite's top-left pixel, flat
-        index = index.astype(np.int64)
+        corner = ((env * width + x) * height + y).astype(np.int64, copy=False)  # each sprite's top-left pixel, flat
+        index = index.astype(np.int64, copy=False)
         low, high = min(x.min(), y.min()) + self.low, max(x.max(), y.max()) + self.high
         if low < 0 or high >= min(width, height):
             # Some sprites clip: mask their pixels individually (drawn first), the others go as they are.

@@ -58,8 +58,8 @@ def checkpoint_of(env_id: str, folder: str) -> str:
 
 
 def _environment() -> dict[str, str]:
-    python_path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))  # keeps what it held
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": python_path}
+    # PYTHONPATH as given: ppo_gru.py, run by its path, finds the project beside itself.
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 # ---------------------------------------------------------------------------------------------
