@@ -1,6 +1,7 @@
 """Where a native vector env's step goes: the whole `step` beside what its face adds to the game's own
 step (the action check, the copy of the observations, the info arrays, the episode record kept for
-checkpoints), in microseconds of CPU time per step of `--num-envs` envs with random actions.
+checkpoints), in microseconds of CPU time per step of `--num-envs` envs with random actions; and
+what one env's new episode costs (a `reset` of all envs, per env).
 
     python benchmarks/step_breakdown.py [--ids ID ...] [--num-envs 32] [--steps 3000]
 """
@@ -40,8 +41,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000)
     options = parser.parse_args()
     print(f"microseconds of CPU time per step of {options.num_envs} envs (one core, random actions, resets included)\n")
-    print("| env id | step | action check | observation copy | info arrays | episode record |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| env id | step | action check | observation copy | info arrays | episode record | reset, per env |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for env_id in options.ids:
         vec = gym.make_vec(env_id, num_envs=options.num_envs)
         vec.reset(seed=0)
@@ -54,7 +55,8 @@ def main() -> None:
         copy = per_step(lambda _: face._observation(), actions)
         infos = per_step(lambda _: face._every_step_info(), actions)
         record = per_step(lambda action: log.stepped(action, running), actions)
-        print(f"| {env_id} | {step:.1f} | {check:.1f} | {copy:.1f} | {infos:.1f} | {record:.1f} |", flush=True)
+        reset = per_step(lambda _: vec.reset(), range(max(options.steps // 100, 1))) / options.num_envs
+        print(f"| {env_id} | {step:.1f} | {check:.1f} | {copy:.1f} | {infos:.1f} | {record:.1f} | {reset:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ with NumPy alone their many small array calls per step cost more than the pixels
 from __future__ import annotations
 
 from fractions import Fraction
+from functools import lru_cache
 from numbers import Integral, Real
 from typing import Any
 
@@ -183,16 +184,26 @@ def _draw_sprites(screens, env, sprite, x, y, dx, dy, colour, count):  # pragma:
 # ---- reset-time helpers (per env, Python) ----------------------------------------------------
 
 
+@lru_cache(maxsize=None)
+def _disk(radius: int) -> np.ndarray:
+    """The cells closer than `radius` to the centre of a (2 radius - 1)-square, `[y, x]`."""
+    d = np.arange(1 - radius, radius) ** 2
+    return d[:, None] + d[None, :] < radius * radius
+
+
 class SpawnSampler:
     """Random free cells of the 84 x 84 screen; each pick blocks a disk around it."""
 
     def __init__(self, rng: np.random.Generator):
         self.rng = rng
         self.blocked = np.zeros((SCREEN, SCREEN), dtype=bool)  # [y, x]
-        self._yy, self._xx = np.ogrid[:SCREEN, :SCREEN]
 
     def block(self, x: int, y: int, radius: int = 21) -> None:
-        self.blocked |= (self._xx - x) ** 2 + (self._yy - y) ** 2 < radius * radius
+        # Only the disk's bounding square, clipped to the screen, can change.
+        top, left = y - radius + 1, x - radius + 1
+        y0, y1, x0, x1 = max(top, 0), max(y + radius, 0), max(left, 0), max(x + radius, 0)
+        window = self.blocked[y0:y1, x0:x1]
+        window |= _disk(radius)[y0 - top : y0 - top + window.shape[0], x0 - left : x0 - left + window.shape[1]]
 
     def sample(self, radius: int = 21) -> tuple[int, int]:
         free = np.flatnonzero(~self.blocked)  # cell ids y * 84 + x, increasing

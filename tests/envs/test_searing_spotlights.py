@@ -11,7 +11,7 @@ from gymnasium.utils.env_checker import check_env
 
 import envs  # noqa: F401  (registers the ids)
 from envs.raster import alpha_blend, disk_offsets
-from envs.searing_spotlights import _blend_step, _darken_frames
+from envs.searing_spotlights import SpawnSampler, _blend_step, _darken_frames
 from envs.spotlights import CLEAR, DARK, RING, Spotlights, clear_mask
 from tests.envs.golden import fixture_files, replay
 from tools.golden_format import load_fixture
@@ -271,3 +271,18 @@ def test_invalid_parameters_raise_value_error_naming_them(env_id, name, value):
     env = gym.make(env_id)
     with pytest.raises(ValueError, match=name):
         env.reset(seed=0, options={name: value})
+
+
+def test_spawn_blocking_marks_every_cell_of_the_disk_and_no_other():
+    # The sampler blocks within the disk's bounding square only; it must match the disk over the
+    # whole screen, for centres inside, on the border and off the screen (whose squares clip).
+    ys, xs = np.mgrid[:84, :84]
+    draws = np.random.default_rng(7)
+    for _ in range(300):
+        sampler, expected = SpawnSampler(draws), np.zeros((84, 84), dtype=bool)
+        for _ in range(3):
+            x, y = (int(v) for v in draws.integers(-60, 150, 2))
+            radius = int(draws.choice([1, 2, 21, 28, 60]))
+            sampler.block(x, y, radius)
+            expected |= (xs - x) ** 2 + (ys - y) ** 2 < radius * radius
+        assert (sampler.blocked == expected).all(), (x, y, radius)
