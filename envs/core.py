@@ -62,12 +62,17 @@ class BatchedGame:
     rendered: ClassVar[dict[str, Carry]] = {}
     """Per-env arrays that rendering changes, not play (memory-gym's debug render keeps its own place
     in the command list), with the values each may hold; saved as they are."""
+    fresh_observations: ClassVar[tuple[str, ...]] = ()
+    """Attributes holding arrays `observe` returns that `step` rewrites whole (every element of every
+    env): `hand_out` gives them away uncopied (see there)."""
 
     def __init__(self, num_envs: int):
         self.num_envs = num_envs
         # One generator per env; created from OS entropy on the first reset without a seed.
         self.rngs: list[np.random.Generator | None] = [None] * num_envs
         self.log = EpisodeLog(num_envs, self.action_space.shape)
+        self.handed_out: tuple[str, ...] = ()
+        """The `fresh_observations` whose arrays are the caller's now, never to be written again."""
 
     # ---- to implement --------------------------------------------------------------------
     def check_params(self, params: dict[str, Any]) -> None:
@@ -137,6 +142,7 @@ class BatchedGame:
     def new_episodes(self, idx: np.ndarray, params: dict[str, Any], carried: dict[str, np.ndarray] | None = None) -> None:
         """Start new episodes in envs `idx` (recorded for `get_state`); `carried`: the values they
         inherit, in place of the previous episodes' (when a saved state is replayed)."""
+        self._take_back(whole=False)
         self.settle(idx)
         for name, rows in (carried or {}).items():
             getattr(self, name)[idx] = rows
@@ -145,9 +151,32 @@ class BatchedGame:
 
     def play(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`step` (the actions checked by the caller), recorded for `get_state`."""
+        self._take_back(whole=True)
         rewards, terminated = self.step(actions)
         self.log.stepped(actions, terminated)
         return rewards, terminated
+
+    def hand_out(self) -> Any:
+        """`observe()` for a caller that keeps what it gets: the arrays of `fresh_observations` as they
+        are, copies of the others.
+
+        Copying a batch of screens every step costs as much as drawing them, so the game gives its
+        screens away instead and writes no element of them again: the next `play` lets `step`
+        rewrite new arrays, and the next `new_episodes`, which rewrites some envs only, copies first.
+        """
+        fresh = {id(getattr(self, name)) for name in self.fresh_observations}
+        self.handed_out = self.fresh_observations
+        obs = self.observe()
+        if isinstance(obs, dict):
+            return {key: value if id(value) in fresh else value.copy() for key, value in obs.items()}
+        return obs if id(obs) in fresh else obs.copy()
+
+    def _take_back(self, whole: bool) -> None:
+        """New arrays in place of those handed out: uninitialised when every element will be rewritten."""
+        for name in self.handed_out:
+            array = getattr(self, name)
+            setattr(self, name, np.empty_like(array) if whole else array.copy())
+        self.handed_out = ()
 
     def checked_actions(self, actions: Any) -> np.ndarray:
         """`actions` (any number of them, stacked) as an array, refused with `ValueError` outside the action space."""
@@ -342,10 +371,7 @@ class NativeVectorEnv(VectorEnv):
         return None
 
     def _observation(self):
-        obs = self.game.observe()
-        if isinstance(obs, dict):
-            return {key: value.copy() for key, value in obs.items()}
-        return obs.copy()
+        return self.game.hand_out()
 
     def _batch_infos(self, ended: list[int], episodes: list[dict[str, Any]]) -> dict[str, Any]:
         """Per-env info dicts of the ended envs -> gymnasium's batched layout (`key` array + `_key` mask)."""

@@ -250,6 +250,7 @@ class EndlessMysteryPathGame(BatchedGame):
     observation_space = OBSERVATION_SPACE
     action_space = gym.spaces.Discrete(4)
     ground_truth_space = gym.spaces.Box(np.zeros(3, np.float32), np.ones(3, np.float32), (3,), np.float32)
+    fresh_observations = ("screens",)
     defaults = {
         "max_steps": -1,
         "agent_scale": 0.25,

@@ -302,6 +302,7 @@ class MortarMayhemGame(BatchedGame):
         "drawn_y": Span(-SCREEN, 2 * SCREEN),
     }
     rendered = {"debug_pos": UpTo("show_len")}
+    fresh_observations = ("screen",)
 
     def __init__(self, num_envs: int):
         super().__init__(num_envs)

@@ -91,6 +91,7 @@ class MysteryPathGame(BatchedGame):
     env_id = "MysteryPath-v0"
     observation_space = OBSERVATION_SPACE
     action_space = gym.spaces.MultiDiscrete([3, 3])
+    fresh_observations = ("screens",)
     defaults = {
         "max_steps": 512,
         "agent_scale": 0.25,

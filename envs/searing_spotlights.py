@@ -291,6 +291,7 @@ class _SpotlightsGame(BatchedGame):
     action_space = gym.spaces.MultiDiscrete([3, 3])
     endless = False
     parameters = PARAMETERS
+    fresh_observations = ("frames",)
 
     # The darkness layer and the board surfaces are never cleared at a reset; the debug render shows
     # the pose of the last step.

@@ -81,14 +81,23 @@ def test_returned_observations_and_infos_never_change(env_id):
             single_ends += 1
             keep(f"single reset after step {t}", single.reset())
 
+    # The vector env hands out its screens uncopied: no later step, autoreset, reset or restored
+    # state may write to one it returned.
     vector = gym.make_vec(env_id, num_envs=3, **SHORT_EPISODES.get(env_id, {"max_steps": 4}))
     vector.action_space.seed(0)
     keep("vector reset", vector.reset(seed=0))
     vector_ends = 0
+    state = None
     for t in range(12):
         obs, _, terminated, _, info = vector.step(vector.action_space.sample())
         keep(f"vector step {t}", (obs, info))
         vector_ends += int(terminated.sum())
+        if t == 5:
+            keep("vector reset after step 5", vector.reset())
+        if state is None and not terminated.any():
+            state = vector.unwrapped.game.get_state()
+    vector.unwrapped.game.set_state(state)
+    keep("vector step after a restored state", vector.step(vector.action_space.sample())[0])
 
     assert single_ends > 0 and vector_ends > 0, "the run must include ends (and the vector env's autoresets)"
     for what, value, kept in returned:
