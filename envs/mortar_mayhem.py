@@ -13,8 +13,8 @@ Five ids, one implementation (`MortarMayhemGame`) configured by class attributes
 * `Endless-MortarMayhem-v0`: a 6x6 torus; after every sequence one command is appended, shown,
   and the whole sequence must be executed again.
 
-All per-step state lives in `(num_envs,)` arrays; the arena layer of each env is cached and
-replaced by a prebuilt layer when its tiles change colour. Episode layouts are drawn per env in
+All per-step state lives in `(num_envs,)` arrays; the arena of each env is the index of one of
+the prebuilt arena layers, changed when its tiles change colour. Episode layouts are drawn per env in
 Python, each from one block of generator outputs (`Draws`), and stored by one table assignment.
 """
 
@@ -85,12 +85,13 @@ _BLUE_ARENAS = np.stack([_arena_layer(size, _BLUE_TILE) for size in range(7)])
 _RED_ARENAS = np.stack([_arena_layer(size, _RED_TILE) for size in range(7)])
 
 
-def _explosion_layers() -> tuple[np.ndarray, np.ndarray]:
-    """Every red arena with its blue target tile, and where each size's layers start.
+def _arena_layers() -> tuple[np.ndarray, np.ndarray]:
+    """Every look of the arena: all blue (layer `s` for arena size `s`), then every red arena with
+    its blue target tile, and where each size's red layers start.
 
-    The layer of arena size `s` and target cell `(x, y)` is `layers[start[s] + x * s + y]`.
+    The red layer of arena size `s` and target cell `(x, y)` is `layers[start[s] + x * s + y]`.
     """
-    layers, start = [], np.zeros(7, dtype=np.int64)
+    layers, start = list(_BLUE_ARENAS), np.zeros(7, dtype=np.int64)
     for size in range(7):
         start[size] = len(layers)
         origin = arena_origin(size)
@@ -102,7 +103,7 @@ def _explosion_layers() -> tuple[np.ndarray, np.ndarray]:
     return np.stack(layers), start
 
 
-_EXPLOSION_LAYERS, _EXPLOSION_START = _explosion_layers()
+_LAYERS, _EXPLOSION_START = _arena_layers()
 _RING = offsets_mask(*disk_offsets(TILE // 2), TILE, TILE // 2) & ~offsets_mask(*disk_offsets(TILE // 2 - 2), TILE, TILE // 2)
 
 
@@ -362,8 +363,9 @@ class MortarMayhemGame(BatchedGame):
         self.drawn_scale = np.full(n, 0.25)
         self.drawn_x = np.zeros(n, dtype=np.int64)
         self.drawn_y = np.zeros(n, dtype=np.int64)
-        # Rendering: cached arena layer per env and the screens.
-        self.arena = np.zeros((n, SCREEN, SCREEN, 3), dtype=np.uint8)
+        # Rendering: each env's arena as a layer of `_LAYERS` (a few distinct layers serve the whole
+        # batch, so building the screens reads little memory), and the screens.
+        self.layer = np.zeros(n, dtype=np.int64)
         self.screen = np.zeros((n, SCREEN, SCREEN, 3), dtype=np.uint8)
         self.painter = AgentPainter()
         self.single_scale: float | None = 0.25
@@ -445,7 +447,8 @@ class MortarMayhemGame(BatchedGame):
         self.episode_return[idx] = 0.0
         self.rotation[idx] = 0
         # The reset frame: the fresh agent facing up, and the first command entry.
-        self.arena[idx] = self.screen[idx] = _BLUE_ARENAS[size]
+        self.layer[idx] = size
+        self.screen[idx] = _LAYERS[size]
         command = self._pop_command(idx) if self.show_commands else None
         self._draw_sprites(idx, self.rotation[idx], *self._agent_centre(idx), self.scale[idx], command)
 
@@ -497,7 +500,7 @@ class MortarMayhemGame(BatchedGame):
         if self.endless:
             cx = np.where(self.drawn_live, cx, self.drawn_x)
             cy = np.where(self.drawn_live, cy, self.drawn_y)
-        self.screen[...] = self.arena
+        np.take(_LAYERS, self.layer, axis=0, out=self.screen, mode="clip")  # indices valid by construction
         self._draw_sprites(self.all_envs, self.drawn_rotation, cx, cy, self.drawn_scale, command)
         return rewards, done
 
@@ -616,10 +619,9 @@ class MortarMayhemGame(BatchedGame):
             return
         size = self.arena_size[recolour]
         if on:
-            layer = _EXPLOSION_START[size] + self.target_x[recolour] * size + self.target_y[recolour]
-            self.arena[recolour] = _EXPLOSION_LAYERS[layer]
+            self.layer[recolour] = _EXPLOSION_START[size] + self.target_x[recolour] * size + self.target_y[recolour]
         else:
-            self.arena[recolour] = _BLUE_ARENAS[size]
+            self.layer[recolour] = size
 
     # ---- show phase ------------------------------------------------------------------------
     def _entry(self, idx: np.ndarray, position: np.ndarray) -> np.ndarray:
@@ -661,7 +663,7 @@ class MortarMayhemGame(BatchedGame):
         the real list is not exhausted, so it stays in step only when called after every reset
         and step.
         """
-        image = self.arena[i].copy()
+        image = _LAYERS[self.layer[i]].copy()
         if self.drawn_valid[i]:
             rotation, scale = int(self.drawn_rotation[i]), float(self.drawn_scale[i])
             live = self.drawn_live[i]
