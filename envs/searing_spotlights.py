@@ -450,7 +450,7 @@ class _SpotlightsGame(BatchedGame):
         self.t += 1
         done |= self.t == p["max_steps"]
         self._paint_reward_cell(reward)
-        self.frames = self._compose(np.arange(self.num_envs), self.cx, self.cy, self.rotation)
+        self._compose(np.arange(self.num_envs), self.cx, self.cy, self.rotation, out=self.frames)
         self.episode_return += reward
         self.length += 1
         return reward, done
@@ -571,15 +571,17 @@ class _SpotlightsGame(BatchedGame):
         if alpha.any():  # else fully transparent (reset frames while the lights fade)
             _darken_frames(buf, np.ascontiguousarray(codes), alpha, ringed)
 
-    def _compose(self, envs: np.ndarray, cx: np.ndarray, cy: np.ndarray, rotation: np.ndarray) -> np.ndarray:
-        """The observation frames of `envs` (agents at `cx, cy` facing `rotation`), `(m, x, y, c)`."""
+    def _compose(self, envs: np.ndarray, cx: np.ndarray, cy: np.ndarray, rotation: np.ndarray, out=None) -> np.ndarray:
+        """The observation frames of `envs` (agents at `cx, cy` facing `rotation`), `(m, x, y, c)`, in
+        `out` if given."""
         p = self.p
         every = len(envs) == self.num_envs  # then `envs` is every env in order: no gathers
 
         def rows(array: np.ndarray) -> np.ndarray:
             return array if every else array[envs]
 
-        buf = np.take(BACKGROUNDS, np.where(rows(self.shows_red), rows(self.red_kind), rows(self.blue_kind)), axis=0)
+        kinds = np.where(rows(self.shows_red), rows(self.red_kind), rows(self.blue_kind))
+        buf = np.take(BACKGROUNDS, kinds, axis=0, out=out, mode="clip")  # kinds valid by construction
         local = np.arange(len(envs))
         places = (
             self._coin_places(local, envs, every),
