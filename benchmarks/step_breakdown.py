@@ -1,7 +1,8 @@
 """Where a native vector env's step goes: the whole `step` beside what its face adds to the game's own
-step (the action check, the copy of the observations, the info arrays, the episode record kept for
-checkpoints), in microseconds of CPU time per step of `--num-envs` envs with random actions; and
-what one env's new episode costs (a `reset` of all envs, per env).
+step (the action check, the observations, the info arrays, the episode record kept for checkpoints),
+in microseconds of CPU time per step of `--num-envs` envs with random actions; and what one env's new
+episode costs (a `reset` of all envs, per env). The observation column was the copy of every screen
+until the vector envs handed their screens out; it is now what handing them out costs.
 
     python benchmarks/step_breakdown.py [--ids ID ...] [--num-envs 32] [--steps 3000]
 """
