@@ -160,9 +160,10 @@ class BatchedGame:
         """`observe()` for a caller that keeps what it gets: the arrays of `fresh_observations` as they
         are, copies of the others.
 
-        Copying a batch of screens every step costs as much as drawing them, so the game gives its
-        screens away instead and writes no element of them again: the next `play` lets `step`
-        rewrite new arrays, and the next `new_episodes`, which rewrites some envs only, copies first.
+        A copy of a batch of screens every step costs more than itself (it pushes the rest of the
+        step out of the caches), so the game gives its screens away instead and writes no element of
+        them again: the next `play` lets `step` rewrite new arrays, and the next `new_episodes`,
+        which rewrites some envs only, copies first.
         """
         fresh = {id(getattr(self, name)) for name in self.fresh_observations}
         self.handed_out = self.fresh_observations

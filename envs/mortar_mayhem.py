@@ -14,8 +14,9 @@ Five ids, one implementation (`MortarMayhemGame`) configured by class attributes
   and the whole sequence must be executed again.
 
 All per-step state lives in `(num_envs,)` arrays; the arena of each env is the index of one of
-the prebuilt arena layers, changed when its tiles change colour. Episode layouts are drawn per env in
-Python, each from one block of generator outputs (`Draws`), and stored by one table assignment.
+the prebuilt arena layers, changed when its tiles change colour. Episode layouts are drawn per
+env in Python, each from one block of generator outputs (`Draws`), and stored by one table
+assignment.
 """
 
 from __future__ import annotations

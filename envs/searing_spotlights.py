@@ -188,7 +188,9 @@ def _draw_sprites(screens, env, sprite, x, y, dx, dy, colour, count):  # pragma:
 def _disk(radius: int) -> np.ndarray:
     """The cells closer than `radius` to the centre of a (2 radius - 1)-square, `[y, x]`."""
     d = np.arange(1 - radius, radius) ** 2
-    return d[:, None] + d[None, :] < radius * radius
+    disk = d[:, None] + d[None, :] < radius * radius
+    disk.flags.writeable = False  # shared by every sampler
+    return disk
 
 
 class SpawnSampler:
