@@ -50,6 +50,9 @@ ACTION_CELLS = ((2 * QUARTER, 3 * QUARTER), (3 * QUARTER, 4 * QUARTER))
 REWARD_CELL = (int(QUARTER * 2.75), int(QUARTER * 2.75) + int(QUARTER * 0.5))  # beside the action cells
 REWARD_BAR = (2 * QUARTER, 4 * QUARTER)  # without action cells
 REWARD_COLOURS = np.array([GREY, YELLOW], dtype=np.uint8)  # previous reward not positive / positive
+BAR_COLUMN = np.dtype((np.void, BAR_HEIGHT * 3))
+"""One column of the top bar (its `BAR_HEIGHT` pixels) as a single opaque element."""
+RED_COLUMN = np.array([RED] * BAR_HEIGHT, dtype=np.uint8).reshape(-1).view(BAR_COLUMN)[0]
 # The two action cells for each (horizontal, vertical) action, as one image per combination.
 ACTION_CELL_IMAGES = np.concatenate(
     [
@@ -459,13 +462,17 @@ class _SpotlightsGame(BatchedGame):
 
     def _paint_action_cells(self, actions: np.ndarray) -> None:
         shown = self.p["show_last_action"]
-        cells = ACTION_CELL_IMAGES[self.last_action[:, 0] * 3 + self.last_action[:, 1]]  # the previous action
+        previous = self.last_action[:, 0] * 3 + self.last_action[:, 1]  # actions are checked: 0..8
         if shown.all():
-            self.bar[:, ACTION_CELLS[0][0] :] = cells
+            np.take(ACTION_CELL_IMAGES, previous, axis=0, out=self.bar[:, ACTION_CELLS[0][0] :], mode="clip")
             self.last_action = actions.copy()
         else:
-            self.bar[shown, ACTION_CELLS[0][0] :] = cells[shown]
+            self.bar[shown, ACTION_CELLS[0][0] :] = ACTION_CELL_IMAGES[previous[shown]]
             self.last_action = np.where(shown[:, None], actions, self.last_action)
+
+    def _bar_columns(self) -> np.ndarray:
+        """The bar as `(num_envs, SCREEN)` columns, each one opaque element of its pixels (a view)."""
+        return self.bar.reshape(self.num_envs, SCREEN, -1).view(BAR_COLUMN)[..., 0]
 
     def _dim_lights(self) -> None:
         p = self.p
@@ -505,7 +512,8 @@ class _SpotlightsGame(BatchedGame):
             self.health = np.where(hit, self.health - p["spot_damage"], self.health)
             # The health bar turns red from the left as health is lost (it may run past half).
             width = np.trunc(HALF * (1 - self.health / p["agent_health"]))
-            self.bar[hit[:, None] & (np.arange(SCREEN) < width[:, None])] = RED
+            red = hit[:, None] & (np.arange(SCREEN) < width[:, None])
+            self._bar_columns()[red] = RED_COLUMN  # one bar column as one element: a cheap masked write
         self.shows_red = hit & p["visual_feedback"]
         black = p["black_background"]
         if black.any():
