@@ -217,13 +217,14 @@ def run_part(name: str, options, sizes, seconds: float, scratch: str, learn_seco
         stopped = False
     except subprocess.TimeoutExpired:
         # SIGTERM first: a training run finishes its iteration, torchrun stops its ranks (in sessions of their own).
+        # The grace bounds the part's own process too: one stuck where a signal handler cannot run is killed.
         os.killpg(child.pid, signal.SIGTERM)
-        child.wait()
         give_up = time.monotonic() + sizes.grace
-        while time.monotonic() < give_up and process_group_alive(child.pid):
+        while time.monotonic() < give_up and (child.poll() is None or process_group_alive(child.pid)):
             time.sleep(0.2)
         if process_group_alive(child.pid):
             os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
         stopped = True
     with open(os.path.join(folder, "rows.jsonl")) as f:
         rows = [json.loads(line) for line in f if line.endswith("\n")]  # a row cut short by a kill is left out
