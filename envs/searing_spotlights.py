@@ -12,8 +12,9 @@ see the README section "Searing Spotlights" for the quirks and the cases handled
 Per-env state lives in arrays; the spotlight lists in `envs.spotlights.Spotlights`. A frame is
 the background, the entities drawn under the darkness, the darkness (alpha-blended, cut open
 by the spotlights), then the entities shown above it and the top bar, in the reference's order.
-The pixel loops of a frame (sprites, darkening) are small numba kernels over the whole batch:
-with NumPy alone their many small array calls per step cost more than the pixels themselves.
+One numba kernel draws the frames, each whole (background, sprites, darkness, bar) before the
+next, so that a frame stays in the cache: with NumPy alone, the many small array calls per step
+cost more than the pixels themselves.
 """
 
 from __future__ import annotations
@@ -97,28 +98,25 @@ _blend_step_scalar = numba.njit(cache=True)(_blend_step)
 
 
 @numba.njit(cache=True, nogil=True)
-def _darken_frames(buf, codes, alpha, ringed):  # pragma: no cover (compiled)
-    """Blend the darkness (alpha per frame) over the C-contiguous frames `buf` in place: towards
-    black on `DARK` codes, towards white on `RING` codes of ringed frames; `CLEAR` pixels stay.
+def _darken(frame, code, a, ringed):  # pragma: no cover (compiled)
+    """Blend the darkness (alpha `a`) over one flat frame in place: towards black on `DARK` codes,
+    towards white on `RING` codes if `ringed`; `CLEAR` pixels stay.
 
     At alpha 255 without rings (the usual frame) this is a product with the 0/1 codes; the
     other frames take the integer blend, written without branches so that it vectorises.
     """
-    for e in range(buf.shape[0]):
-        a = np.int64(alpha[e])
-        frame, code = buf[e].reshape(-1), codes[e].reshape(-1)
-        if a == 0:
-            continue
-        if a == 255 and not ringed[e]:
-            for i in range(frame.size):
-                frame[i] *= code[i]
-            continue
-        ring_code = RING if ringed[e] else -1
+    if a == 0:
+        return
+    if a == 255 and not ringed:
         for i in range(frame.size):
-            value = np.int64(frame[i])
-            dark, ring = np.int64(code[i] == DARK), np.int64(code[i] == ring_code)
-            step = _blend_step_scalar(dark * value + ring * (255 - value), a)
-            frame[i] = value + (ring - dark) * step
+            frame[i] *= code[i]
+        return
+    ring_code = RING if ringed else -1
+    for i in range(frame.size):
+        value = np.int64(frame[i])
+        dark, ring = np.int64(code[i] == DARK), np.int64(code[i] == ring_code)
+        step = _blend_step_scalar(dark * value + ring * (255 - value), a)
+        frame[i] = value + (ring - dark) * step
 
 
 def coin_sprite(scale: float) -> Sprite:
@@ -137,7 +135,7 @@ def coin_sprite(scale: float) -> Sprite:
 
 
 class SpriteAtlas:
-    """Every sprite a frame can show, packed so that one call draws any mix of them.
+    """Every sprite a frame can show, packed so that one kernel draws any mix of them.
 
     Sprites are registered per kind and scale (`register`) and get consecutive ids. Sprite `s`
     is its `count[s]` opaque pixels: offsets from the entity's centre `dx, dy` and colours,
@@ -168,20 +166,39 @@ class SpriteAtlas:
         for s, (dx, dy, colour) in enumerate(self._parts):
             self.dx[s, : len(dx)], self.dy[s, : len(dx)], self.colour[s, : len(dx)] = dx, dy, colour
 
-    def blit(self, screens: np.ndarray, env: np.ndarray, sprite: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
-        """Draw sprite `sprite[k]` centred at (`x[k]`, `y[k]`) on `screens[env[k]]`, in order of k, clipped."""
-        _draw_sprites(screens, env, sprite, x, y, self.dx, self.dy, self.colour, self.count)
-
 
 @numba.njit(cache=True, nogil=True)
-def _draw_sprites(screens, env, sprite, x, y, dx, dy, colour, count):  # pragma: no cover (compiled)
-    for k in range(env.shape[0]):
-        s = sprite[k]
-        for p in range(count[s]):
-            px, py = x[k] + dx[s, p], y[k] + dy[s, p]
-            if 0 <= px < screens.shape[1] and 0 <= py < screens.shape[2]:
-                for c in range(3):
-                    screens[env[k], px, py, c] = colour[s, p, c]
+def _compose_frames(
+    frames, backgrounds, kinds, codes, alpha, ringed, bar, sprite, x, y, level, dx, dy, colour, count
+):  # pragma: no cover (compiled)
+    """Draw each frame whole while it sits in the cache: background `kinds[e]`, its level-0 sprites,
+    the darkness (codes, alpha, rings), its level-1 sprites, the top bar, its level-2 sprites.
+
+    Sprite column `j` of frame `e` (an atlas id) is centred at (`x[e, j]`, `y[e, j]`) at `level[e, j]`
+    (-1: not drawn); columns go in drawing order. Sprites are clipped to the screen.
+    """
+    for e in range(frames.shape[0]):
+        frame, flat = frames[e], frames[e].reshape(-1)
+        background = backgrounds[min(max(kinds[e], 0), len(backgrounds) - 1)].reshape(-1)
+        for i in range(flat.size):
+            flat[i] = background[i]
+        for layer in range(3):
+            for j in range(sprite.shape[1]):
+                if level[e, j] != layer:
+                    continue
+                s = min(max(sprite[e, j], 0), count.size - 1)
+                for p in range(count[s]):
+                    px, py = x[e, j] + dx[s, p], y[e, j] + dy[s, p]
+                    if 0 <= px < SCREEN and 0 <= py < SCREEN:
+                        for c in range(3):
+                            frame[px, py, c] = colour[s, p, c]
+            if layer == 0:
+                _darken(flat, codes[e].reshape(-1), alpha[e], ringed[e])
+            elif layer == 1:
+                for px in range(SCREEN):
+                    for py in range(BAR_HEIGHT):
+                        for c in range(3):
+                            frame[px, py, c] = bar[e, px, py, c]
 
 
 # ---- reset-time helpers (per env, Python) ----------------------------------------------------
@@ -556,79 +573,48 @@ class _SpotlightsGame(BatchedGame):
         sprites = agent_sprites(float(scale))
         return self.atlas.register("agent", scale, list(sprites), sprites[0].size[0] // 2)
 
-    # Each `_*_places` gives an entity's sprites in `envs` as (local env, sprite id, centre x, centre y).
-    def _coin_places(self, local: np.ndarray, envs: np.ndarray, every: bool):
-        rows, slots = np.nonzero(self.coin_on if every else self.coin_on[envs])
-        owners = rows if every else envs[rows]
-        return local[rows], self.p["coin_sprite"][owners], self.coin_x[owners, slots], self.coin_y[owners, slots]
+    # Each `_*_columns` gives an entity's sprites in the envs `sel` as `(m, k)` columns: atlas
+    # ids, centres x and y, and whether each is drawn.
+    def _coin_columns(self, sel):
+        on = self.coin_on[sel]
+        return np.repeat(self.p["coin_sprite"][sel, None], on.shape[1], axis=1), self.coin_x[sel], self.coin_y[sel], on
 
-    def _exit_places(self, local: np.ndarray, envs: np.ndarray, every: bool):
+    def _exit_columns(self, sel):
         return None
 
-    def _agent_places(self, local, cx, cy, rotation, sprite):
-        return local, sprite + rotation // 45, cx, cy
-
-    def _blit(self, buf: np.ndarray, parts: list) -> None:
-        """Draw the places of `parts` (entities in drawing order; None: none) with one scatter."""
-        parts = [part for part in parts if part is not None and len(part[0])]
-        if len(parts) == 1:
-            self.atlas.blit(buf, *parts[0])
-        elif parts:
-            self.atlas.blit(buf, *(np.concatenate(column) for column in zip(*parts)))
-
-    def _darken(self, buf: np.ndarray, codes: np.ndarray, alpha: np.ndarray, ringed: np.ndarray) -> None:
-        """Blend the darkness layer (black, or white on ring pixels; clear inside spots) over `buf`."""
-        if alpha.any():  # else fully transparent (reset frames while the lights fade)
-            _darken_frames(buf, np.ascontiguousarray(codes), alpha, ringed)
+    def _agent_columns(self, cx, cy, rotation, sprite):
+        return (sprite + rotation // 45)[:, None], cx[:, None], cy[:, None], np.ones((len(cx), 1), dtype=bool)
 
     def _compose(self, envs: np.ndarray, cx: np.ndarray, cy: np.ndarray, rotation: np.ndarray, out=None) -> np.ndarray:
         """The observation frames of `envs` (agents at `cx, cy` facing `rotation`), `(m, x, y, c)`, in
         `out` if given."""
-        p = self.p
-        every = len(envs) == self.num_envs  # then `envs` is every env in order: no gathers
-
-        def rows(array: np.ndarray) -> np.ndarray:
-            return array if every else array[envs]
-
-        kinds = np.where(rows(self.shows_red), rows(self.red_kind), rows(self.blue_kind))
-        buf = np.take(BACKGROUNDS, kinds, axis=0, out=out, mode="clip")  # kinds valid by construction
-        local = np.arange(len(envs))
-        places = (
-            self._coin_places(local, envs, every),
-            self._exit_places(local, envs, every),
-            self._agent_places(local, cx, cy, rotation, rows(p["agent_sprite"])),
-        )
-        flags = np.stack(self._above_darkness(envs))  # (coins, exit, agent) x envs
-        if (flags == flags[:, :1]).all():
-            flags = flags[:, 0]  # the same for every env: one flag each (0-d)
-        coins_up, exit_up, agent_up = flags
+        sel = slice(None) if len(envs) == self.num_envs else envs  # every env in order: views, not gathers
+        coins_up, exit_up, agent_up = self._above_darkness(sel)
         # Layer of each entity: 0 under the darkness, 1 above it, 2 above the top bar. The
         # reference's insertion order puts the bar after the visible coins, after a visible
         # exit only if coins are visible too, and after a visible agent only if both are.
         both = coins_up & exit_up
-        levels = (coins_up.astype(np.int64), np.where(exit_up, 2 - both, 0), np.where(agent_up, 2 - both, 0))
+        entities = (
+            (self._coin_columns(sel), coins_up.astype(np.int64)),
+            (self._exit_columns(sel), np.where(exit_up, 2 - both, 0)),
+            (self._agent_columns(cx, cy, rotation, self.p["agent_sprite"][sel]), np.where(agent_up, 2 - both, 0)),
+        )
+        frames = np.empty((len(envs), SCREEN, SCREEN, 3), np.uint8) if out is None else out
+        self._draw(frames, sel, entities)
+        return frames
 
-        def draw(layer: int) -> None:
-            parts = []
-            for place, level in zip(places, levels):
-                if place is None:
-                    continue
-                if level.ndim == 0:
-                    if level == layer:
-                        parts.append(place)
-                else:
-                    keep = level[place[0]] == layer
-                    parts.append(tuple(column[keep] for column in place))
-            self._blit(buf, parts)
+    def _draw(self, frames: np.ndarray, sel, entities) -> None:
+        """Draw the frames of the envs `sel` with `_compose_frames`; `entities` holds each entity's
+        columns (None: none) and its level per env, in drawing order."""
+        entities = [(columns, level) for columns, level in entities if columns is not None]
+        sprite, x, y = (np.concatenate(parts, axis=1) for parts in zip(*(columns[:3] for columns, _ in entities)))
+        level = np.concatenate([np.where(columns[3], level[:, None], -1) for columns, level in entities], axis=1)
+        kinds = np.where(self.shows_red[sel], self.red_kind[sel], self.blue_kind[sel])
+        darkness = self.codes[sel], self.alpha[sel], self.p["black_background"][sel]
+        atlas = self.atlas.dx, self.atlas.dy, self.atlas.colour, self.atlas.count
+        _compose_frames(frames, BACKGROUNDS, kinds, *darkness, self.bar[sel], sprite, x, y, level, *atlas)
 
-        draw(0)
-        self._darken(buf, rows(self.codes), rows(self.alpha), rows(p["black_background"]))
-        draw(1)
-        buf[:, :, :BAR_HEIGHT] = rows(self.bar)
-        draw(2)
-        return buf
-
-    def _above_darkness(self, envs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _above_darkness(self, sel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise NotImplementedError
 
     def observe(self) -> np.ndarray:
@@ -636,21 +622,19 @@ class _SpotlightsGame(BatchedGame):
 
     def render_debug(self, i: int) -> np.ndarray:
         """Everything above the darkness, agent in the pose of the last step, scaled x4."""
-        envs = np.array([i])
-        local = np.array([0])
-        kind = self.red_kind[i] if self.shows_red[i] else self.blue_kind[i]
-        buf = BACKGROUNDS[[kind]]
-        self._darken(buf, self.codes[envs], self.alpha[envs], self.p["black_background"][envs])
+        sel = np.array([i])
         if self.stepped[i]:
-            pose = self.shown_cx[envs], self.shown_cy[envs], self.shown_rotation[envs]
+            pose = self.shown_cx[sel], self.shown_cy[sel], self.shown_rotation[sel]
             sprite = np.array([self._agent_sprite(self.shown_scale[i])])
         else:
-            pose = self.cx[envs], self.cy[envs], np.zeros(1, np.int64)
-            sprite = self.p["agent_sprite"][envs]
-        agent = self._agent_places(local, *pose, sprite)
-        self._blit(buf, [self._exit_places(local, envs, False), self._coin_places(local, envs, False), agent])
-        buf[:, :, :BAR_HEIGHT] = self.bar[envs]
-        return np.ascontiguousarray(buf[0].transpose(1, 0, 2).repeat(4, axis=0).repeat(4, axis=1))
+            pose = self.cx[sel], self.cy[sel], np.zeros(1, np.int64)
+            sprite = self.p["agent_sprite"][sel]
+        above = np.ones(1, np.int64)  # level 1: above the darkness, under the bar
+        entities = [(self._exit_columns(sel), above), (self._coin_columns(sel), above)]
+        entities.append((self._agent_columns(*pose, sprite), above))
+        frame = np.empty((1, SCREEN, SCREEN, 3), np.uint8)
+        self._draw(frame, sel, entities)
+        return np.ascontiguousarray(frame[0].transpose(1, 0, 2).repeat(4, axis=0).repeat(4, axis=1))
 
 
 class SearingSpotlightsGame(_SpotlightsGame):
@@ -756,18 +740,14 @@ class SearingSpotlightsGame(_SpotlightsGame):
         self.success = won.astype(np.int64)
         return reward, dead | won
 
-    def _exit_places(self, local: np.ndarray, envs: np.ndarray, every: bool):
+    def _exit_columns(self, sel):
         # Exit sprite ids: 0 closed, 1 open.
-        shown = self.p["use_exit"] if every else self.p["use_exit"][envs]
-        if shown.all():
-            owners = envs
-        else:
-            local, owners = local[shown], envs[shown]
-        return local, self.exit_open[owners].view(np.int8).astype(np.int64), self.exit_x[owners], self.exit_y[owners]
+        shown = self.p["use_exit"][sel, None]
+        return self.exit_open[sel, None].astype(np.int64), self.exit_x[sel, None], self.exit_y[sel, None], shown
 
-    def _above_darkness(self, envs):
+    def _above_darkness(self, sel):
         p = self.p
-        return p["coins_visible"][envs], p["exit_visible"][envs] & p["use_exit"][envs], p["agent_visible"][envs]
+        return p["coins_visible"][sel], p["exit_visible"][sel] & p["use_exit"][sel], p["agent_visible"][sel]
 
     def episode_info(self, i: int) -> dict[str, Any]:
         count = int(self.num_coins[i])
@@ -856,10 +836,10 @@ class EndlessSearingSpotlightsGame(_SpotlightsGame):
         self.coin_t += 1
         return reward, dead | (self.coin_t == p["steps_per_coin"])
 
-    def _above_darkness(self, envs):
+    def _above_darkness(self, sel):
         p = self.p
-        shown = p["coins_visible"][envs] | (self.coin_t[envs] < p["coin_show_duration"][envs])
-        return shown, np.zeros(len(envs), dtype=bool), p["agent_visible"][envs]
+        shown = p["coins_visible"][sel] | (self.coin_t[sel] < p["coin_show_duration"][sel])
+        return shown, np.zeros_like(shown), p["agent_visible"][sel]
 
     def step_info(self) -> dict[str, np.ndarray]:
         positions = np.stack([self.cx, self.cy, self.coin_x[:, 0], self.coin_y[:, 0]], axis=1)

@@ -11,7 +11,7 @@ from gymnasium.utils.env_checker import check_env
 
 import envs  # noqa: F401  (registers the ids)
 from envs.raster import alpha_blend, disk_offsets
-from envs.searing_spotlights import SpawnSampler, _blend_step, _darken_frames
+from envs.searing_spotlights import SpawnSampler, _blend_step, _darken
 from envs.spotlights import CLEAR, DARK, RING, Spotlights, clear_mask
 from tests.envs.golden import fixture_files, replay
 from tools.golden_format import load_fixture
@@ -113,7 +113,8 @@ def test_darkening_blends_each_code_for_every_value_and_alpha(ringed):
     values = np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None, None], (256, len(codes), 3))
     buf = np.ascontiguousarray(np.broadcast_to(values, (256, *values.shape)))
     code_layer = np.ascontiguousarray(np.broadcast_to(codes[None, None, :, None], buf.shape))
-    _darken_frames(buf, code_layer, alpha, np.full(256, ringed))
+    for frame, code, a in zip(buf, code_layer, alpha):
+        _darken(frame.reshape(-1), code.reshape(-1), a, ringed)
     per_alpha = alpha[:, None, None, None]
     np.testing.assert_array_equal(buf[:, :, 0], alpha_blend(values[None, :, 0], 0, per_alpha[:, :, 0]))
     np.testing.assert_array_equal(buf[:, :, 1], np.broadcast_to(values[:, 1], buf[:, :, 1].shape))
