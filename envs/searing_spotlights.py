@@ -84,26 +84,16 @@ BACKGROUNDS = np.stack(
 )
 
 
-def _blend_step(distance: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """`floor(distance * alpha / 255)` for both factors in 0..255 (uint16 or wider arrays, or ints).
-
-    Blending towards black moves a value v down by `floor(v A / 255)`, towards white up by
-    `floor((255 - v) A / 255)`: the integer alpha blend, without a division.
-    """
-    product = distance * alpha
-    return (product + 1 + (product >> 8)) >> 8
-
-
-_blend_step_scalar = numba.njit(cache=True)(_blend_step)
-
-
 @numba.njit(cache=True, nogil=True)
 def _darken(frame, code, a, ringed):  # pragma: no cover (compiled)
     """Blend the darkness (alpha `a`) over one flat frame in place: towards black on `DARK` codes,
     towards white on `RING` codes if `ringed`; `CLEAR` pixels stay.
 
-    At alpha 255 without rings (the usual frame) this is a product with the 0/1 codes; the
-    other frames take the integer blend, written without branches so that it vectorises.
+    At alpha 255 without rings (the usual frame) this is a product with the 0/1 codes. Otherwise a
+    value v moves down by `floor(v a / 255)` (towards black) or up by `floor((255 - v) a / 255)`,
+    computed in float32 because float32 lanes vectorise where 64-bit integer products do not: the
+    product (at most 65025) is exact, and its correctly rounded quotient by 255 floors to the exact
+    one, since a quotient that is not whole lies at least 1/255 below the next integer.
     """
     if a == 0:
         return
@@ -112,11 +102,13 @@ def _darken(frame, code, a, ringed):  # pragma: no cover (compiled)
             frame[i] *= code[i]
         return
     ring_code = RING if ringed else -1
+    alpha = np.float32(a)
     for i in range(frame.size):
-        value = np.int64(frame[i])
-        dark, ring = np.int64(code[i] == DARK), np.int64(code[i] == ring_code)
-        step = _blend_step_scalar(dark * value + ring * (255 - value), a)
-        frame[i] = value + (ring - dark) * step
+        value, c = np.float32(frame[i]), code[i]
+        ring = c == ring_code
+        distance = value if c == DARK else (np.float32(255) - value if ring else np.float32(0))
+        step = np.floor(distance * alpha / np.float32(255))
+        frame[i] = np.uint8(value + step if ring else value - step)
 
 
 def coin_sprite(scale: float) -> Sprite:
