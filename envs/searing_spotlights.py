@@ -167,7 +167,8 @@ def _compose_frames(
     the darkness (codes, alpha, rings), its level-1 sprites, the top bar, its level-2 sprites.
 
     Sprite column `j` of frame `e` (an atlas id) is centred at (`x[e, j]`, `y[e, j]`) at `level[e, j]`
-    (-1: not drawn); columns go in drawing order. Sprites are clipped to the screen.
+    (-1: not drawn); columns go in drawing order. Sprites are clipped to the screen, and background
+    kinds and sprite ids clamped to their tables: no value indexes memory unchecked.
     """
     for e in range(frames.shape[0]):
         frame, flat = frames[e], frames[e].reshape(-1)
