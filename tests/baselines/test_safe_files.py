@@ -305,8 +305,8 @@ def test_runs_started_in_the_same_second_get_their_own_folders(script, tmp_path,
 
 def test_concurrent_processes_claim_distinct_folders(tmp_path):
     code = "import run_utils; print(run_utils.create_run_folder('Env-v0', 'exp', 1, started=1_700_000_000.0))"
-    processes = [subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.PIPE, text=True,
-                                  env=os.environ) for _ in range(4)]
+    processes = [subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+                 for _ in range(4)]
     names = [p.communicate(timeout=120)[0].strip() for p in processes]
     assert len(set(names)) == 4 and all(n.startswith("Env-v0__exp__1__1700000000") for n in names)
     assert sorted(os.listdir(tmp_path / "runs")) == sorted(names)

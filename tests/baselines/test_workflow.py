@@ -100,8 +100,7 @@ def test_sigterm_writes_a_checkpoint_that_resumes(script, tmp_path):
     command = [sys.executable, os.path.join(ROOT, f"{name}.py"), "--env-id", "ProofOfMemory-v0", "--num-envs", "2",
                "--num-steps", "16", "--num-minibatches", "2", "--total-timesteps", "10000000", "--no-cuda"]
     command += [f"--{k.replace('_', '-')}={v}" for k, v in SMALL[script].items()]
-    env = dict(os.environ)
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in process.stdout:
         if line.startswith("iter 2/"):
             break
@@ -114,7 +113,7 @@ def test_sigterm_writes_a_checkpoint_that_resumes(script, tmp_path):
     assert saved["iteration"] >= 2
     resumed = subprocess.run([sys.executable, os.path.join(ROOT, f"{name}.py"), "--resume", checkpoint,
                               "--total-timesteps", str(32 * (saved["iteration"] + 1))],
-                             cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert f"iter {saved['iteration'] + 1}/{saved['iteration'] + 1}" in resumed.stdout
 
