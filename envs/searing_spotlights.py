@@ -570,7 +570,7 @@ class _SpotlightsGame(BatchedGame):
     # ids, centres x and y, and whether each is drawn.
     def _coin_columns(self, sel):
         on = self.coin_on[sel]
-        return np.repeat(self.p["coin_sprite"][sel, None], on.shape[1], axis=1), self.coin_x[sel], self.coin_y[sel], on
+        return np.broadcast_to(self.p["coin_sprite"][sel, None], on.shape), self.coin_x[sel], self.coin_y[sel], on
 
     def _exit_columns(self, sel):
         return None
